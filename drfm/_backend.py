@@ -1,0 +1,64 @@
+"""Device / dtype / RNG resolution shared by drfm estimators (numpy in, torch inside)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from kernels import default_memory_budget
+
+from ._params import InvalidParameterError
+
+__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "format_bytes"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device: str, owner: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; an explicit accelerator that is not present is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameterError(
+                f"The 'device' parameter of {owner} must be 'auto', 'cpu' or an available device. "
+                f"Got {device!r} instead (CUDA is not available on this machine)."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidParameterError(
+                f"The 'device' parameter of {owner} names {device!r}, but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist."
+            )
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InvalidParameterError(
+            f"The 'device' parameter of {owner} must be 'auto', 'cpu' or an available device. "
+            f"Got {device!r} instead (MPS is not available on this machine)."
+        )
+    return dev
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    return _DTYPES[dtype]
+
+
+def make_generator(random_state) -> torch.Generator:
+    """A local CPU ``torch.Generator`` seeded from ``random_state`` (int, RandomState or None); global RNGs untouched."""
+    seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def resolve_budget(memory_budget, device: torch.device) -> int:
+    return int(memory_budget) if memory_budget is not None else default_memory_budget(device)
+
+
+def to_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(a), device=device).to(dtype)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

@@ -1,0 +1,425 @@
+"""Recursive Feature Machines: scikit-learn estimators.
+
+RFM alternates kernel ridge regression with the Mahalanobis Laplace kernel ``k_M(x, z) = exp(-||x - z||_M / L)``
+and the feature-matrix update ``M <- AGOP(f)`` (closed form, batched; see :mod:`kernels.agop`)::
+
+    M <- I
+    repeat iters times:
+        alpha <- (K_M + reg I)^{-1} Y
+        A <- AGOP of f = K_M(., X) alpha ;  A <- A / max|A_ij|  (normalize_m)
+        R <- A^{agop_power} ;  M <- R R          (agop_power = 0.5: M is the AGOP itself)
+    alpha <- (K_M + reg I)^{-1} Y   with the final M
+
+With ``validation_fraction`` the iterate with the best validation score is kept.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm.auto import tqdm
+
+from kernels import apply_sqrt_m, kernel_matmul, laplace_agop, sq_norms
+from kernels.laplace import laplace_kernel_transformed
+from kernels.solvers import solve_direct
+
+from ._backend import format_bytes, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
+from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
+
+__all__ = ["RFMRegressor", "RFMClassifier", "agop_power_factor"]
+
+logger = logging.getLogger(__name__)
+
+
+def agop_power_factor(agop: torch.Tensor, power: float) -> torch.Tensor:
+    """``A^power`` of a symmetric PSD matrix (eigh in float64, negative eigenvalues clipped to 0), or of a diagonal.
+
+    Returns a float64 tensor of ``agop``'s shape; ``agop`` may be (d, d) or a diagonal (d,).
+    """
+    a = agop.double()
+    if a.dim() == 1:
+        return a.clamp_min(0.0).pow(power)
+    a = 0.5 * (a + a.T)
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp_min(0.0).pow(power)) @ v.T
+
+
+def direct_solve_bytes(n: int, d: int, c: int, itemsize: int) -> int:
+    """Bytes the direct path holds: the n x n kernel matrix plus the transformed data, targets and solution."""
+    return n * n * itemsize + 3 * n * (d + c) * itemsize
+
+
+class _BaseRFM(BaseEstimator):
+    _parameter_constraints = {
+        "bandwidth": [Interval("float", 0, None, closed="neither")],
+        "reg": [Interval("float", 0, None, closed="left")],
+        "iters": [Interval("int", 0, None, closed="left")],
+        "diag": [BOOL],
+        "centering": [BOOL],
+        "agop_power": [Interval("float", 0, None, closed="neither")],
+        "normalize_m": [BOOL],
+        "agop_sample_size": [Interval("int", 1, None, closed="left")],
+        "validation_fraction": [Interval("float", 0, 1, closed="neither"), NoneOK],
+        "solver": [Options("auto", "direct")],
+        "device": [DeviceString()],
+        "dtype": [Options("float32", "float64")],
+        "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
+        "random_state": RANDOM_STATE,
+        "verbose": [BOOL, Interval("int", 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        bandwidth=10.0,
+        *,
+        reg=1e-3,
+        iters=5,
+        diag=False,
+        centering=False,
+        agop_power=0.5,
+        normalize_m=True,
+        agop_sample_size=20000,
+        validation_fraction=None,
+        solver="auto",
+        device="auto",
+        dtype="float32",
+        memory_budget=None,
+        random_state=None,
+        verbose=False,
+    ):
+        self.bandwidth = bandwidth
+        self.reg = reg
+        self.iters = iters
+        self.diag = diag
+        self.centering = centering
+        self.agop_power = agop_power
+        self.normalize_m = normalize_m
+        self.agop_sample_size = agop_sample_size
+        self.validation_fraction = validation_fraction
+        self.solver = solver
+        self.device = device
+        self.dtype = dtype
+        self.memory_budget = memory_budget
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ---- hooks for the subclasses -------------------------------------------------------------------------------
+    def _encode_targets(self, y):  # -> (n, c) float array
+        raise NotImplementedError
+
+    def _score_outputs(self, outputs: np.ndarray, y_true) -> float:
+        raise NotImplementedError
+
+    # ---- fitting --------------------------------------------------------------------------------------------------
+    def fit(self, X, y):
+        """Fit the RFM: ``iters`` rounds of kernel ridge + AGOP, then a final kernel ridge fit.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+        y : array-like (n_samples,) or (n_samples, n_outputs); class labels for the classifier.
+
+        Returns
+        -------
+        self
+        """
+        validate_params(self)
+        X, y = self._validate_xy(X, y)
+        Y = self._encode_targets(y)
+        n, d = X.shape
+        c = Y.shape[1]
+        device = resolve_device(self.device, type(self).__name__)
+        dtype = resolve_dtype(self.dtype)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        budget = resolve_budget(self.memory_budget, device)
+        gen = make_generator(self.random_state)
+
+        # validation split (before any heavy work)
+        if self.validation_fraction is not None:
+            n_val = int(round(self.validation_fraction * n))
+            if n_val < 1 or n - n_val < 1:
+                raise ValueError(
+                    f"validation_fraction={self.validation_fraction} leaves {n_val} validation and {n - n_val} "
+                    f"training samples out of n_samples={n}; both must be at least 1."
+                )
+            perm = torch.randperm(n, generator=gen).numpy()
+            tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        else:
+            tr, va = np.arange(n), None
+        n_tr = len(tr)
+
+        need = direct_solve_bytes(n_tr, d, c, itemsize)
+        if need > budget:
+            per = itemsize
+            n_max = int((-(3 * (d + c) * per) + np.sqrt((3 * (d + c) * per) ** 2 + 4 * per * budget)) / (2 * per))
+            raise ValueError(
+                f"{type(self).__name__} with solver={self.solver!r} needs {format_bytes(need)} for the "
+                f"{n_tr} x {n_tr} kernel matrix of the direct solve, but memory_budget is {format_bytes(budget)}; "
+                f"under this budget the direct solver fits at most {n_max} training samples. "
+                "Pass a larger memory_budget or fewer samples."
+            )
+
+        Xt = to_tensor(X[tr], dtype, device)
+        Yt = to_tensor(Y[tr], dtype, device)
+        Xv = to_tensor(X[va], dtype, device) if va is not None else None
+        y_tr = y[tr]
+        y_va = y[va] if va is not None else None
+
+        K = torch.empty((n_tr, n_tr), dtype=dtype, device=device)
+        sqrt_m = None
+        best = None
+        history = []
+        bar = tqdm(range(self.iters + 1), desc=type(self).__name__, disable=not self.verbose, unit="iter")
+        for t in bar:
+            t0 = time.perf_counter()
+            Z = apply_sqrt_m(Xt, sqrt_m)
+            z_sq = sq_norms(Z)
+
+            def build(out, Z=Z, z_sq=z_sq):
+                laplace_kernel_transformed(Z, Z, bandwidth=self.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
+
+            build(K)
+            sol = solve_direct(K, Yt, reg=float(self.reg), overwrite_k=True, rebuild=build)
+            alpha = sol.x
+            if not bool(torch.isfinite(alpha).all()):
+                raise ValueError(
+                    "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
+                    "(try a larger bandwidth, a larger reg or dtype='float64')."
+                )
+            # K alpha = Y - reg_used * alpha: training outputs come for free
+            train_out = (Yt - sol.reg_used * alpha).cpu().double().numpy()
+            rec = {
+                "iter": t,
+                "solver": sol.method,
+                "reg_used": sol.reg_used,
+                "train_score": self._score_outputs(train_out, y_tr),
+                "val_score": None,
+            }
+            if Xv is not None:
+                val_out = kernel_matmul(
+                    apply_sqrt_m(Xv, sqrt_m), Z, alpha, bandwidth=self.bandwidth, memory_budget=budget,
+                    z_transformed=True, z_sq=z_sq,
+                )
+                rec["val_score"] = self._score_outputs(val_out.cpu().double().numpy(), y_va)
+            key = rec["val_score"] if Xv is not None else None
+            if best is None or (key is not None and key > best[0]) or (key is None):
+                best = (key, t, sqrt_m, alpha)
+            if t < self.iters:
+                s = min(self.agop_sample_size, n_tr)
+                idx = torch.randperm(n_tr, generator=gen)[:s].to(device) if s < n_tr else slice(None)
+                agop = laplace_agop(
+                    Xt[idx], Xt, alpha, bandwidth=self.bandwidth, sqrt_m=sqrt_m, diag=self.diag,
+                    centering=self.centering, memory_budget=budget,
+                )
+                if self.normalize_m:
+                    top = float(agop.abs().max())
+                    if top > 0:
+                        agop = agop / top
+                sqrt_m = agop_power_factor(agop, self.agop_power).to(dtype)
+            rec["seconds"] = time.perf_counter() - t0
+            history.append(rec)
+            bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if key is None else f"{key:.4f}")
+            logger.info("RFM iteration %d: %s", t, rec)
+        del K
+
+        _, best_t, best_r, best_alpha = best
+        self.best_iter_ = best_t
+        self.history_ = history
+        self.device_ = str(device)
+        self.n_iter_ = len(history)
+        if best_r is None:
+            r64 = np.ones(d) if self.diag else np.eye(d)
+        else:
+            r64 = best_r.double().cpu().numpy()
+        self.sqrt_m_ = r64
+        self.M_ = r64 * r64 if r64.ndim == 1 else r64 @ r64.T
+        self.dual_coef_ = best_alpha.cpu().numpy()
+        self.X_fit_ = Xt.cpu().numpy()
+        self._cache = None
+        return self
+
+    def _validate_xy(self, X, y):
+        raise NotImplementedError
+
+    # ---- prediction -----------------------------------------------------------------------------------------------
+    def _tensors(self):
+        """Fitted arrays as tensors on the fitted device, cached (not pickled)."""
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            device = torch.device(self.device_)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                device = torch.device("cpu")
+            dtype = resolve_dtype(self.dtype)
+            xf = to_tensor(self.X_fit_, dtype, device)
+            r = to_tensor(self.sqrt_m_, dtype, device)
+            z = apply_sqrt_m(xf, r)
+            cache = {"device": device, "dtype": dtype, "r": r, "z": z, "z_sq": sq_norms(z),
+                     "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
+            self._cache = cache
+        return cache
+
+    def _raw_predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        tc = self._tensors()
+        xt = to_tensor(X, tc["dtype"], tc["device"])
+        out = kernel_matmul(
+            apply_sqrt_m(xt, tc["r"]), tc["z"], tc["alpha"], bandwidth=self.bandwidth,
+            memory_budget=resolve_budget(self.memory_budget, tc["device"]), z_transformed=True, z_sq=tc["z_sq"],
+        )
+        return out.cpu().double().numpy()
+
+    def agop(self, X=None, *, diag=None, centering=None) -> np.ndarray:
+        """AGOP of the fitted predictor, averaged over ``X`` (default: up to ``agop_sample_size`` training points).
+
+        Unlike ``M_`` this is not normalised or raised to ``agop_power``: it is the raw average gradient outer
+        product ``(1/n) sum_x J_f(x)^T J_f(x)`` of the final model. Returns (d, d), or (d,) when ``diag``.
+        """
+        check_is_fitted(self)
+        tc = self._tensors()
+        if X is None:
+            xs = tc["x"][: self.agop_sample_size]
+        else:
+            X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+            xs = to_tensor(X, tc["dtype"], tc["device"])
+        a = laplace_agop(
+            xs, tc["x"], tc["alpha"], bandwidth=self.bandwidth, sqrt_m=tc["r"],
+            diag=self.diag if diag is None else diag, centering=self.centering if centering is None else centering,
+            memory_budget=resolve_budget(self.memory_budget, tc["device"]),
+        )
+        return a.cpu().numpy()
+
+    @property
+    def feature_importances_(self) -> np.ndarray:
+        """Per-feature importances: the diagonal of the learned feature matrix ``M_``, normalised to sum to 1."""
+        check_is_fitted(self)
+        dg = np.asarray(self.M_ if self.M_.ndim == 1 else np.diag(self.M_), dtype=np.float64)
+        total = dg.sum()
+        return dg / total if total > 0 else dg
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_cache", None)
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class RFMRegressor(RegressorMixin, _BaseRFM):
+    """Recursive Feature Machine regressor (Laplace kernel ridge + AGOP feature learning).
+
+    Parameters
+    ----------
+    bandwidth : float, default=10.0
+        Laplace kernel bandwidth L in ``exp(-||x - z||_M / L)``.
+    reg : float, default=1e-3
+        Ridge added to the kernel diagonal (``0`` interpolates).
+    iters : int, default=5
+        Number of AGOP updates of M (``0``: plain Laplace kernel ridge).
+    diag : bool, default=False
+        Learn only a diagonal M (per-feature scales).
+    centering : bool, default=False
+        Centre gradients before the outer product (gradient covariance).
+    agop_power : float, default=0.5
+        The data transform is ``AGOP^agop_power``; the effective Mahalanobis matrix is ``AGOP^(2*agop_power)``.
+    normalize_m : bool, default=True
+        Divide the AGOP by its largest absolute entry before taking the power.
+    agop_sample_size : int, default=20000
+        AGOP averaged over at most this many random training points.
+    validation_fraction : float in (0, 1) or None, default=None
+        Hold out this fraction and keep the iterate with the best validation score.
+    solver : {'auto', 'direct'}, default='auto'
+        Linear solver for the kernel ridge system.
+    device : str, default='auto'
+        'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.
+    dtype : {'float32', 'float64'}, default='float32'
+    memory_budget : int or None, default=None
+        Bytes the fit may use for kernel blocks; default: 60% of the memory available at fit time.
+    random_state : int, RandomState or None
+        Seeds a local torch.Generator (AGOP subsets, validation split); global RNGs are never touched.
+    verbose : bool, default=False
+        Progress bar over iterations.
+
+    Attributes
+    ----------
+    M_ : (d, d) or (d,) ndarray, learned feature matrix of the kept iterate.
+    sqrt_m_ : ndarray, its factor R (``M_ = R R``) used to transform the data.
+    dual_coef_ : (n_fit, n_outputs) ndarray.
+    X_fit_ : (n_fit, d) ndarray, the training points (kernel centres).
+    history_ : list of dict, per iteration: train/validation score, seconds, solver.
+    best_iter_ : int, index in ``history_`` of the kept iterate.
+    n_features_in_, device_ : as in scikit-learn; the resolved device.
+    """
+
+    def _validate_xy(self, X, y):
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        return X, y
+
+    def _encode_targets(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        self._y_ndim = y.ndim
+        return y.reshape(len(y), -1)
+
+    def _score_outputs(self, outputs, y_true):
+        return float(r2_score(np.asarray(y_true, dtype=np.float64).reshape(outputs.shape), outputs))
+
+    def predict(self, X):
+        """Predicted targets, (n,) or (n, n_outputs) like the ``y`` given to fit."""
+        out = self._raw_predict(X)
+        return out[:, 0] if self._y_ndim == 1 else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+class RFMClassifier(ClassifierMixin, _BaseRFM):
+    """Recursive Feature Machine classifier: RFM regression on one-hot targets, argmax decision.
+
+    Parameters are those of :class:`RFMRegressor`. Labels may be of any type (ints, strings, ...).
+    ``decision_function`` returns the per-class outputs (for two classes: output[1] - output[0]).
+
+    Attributes
+    ----------
+    classes_ : ndarray of the class labels; plus every attribute of :class:`RFMRegressor`.
+    """
+
+    def _validate_xy(self, X, y):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        return X, y
+
+    def _encode_targets(self, y):
+        classes, idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in the data, but the data contain only "
+                f"one class: {classes[0]!r}."
+            )
+        self.classes_ = classes
+        Y = np.zeros((len(y), len(classes)))
+        Y[np.arange(len(y)), idx] = 1.0
+        return Y
+
+    def _score_outputs(self, outputs, y_true):
+        return float(accuracy_score(y_true, self.classes_[np.argmax(outputs, axis=1)]))
+
+    def decision_function(self, X):
+        """Kernel machine outputs: (n, n_classes), or (n,) = score of classes_[1] minus classes_[0] for 2 classes."""
+        out = self._raw_predict(X)
+        return out[:, 1] - out[:, 0] if out.shape[1] == 2 else out
+
+    def predict(self, X):
+        """Predicted class labels."""
+        return self.classes_[np.argmax(self._raw_predict(X), axis=1)]

@@ -1,0 +1,189 @@
+"""Closed-form gradients and the AGOP of a Laplace kernel predictor, batched over sample points and centres.
+
+For ``f_c(x) = sum_i alpha_ic k_M(x, x_i)`` with ``k_M(x, z) = exp(-||x - z||_M / L)``:
+
+    grad f_c(x) = (1/L) sum_i alpha_ic k_M(x, x_i) / ||x - x_i||_M * M (x_i - x)
+
+Terms with a (numerically) zero distance are dropped: the Laplace kernel is not differentiable there, and they are
+a point's own term when the sample points are training points. The average gradient outer product over samples S:
+
+    AGOP = (1/|S|) sum_{x in S} sum_c grad f_c(x) grad f_c(x)^T                       (d x d)
+
+With ``Kt = K(B, X) / D(B, X)`` for a block of samples B (zero where the distance is ~0) the gradients of the block are
+
+    G[b, c, :] = (1/L) * ( (Kt @ (alpha (x) XM))[b, c, :] - (Kt @ alpha)[b, c] * (M x_b) )
+
+two GEMMs per tile; tiles run over samples and over centres under a byte budget. ``centering`` subtracts the mean
+gradient over the whole sample (per output channel), giving a gradient covariance instead of a second moment.
+"""
+from __future__ import annotations
+
+import torch
+
+from .blocked import default_memory_budget
+from .laplace import apply_sqrt_m, sq_distances, sq_norms
+
+__all__ = ["laplace_gradients", "laplace_agop", "duplicate_tolerance"]
+
+
+def duplicate_tolerance(dtype: torch.dtype) -> float:
+    """Relative squared-distance threshold below which two points count as the same point.
+
+    ``||x - z||^2 <= tol * 2 ||x||^2`` (in the M-geometry): the round-off floor of the GEMM distance formula.
+    """
+    return 100.0 * torch.finfo(dtype).eps
+
+
+def _kt_tile(zb, zc, zb_sq, zc_sq, bandwidth, out):
+    """``k(b, i) / ||z_b - z_i||`` with near-zero distances zeroed; ``out`` receives the (b, m) tile."""
+    d2 = sq_distances(zb, zc, x_sq=zb_sq, z_sq=zc_sq, out=out)
+    thr = (2.0 * duplicate_tolerance(zb.dtype)) * zb_sq
+    same = d2 <= thr.unsqueeze(1)
+    dist = d2.sqrt_()
+    inv = torch.reciprocal(dist)
+    kt = dist.mul_(-1.0 / float(bandwidth)).exp_().mul_(inv)
+    return kt.masked_fill_(same, 0.0)
+
+
+def _factor_to_metric(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
+    """``x M`` for ``M = R R^T`` given ``R = sqrt_m`` (None, diagonal vector, or matrix)."""
+    if sqrt_m is None:
+        return x
+    if sqrt_m.dim() == 1:
+        return x * (sqrt_m * sqrt_m)
+    return (x @ sqrt_m) @ sqrt_m.T
+
+
+def _plan(n_samples, n_centres, c, d, itemsize, budget, sample_block, centre_block):
+    cd = c * d
+    if centre_block is None:
+        # the (centres x c*d) coefficient block may take at most a third of the budget
+        centre_block = max(1, min(n_centres, (budget // 3) // max(1, cd * itemsize)))
+    if sample_block is None:
+        fixed = centre_block * (cd + d + 1) * itemsize
+        per_row = (2 * centre_block + 3 * cd + 2 * d) * itemsize + centre_block  # tiles, G, mask
+        sample_block = max(1, min(n_samples, (budget - fixed) // per_row, 8192))
+    return int(sample_block), int(centre_block)
+
+
+def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_block, coef_cache, tile_buf):
+    """Gradients (b, c, d) of the predictor at one block of samples, accumulated over centre blocks."""
+    b = zs.shape[0]
+    n_c, c = alpha.shape
+    d = xmc.shape[1]
+    acc = torch.zeros((b, c * d), dtype=zs.dtype, device=zs.device)
+    s = torch.zeros((b, c), dtype=zs.dtype, device=zs.device)
+    for j in range(0, n_c, centre_block):
+        sl = slice(j, j + centre_block)
+        m = zc[sl].shape[0]
+        tile = tile_buf[: b * m].view(b, m)
+        kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], bandwidth, tile)
+        coef = coef_cache if coef_cache is not None else (alpha[sl].unsqueeze(2) * xmc[sl].unsqueeze(1)).reshape(m, c * d)
+        acc.addmm_(kt, coef)
+        s.addmm_(kt, alpha[sl])
+    g = acc.view(b, c, d)
+    g.sub_(s.unsqueeze(2) * xms.unsqueeze(1))
+    return g.mul_(1.0 / float(bandwidth))
+
+
+def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block):
+    if alpha.dim() == 1:
+        alpha = alpha.unsqueeze(1)
+    if memory_budget is None:
+        memory_budget = default_memory_budget(samples.device)
+    n_s, d = samples.shape
+    n_c, c = alpha.shape
+    sb, cb = _plan(n_s, n_c, c, d, samples.element_size(), memory_budget, sample_block, centre_block)
+    zc = apply_sqrt_m(centres, sqrt_m)
+    zc_sq = sq_norms(zc)
+    xmc = _factor_to_metric(centres, sqrt_m)
+    zs_all = apply_sqrt_m(samples, sqrt_m)
+    xms_all = _factor_to_metric(samples, sqrt_m)
+    coef_cache = None
+    if cb >= n_c:
+        coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
+    tile_buf = torch.empty(min(sb, n_s) * min(cb, n_c), dtype=samples.dtype, device=samples.device)
+    for i in range(0, n_s, sb):
+        zs = zs_all[i : i + sb]
+        yield _block_gradients(
+            zs, sq_norms(zs), xms_all[i : i + sb], zc, zc_sq, xmc, alpha, bandwidth, cb, coef_cache, tile_buf
+        )
+
+
+def laplace_gradients(
+    samples: torch.Tensor,
+    centres: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    bandwidth: float,
+    sqrt_m: torch.Tensor | None = None,
+    memory_budget: int | None = None,
+    sample_block: int | None = None,
+    centre_block: int | None = None,
+) -> torch.Tensor:
+    """Gradients of ``f(x) = K_M(x, centres) @ alpha`` at each sample point.
+
+    Parameters
+    ----------
+    samples : (s, d) tensor, points where the gradient is taken.
+    centres : (n, d) tensor, kernel centres (training points).
+    alpha : (n,) or (n, c) tensor of dual coefficients.
+    bandwidth : float, L.
+    sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T``.
+
+    Returns
+    -------
+    (s, c, d) tensor: ``out[b, c] = grad f_c(samples[b])``.
+    """
+    blocks = list(_iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block))
+    return torch.cat(blocks, 0)
+
+
+def laplace_agop(
+    samples: torch.Tensor,
+    centres: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    bandwidth: float,
+    sqrt_m: torch.Tensor | None = None,
+    diag: bool = False,
+    centering: bool = False,
+    memory_budget: int | None = None,
+    sample_block: int | None = None,
+    centre_block: int | None = None,
+) -> torch.Tensor:
+    """Average gradient outer product of the Laplace kernel predictor ``f = K_M(., centres) @ alpha``.
+
+    Parameters
+    ----------
+    samples : (s, d) tensor, points the average runs over (training points or a random subset).
+    centres : (n, d) tensor, kernel centres.
+    alpha : (n,) or (n, c) tensor of dual coefficients.
+    bandwidth : float, L.
+    sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T``.
+    diag : keep only the diagonal (per-feature importances; O(d) memory for the result).
+    centering : subtract the mean gradient over ``samples`` (per output channel) before the outer products.
+    memory_budget : bytes for tiles and temporaries; ``sample_block`` / ``centre_block`` override the plan.
+
+    Returns
+    -------
+    (d, d) tensor, or (d,) with ``diag=True``; accumulated and returned in float64 (the result is small).
+    """
+    d = samples.shape[1]
+    n_s = samples.shape[0]
+    acc = torch.zeros((d,) if diag else (d, d), dtype=torch.float64, device=samples.device)
+    gsum = None
+    for g in _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block):
+        if centering:
+            part = g.sum(0).double()
+            gsum = part if gsum is None else gsum + part
+        g2 = g.reshape(-1, d)
+        if diag:
+            acc += torch.einsum("kd,kd->d", g2, g2).double()
+        else:
+            acc += (g2.T @ g2).double()
+    acc /= max(n_s, 1)
+    if centering and gsum is not None:
+        gbar = gsum / n_s  # (c, d)
+        acc -= (gbar * gbar).sum(0) if diag else gbar.T @ gbar
+    return acc

@@ -1,0 +1,173 @@
+"""Memory-budgeted block planning and blocked kernel products ``K(X, Z) @ V``.
+
+A plan turns a byte budget into a (row block, column block) tile so that the kernel tile, the transformed inputs and
+the outputs stay under the budget; the product then streams tiles through one reused buffer and never holds the
+whole ``n x m`` kernel matrix unless it fits.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .laplace import apply_sqrt_m, laplace_kernel_transformed, sq_norms
+
+__all__ = [
+    "BlockPlan",
+    "available_memory",
+    "default_memory_budget",
+    "plan_blocks",
+    "kernel_matmul",
+]
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes of memory currently available on ``device`` (free GPU memory, or MemAvailable on the host)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
+        return 4 * 1024**3
+
+
+def default_memory_budget(device: torch.device | str = "cpu", fraction: float = 0.6) -> int:
+    """Default working budget: a fraction of the memory available on ``device`` right now."""
+    return int(fraction * available_memory(device))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Tile sizes for a blocked ``n_rows x n_cols`` computation and the bytes the plan accounts for."""
+
+    row_block: int
+    col_block: int
+    bytes: int
+
+    @property
+    def n_tiles(self) -> int:  # pragma: no cover - convenience
+        return self.row_block * self.col_block
+
+
+def plan_blocks(
+    n_rows: int,
+    n_cols: int,
+    *,
+    itemsize: int,
+    budget: int,
+    tile_copies: int = 1,
+    per_row_bytes: int = 0,
+    per_col_bytes: int = 0,
+    fixed_bytes: int = 0,
+    max_row_block: int | None = None,
+) -> BlockPlan:
+    """Largest tile with ``fixed + rb*cb*itemsize*tile_copies + rb*per_row + cb*per_col <= budget``.
+
+    Whole columns are preferred (one pass over the columns per row block); columns are split only when even a small
+    row block of full width does not fit. Raises ``ValueError`` naming the shortfall when nothing fits.
+    """
+    if n_rows <= 0 or n_cols <= 0:
+        return BlockPlan(max(n_rows, 1), max(n_cols, 1), fixed_bytes)
+    avail = budget - fixed_bytes
+    tile_item = itemsize * tile_copies
+    cap = n_rows if max_row_block is None else max(1, min(n_rows, max_row_block))
+    # full columns
+    per_row_full = n_cols * tile_item + per_row_bytes
+    rb = (avail - n_cols * per_col_bytes) // per_row_full if per_row_full > 0 else cap
+    min_rows = min(cap, 64)
+    if rb >= min_rows:
+        rb = int(min(rb, cap))
+        return BlockPlan(rb, n_cols, fixed_bytes + rb * per_row_full + n_cols * per_col_bytes)
+    # split columns: square-ish tiles of min_rows rows
+    rb = min_rows
+    cb = (avail - rb * per_row_bytes) // (rb * tile_item + per_col_bytes)
+    if cb < 1:
+        need = fixed_bytes + rb * (tile_item + per_row_bytes) + per_col_bytes
+        raise ValueError(
+            f"memory_budget of {budget} bytes is too small for this computation: it needs at least "
+            f"{need} bytes ({fixed_bytes} for the inputs alone)."
+        )
+    cb = int(min(cb, n_cols))
+    return BlockPlan(rb, cb, fixed_bytes + rb * cb * tile_item + rb * per_row_bytes + cb * per_col_bytes)
+
+
+def kernel_matmul(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    bandwidth: float,
+    sqrt_m: torch.Tensor | None = None,
+    memory_budget: int | None = None,
+    plan: BlockPlan | None = None,
+    out: torch.Tensor | None = None,
+    z_transformed: bool = False,
+    z_sq: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Blocked ``K_M(x, z) @ v`` without materialising the full kernel matrix.
+
+    Parameters
+    ----------
+    x : (n, d) tensor, rows to evaluate at.
+    z : (m, d) tensor, centres (already multiplied by ``sqrt_m`` if ``z_transformed``).
+    v : (m,) or (m, c) tensor of coefficients.
+    bandwidth : float, Laplace bandwidth L.
+    sqrt_m : optional factor R of M (see :func:`kernels.laplace.laplace_kernel`).
+    memory_budget : bytes for the kernel tiles and temporaries (default: a fraction of available memory).
+    plan : optional explicit :class:`BlockPlan` (overrides the budget).
+    out : optional (n, c) output tensor.
+    z_transformed : ``z`` is already ``z R``; ``z_sq`` may then hold its squared row norms.
+
+    Returns
+    -------
+    (n,) or (n, c) tensor ``sum_j k(x_i, z_j) v_j``.
+    """
+    squeeze = v.dim() == 1
+    v2 = v.unsqueeze(1) if squeeze else v
+    n, m, c = x.shape[0], z.shape[0], v2.shape[1]
+    itemsize = x.element_size()
+    xr = apply_sqrt_m(x, sqrt_m)
+    zr = z if z_transformed else apply_sqrt_m(z, sqrt_m)
+    if z_sq is None:
+        z_sq = sq_norms(zr)
+    if plan is None:
+        if memory_budget is None:
+            memory_budget = default_memory_budget(x.device)
+        plan = plan_blocks(n, m, itemsize=itemsize, budget=memory_budget, per_row_bytes=2 * c * itemsize)
+    if out is None:
+        out = torch.empty((n, c), dtype=x.dtype, device=x.device)
+    rb, cb = plan.row_block, plan.col_block
+    buf = torch.empty(min(rb, n) * min(cb, m), dtype=x.dtype, device=x.device)
+    for i in range(0, n, rb):
+        xi = xr[i : i + rb]
+        xi_sq = sq_norms(xi)
+        oi = out[i : i + rb]
+        for j in range(0, m, cb):
+            zj = zr[j : j + cb]
+            tile = buf[: xi.shape[0] * zj.shape[0]].view(xi.shape[0], zj.shape[0])
+            laplace_kernel_transformed(xi, zj, bandwidth=bandwidth, x_sq=xi_sq, z_sq=z_sq[j : j + cb], out=tile)
+            if j == 0:
+                torch.mm(tile, v2[j : j + cb], out=oi)
+            else:
+                oi.addmm_(tile, v2[j : j + cb])
+    return out.squeeze(1) if squeeze else out
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b) if b else 0
+
+
+def tensor_bytes(*shape: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of a dense tensor of ``shape`` and ``dtype``."""
+    return int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,28 @@
+"""The result record every solver returns (scipy-style)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SolveResult:
+    """Solution of ``(K + reg I) x = Y``.
+
+    Attributes
+    ----------
+    x : (n, c) tensor, the solution.
+    n_iter : iterations run (1 for a direct solve).
+    converged : whether the stopping criterion was met.
+    residual_norms : relative residual norms per iteration (may be empty for direct solves).
+    reg_used : the ridge actually applied (``reg`` plus any jitter added for stability).
+    method : name of the solver.
+    """
+
+    x: torch.Tensor
+    n_iter: int
+    converged: bool
+    residual_norms: list[float] = field(default_factory=list)
+    reg_used: float = 0.0
+    method: str = ""
