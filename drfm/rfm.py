@@ -242,7 +242,6 @@ class _BaseRFM(BaseEstimator):
         self.M_ = r64 * r64 if r64.ndim == 1 else r64 @ r64.T
         self.dual_coef_ = best_alpha.cpu().numpy()
         self.X_fit_ = Xt.cpu().numpy()
-        self._cache = None
         return self
 
     def _validate_xy(self, X, y):
@@ -250,20 +249,19 @@ class _BaseRFM(BaseEstimator):
 
     # ---- prediction -----------------------------------------------------------------------------------------------
     def _tensors(self):
-        """Fitted arrays as tensors on the fitted device, cached (not pickled)."""
-        cache = getattr(self, "_cache", None)
-        if cache is None:
-            device = torch.device(self.device_)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                device = torch.device("cpu")
-            dtype = resolve_dtype(self.dtype)
-            xf = to_tensor(self.X_fit_, dtype, device)
-            r = to_tensor(self.sqrt_m_, dtype, device)
-            z = apply_sqrt_m(xf, r)
-            cache = {"device": device, "dtype": dtype, "r": r, "z": z, "z_sq": sq_norms(z),
-                     "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
-            self._cache = cache
-        return cache
+        """Fitted arrays as tensors on the fitted device (CPU when that device is absent here).
+
+        Rebuilt per call (one n x d GEMM): predict must not change the estimator's ``__dict__``.
+        """
+        device = torch.device(self.device_)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            device = torch.device("cpu")
+        dtype = resolve_dtype(self.dtype)
+        xf = to_tensor(self.X_fit_, dtype, device)
+        r = to_tensor(self.sqrt_m_, dtype, device)
+        z = apply_sqrt_m(xf, r)
+        return {"device": device, "dtype": dtype, "r": r, "z": z, "z_sq": sq_norms(z),
+                "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
 
     def _raw_predict(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -303,11 +301,6 @@ class _BaseRFM(BaseEstimator):
         dg = np.asarray(self.M_ if self.M_.ndim == 1 else np.diag(self.M_), dtype=np.float64)
         total = dg.sum()
         return dg / total if total > 0 else dg
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_cache", None)
-        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -405,7 +398,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         if len(classes) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in the data, but the data contain only "
-                f"one class: {classes[0]!r}."
+                f"one class: {classes[0].item()!r}."
             )
         self.classes_ = classes
         Y = np.zeros((len(y), len(classes)))
@@ -422,4 +415,5 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
 
     def predict(self, X):
         """Predicted class labels."""
-        return self.classes_[np.argmax(self._raw_predict(X), axis=1)]
+        out = self._raw_predict(X)
+        return self.classes_[np.argmax(out, axis=1)]

@@ -47,6 +47,7 @@ def sq_distances(
     z : (m, d) tensor, same dtype and device as ``x``.
     x_sq, z_sq : optional (n,) and (m,) precomputed squared row norms.
     out : optional (n, m) tensor to write into (saves an allocation in blocked loops).
+        When ``x is z`` (the same tensor object) the diagonal is set to exactly 0.
 
     Returns
     -------
@@ -59,7 +60,11 @@ def sq_distances(
     # one GEMM with the z-norms folded in as the (broadcast) additive term: z_sq - 2 x z^T
     d2 = torch.addmm(z_sq.unsqueeze(0), x, z.T, beta=1.0, alpha=-2.0, out=out)
     d2.add_(x_sq.unsqueeze(1))
-    return d2.clamp_min_(0.0)
+    d2.clamp_min_(0.0)
+    if x is z:
+        # self-distances are exactly 0; the GEMM formula leaves round-off of order eps * ||x||^2 there
+        d2.diagonal().zero_()
+    return d2
 
 
 def laplace_kernel_transformed(

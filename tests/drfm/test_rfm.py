@@ -1,0 +1,116 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from drfm import RFMClassifier, RFMRegressor
+from kernels import laplace_agop
+
+
+def lowrank(n, d=100, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, X[:, 0] * X[:, 1]
+
+
+def laplace_krr_numpy(Xtr, ytr, Xte, bandwidth, reg):
+    K = np.exp(-cdist(Xtr, Xtr) / bandwidth)
+    alpha = np.linalg.solve(K + reg * np.eye(len(Xtr)), ytr)
+    return np.exp(-cdist(Xte, Xtr) / bandwidth) @ alpha
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-8), ("float32", 2e-3)])
+def test_iters0_equals_independent_laplace_krr(dtype, tol):
+    rng = np.random.default_rng(1)
+    X, Xte = rng.standard_normal((300, 7)), rng.standard_normal((50, 7))
+    Y = np.stack([np.sin(X[:, 0]), X[:, 1] ** 2], 1)
+    ref = laplace_krr_numpy(X, Y, Xte, 3.0, 1e-2)
+    model = RFMRegressor(3.0, reg=1e-2, iters=0, dtype=dtype).fit(X, Y)
+    np.testing.assert_allclose(model.predict(Xte), ref, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(model.M_, np.eye(7))
+    assert len(model.history_) == 1 and model.best_iter_ == 0
+
+
+def test_one_iteration_uses_agop_of_first_fit():
+    # the learned M is the normalised AGOP of the iters=0 predictor (independently computed)
+    X, y = lowrank(400, d=10, seed=3)
+    m0 = RFMRegressor(iters=0, dtype="float64").fit(X, y)
+    agop = laplace_agop(torch.tensor(X), torch.tensor(X), torch.tensor(m0.dual_coef_), bandwidth=10.0).numpy()
+    m1 = RFMRegressor(iters=1, dtype="float64").fit(X, y)
+    np.testing.assert_allclose(m1.M_, agop / np.abs(agop).max(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(m0.agop(), agop, rtol=1e-10)
+
+
+def test_feature_learning_lowrank_target():
+    X, y = lowrank(4000, seed=0)
+    Xte, yte = lowrank(2000, seed=1)
+    plain = RFMRegressor(iters=0).fit(X, y).score(Xte, yte)
+    rfm = RFMRegressor(iters=5, random_state=0).fit(X, y)
+    r2 = rfm.score(Xte, yte)
+    assert plain < 0.3
+    assert r2 >= 0.9
+    # the learned features are x_0 and x_1
+    assert set(np.argsort(rfm.feature_importances_)[-2:]) == {0, 1}
+
+
+def test_classifier_string_labels_and_decision_function():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((240, 5))
+    labels = np.array(["cat", "dog", "eel"])[(X[:, 0] > 0.5).astype(int) + (X[:, 0] > -0.5)]
+    clf = RFMClassifier(iters=2, random_state=0).fit(X, labels)
+    assert list(clf.classes_) == ["cat", "dog", "eel"]
+    assert clf.score(X, labels) > 0.9
+    assert clf.decision_function(X).shape == (240, 3)
+    binary = RFMClassifier(iters=1).fit(X, X[:, 1] > 0)
+    df = binary.decision_function(X)
+    assert df.shape == (240,)
+    np.testing.assert_array_equal(binary.predict(X), binary.classes_[(df > 0).astype(int)])
+
+
+def test_validation_fraction_keeps_best_iterate():
+    X, y = lowrank(600, d=20, seed=2)
+    m = RFMRegressor(iters=3, validation_fraction=0.25, random_state=0).fit(X, y)
+    scores = [h["val_score"] for h in m.history_]
+    assert m.best_iter_ == int(np.argmax(scores))
+    assert len(m.X_fit_) == 450
+    assert all(h["seconds"] > 0 and h["solver"] == "direct" for h in m.history_)
+
+
+def test_pickle_round_trip_identical_predictions():
+    X, y = lowrank(300, d=8)
+    m = RFMRegressor(iters=2, random_state=0).fit(X, y)
+    m2 = pickle.loads(pickle.dumps(m))
+    np.testing.assert_array_equal(m.predict(X), m2.predict(X))
+
+
+def test_random_state_determinism():
+    X, y = lowrank(500, d=8)
+    kw = dict(iters=2, agop_sample_size=100, validation_fraction=0.2)
+    a = RFMRegressor(random_state=5, **kw).fit(X, y)
+    b = RFMRegressor(random_state=5, **kw).fit(X, y)
+    c = RFMRegressor(random_state=6, **kw).fit(X, y)
+    np.testing.assert_array_equal(a.M_, b.M_)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    assert not np.array_equal(a.M_, c.M_)
+
+
+def test_global_rng_untouched():
+    X, y = lowrank(100, d=5)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    expected_t, expected_np = torch.rand(1), np.random.rand()
+    torch.manual_seed(123)
+    np.random.seed(123)
+    RFMRegressor(iters=1, random_state=0, agop_sample_size=10).fit(X, y)
+    assert torch.rand(1) == expected_t and np.random.rand() == expected_np
+
+
+def test_verbose_progress_and_logging(capsys):
+    X, y = lowrank(100, d=5)
+    RFMRegressor(iters=1, verbose=True).fit(X, y)
+    err = capsys.readouterr().err
+    assert "RFMRegressor" in err  # tqdm writes to stderr
+    RFMRegressor(iters=1).fit(X, y)
+    assert capsys.readouterr().err == ""
