@@ -5,7 +5,7 @@ For ``f_c(x) = sum_i alpha_ic k_M(x, x_i)`` with ``k_M(x, z) = exp(-||x - z||_M 
     grad f_c(x) = (1/L) sum_i alpha_ic k_M(x, x_i) / ||x - x_i||_M * M (x_i - x)
 
 Terms with a (numerically) zero distance are dropped: the Laplace kernel is not differentiable there, and they are
-a point's own term when the sample points are training points. The average gradient outer product over samples S:
+a point's own term when the sample points are training points (see ``_kt_tile`` for how, without a masking pass). The average gradient outer product over samples S:
 
     AGOP = (1/|S|) sum_{x in S} sum_c grad f_c(x) grad f_c(x)^T                       (d x d)
 
@@ -20,29 +20,34 @@ from __future__ import annotations
 
 import torch
 
-from .blocked import default_memory_budget
-from .laplace import apply_sqrt_m, sq_distances, sq_norms
+from .blocked import TILE_ELEMENTS, default_memory_budget
+from .laplace import apply_sqrt_m, sq_norms
 
 __all__ = ["laplace_gradients", "laplace_agop", "duplicate_tolerance"]
 
 
 def duplicate_tolerance(dtype: torch.dtype) -> float:
-    """Relative squared-distance threshold below which two points count as the same point.
+    """Relative squared-distance floor: ``||x - z||^2`` is floored at ``tol * 2 ||x||^2`` (in the M-geometry).
 
-    ``||x - z||^2 <= tol * 2 ||x||^2`` (in the M-geometry): the round-off floor of the GEMM distance formula.
+    That is the round-off floor of the GEMM distance formula, below which two points count as the same point.
     """
     return 100.0 * torch.finfo(dtype).eps
 
 
-def _kt_tile(zb, zc, zb_sq, zc_sq, bandwidth, out):
-    """``k(b, i) / ||z_b - z_i||`` with near-zero distances zeroed; ``out`` receives the (b, m) tile."""
-    d2 = sq_distances(zb, zc, x_sq=zb_sq, z_sq=zc_sq, out=out)
-    thr = (2.0 * duplicate_tolerance(zb.dtype)) * zb_sq
-    same = d2 <= thr.unsqueeze(1)
+def _kt_tile(zb, zc, zb_sq, zc_sq, bandwidth, out, scratch):
+    """``k(b, i) / ||z_b - z_i||`` for a tile, written into ``out``; ``scratch`` is a tile-sized work buffer.
+
+    Numerically zero distances (a point's own term, exact duplicates) are floored at the round-off level instead of
+    masked: their contribution carries the factor ``M (x_i - x_b) = 0``, so flooring drops them up to rounding while
+    keeping every value finite, at no extra pass over the tile.
+    """
+    d2 = torch.addmm(zc_sq.unsqueeze(0), zb, zc.T, beta=1.0, alpha=-2.0, out=out)
+    d2.add_(zb_sq.unsqueeze(1))
+    floor = zb_sq.mul(2.0 * duplicate_tolerance(zb.dtype)).add_(torch.finfo(zb.dtype).tiny ** 0.5)
+    torch.maximum(d2, floor.unsqueeze(1), out=d2)
     dist = d2.sqrt_()
-    inv = torch.reciprocal(dist)
-    kt = dist.mul_(-1.0 / float(bandwidth)).exp_().mul_(inv)
-    return kt.masked_fill_(same, 0.0)
+    k = torch.mul(dist, -1.0 / float(bandwidth), out=scratch).exp_()
+    return dist.reciprocal_().mul_(k)
 
 
 def _factor_to_metric(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
@@ -61,12 +66,12 @@ def _plan(n_samples, n_centres, c, d, itemsize, budget, sample_block, centre_blo
         centre_block = max(1, min(n_centres, (budget // 3) // max(1, cd * itemsize)))
     if sample_block is None:
         fixed = centre_block * (cd + d + 1) * itemsize
-        per_row = (2 * centre_block + 3 * cd + 2 * d) * itemsize + centre_block  # tiles, G, mask
-        sample_block = max(1, min(n_samples, (budget - fixed) // per_row, 8192))
+        per_row = (2 * centre_block + 3 * cd + 2 * d) * itemsize  # two tiles, accumulators, gradients
+        sample_block = max(1, min(n_samples, (budget - fixed) // per_row, max(256, TILE_ELEMENTS // centre_block)))
     return int(sample_block), int(centre_block)
 
 
-def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_block, coef_cache, tile_buf):
+def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_block, coef_cache, bufs):
     """Gradients (b, c, d) of the predictor at one block of samples, accumulated over centre blocks."""
     b = zs.shape[0]
     n_c, c = alpha.shape
@@ -76,8 +81,7 @@ def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_bl
     for j in range(0, n_c, centre_block):
         sl = slice(j, j + centre_block)
         m = zc[sl].shape[0]
-        tile = tile_buf[: b * m].view(b, m)
-        kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], bandwidth, tile)
+        kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], bandwidth, bufs[0][: b * m].view(b, m), bufs[1][: b * m].view(b, m))
         coef = coef_cache if coef_cache is not None else (alpha[sl].unsqueeze(2) * xmc[sl].unsqueeze(1)).reshape(m, c * d)
         acc.addmm_(kt, coef)
         s.addmm_(kt, alpha[sl])
@@ -102,11 +106,12 @@ def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, s
     coef_cache = None
     if cb >= n_c:
         coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
-    tile_buf = torch.empty(min(sb, n_s) * min(cb, n_c), dtype=samples.dtype, device=samples.device)
+    size = min(sb, n_s) * min(cb, n_c)
+    bufs = [torch.empty(size, dtype=samples.dtype, device=samples.device) for _ in range(2)]
     for i in range(0, n_s, sb):
         zs = zs_all[i : i + sb]
         yield _block_gradients(
-            zs, sq_norms(zs), xms_all[i : i + sb], zc, zc_sq, xmc, alpha, bandwidth, cb, coef_cache, tile_buf
+            zs, sq_norms(zs), xms_all[i : i + sb], zc, zc_sq, xmc, alpha, bandwidth, cb, coef_cache, bufs
         )
 
 

@@ -47,7 +47,7 @@ def test_agop_blocking_invariance_and_float32():
     r = sym_sqrt(m)
     whole = laplace_agop(x, x, alpha, bandwidth=3.0, sqrt_m=r)
     tiled = laplace_agop(x, x, alpha, bandwidth=3.0, sqrt_m=r, sample_block=17, centre_block=31)
-    assert _rel(tiled, whole) < 1e-12
+    assert _rel(tiled, whole) < 1e-10  # float64 round-off, amplified by the floored self terms
     f32 = laplace_agop(x.float(), x.float(), alpha.float(), bandwidth=3.0, sqrt_m=r.float(), memory_budget=200_000)
     assert _rel(f32, whole) < 1e-4
 
