@@ -1,0 +1,138 @@
+"""Suite `rfm`: RFM fit/predict on the low-rank and 10-class tasks, scikit-learn KernelRidge on the same L2 Laplace
+kernel as the reference, and the Laplace kernel build against its two unavoidable parts (bare GEMM + bare exp).
+
+Cases are declared in ``CASES``; ``drfm bench rfm`` runs each one in its own process (see ``_harness.py``).
+Targets (foundation issue, 2-core CPU): low-rank n=12800 fit <= 50 s with test R^2 >= 0.99; 10-class n=16000
+fit <= 150 s with accuracy >= 0.80; kernel build within 1.5x of GEMM + exp.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+RFM_PARAMS = {"iters": 5, "bandwidth": 10.0, "reg": 1e-3}
+
+CASES = [
+    {"suite": "rfm", "kind": "kernel_build", "n": 12800, "d": 100},
+    {"suite": "rfm", "kind": "kernel_build", "n": 12800, "d": 784},
+    {"suite": "rfm", "kind": "fit", "model": "drfm.RFMRegressor", "dataset": "lowrank", "n": 4000},
+    {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "lowrank", "n": 4000},
+    {"suite": "rfm", "kind": "fit", "model": "drfm.RFMRegressor", "dataset": "lowrank", "n": 12800},
+    {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "lowrank", "n": 12800},
+    {"suite": "rfm", "kind": "fit", "model": "drfm.RFMClassifier", "dataset": "classif10", "n": 16000},
+    {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "classif10", "n": 16000},
+]
+
+QUICK_CASES = [
+    {"suite": "rfm", "kind": "kernel_build", "n": 2000, "d": 100},
+    {"suite": "rfm", "kind": "fit", "model": "drfm.RFMRegressor", "dataset": "lowrank", "n": 1000},
+    {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "lowrank", "n": 1000},
+]
+
+
+def cases(*, quick: bool = False, sizes: list[int] | None = None, device: str = "auto") -> list[dict]:
+    """The suite's cases; ``sizes`` replaces the training sizes of the fit cases (one run per model and size)."""
+    base = QUICK_CASES if quick else CASES
+    if sizes:
+        fits = {(c["model"], c["dataset"]): c for c in base if c["kind"] == "fit"}
+        base = [c for c in base if c["kind"] != "fit"] + [
+            {**c, "n": n} for n in sizes for c in fits.values()
+        ]
+    return [{**c, "device": device} for c in base]
+
+
+def _median_time(fn, repeats=5):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _kernel_build(case):
+    import torch
+
+    from kernels.laplace import laplace_kernel_transformed, sq_norms
+
+    dev = torch.device("cuda" if case["device"] in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(case["n"], case["d"], generator=g).to(dev)
+    x_sq = sq_norms(x)
+    out = torch.empty(case["n"], case["n"], device=dev)
+
+    def kernel():
+        laplace_kernel_transformed(x, x, bandwidth=10.0, x_sq=x_sq, z_sq=x_sq, out=out)
+        sync()
+
+    def gemm_exp():
+        torch.mm(x, x.T, out=out)
+        out.exp_()
+        sync()
+
+    def gemm():
+        torch.mm(x, x.T, out=out)
+        sync()
+
+    kernel(), gemm_exp()  # warm up
+    t_kernel, t_parts, t_gemm = _median_time(kernel), _median_time(gemm_exp), _median_time(gemm)
+    return {"device": str(dev), "kernel_seconds": t_kernel, "gemm_plus_exp_seconds": t_parts,
+            "gemm_seconds": t_gemm, "ratio": t_kernel / t_parts}
+
+
+def _laplace_l2(A, B, bandwidth):
+    from scipy.spatial.distance import cdist
+
+    return np.exp(-cdist(A, B) / bandwidth)
+
+
+def _fit(case):
+    from drfm import RFMClassifier, RFMRegressor
+    from drfm.datasets import load
+
+    data = load(case["dataset"], n_train=case["n"])
+    task = data.task
+    model_name = case["model"]
+    if model_name.startswith("drfm."):
+        cls = RFMRegressor if model_name.endswith("Regressor") else RFMClassifier
+        model = cls(**RFM_PARAMS, device=case["device"], random_state=0)
+        t0 = time.perf_counter()
+        model.fit(data.X_train, data.y_train)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        score = model.score(data.X_test, data.y_test)
+        pred_s = time.perf_counter() - t0
+        extra = {"device": model.device_, "best_iter": model.best_iter_,
+                 "iter_seconds": [round(h["seconds"], 3) for h in model.history_]}
+    else:
+        from sklearn.kernel_ridge import KernelRidge
+        from sklearn.metrics import accuracy_score, r2_score
+
+        L, reg = RFM_PARAMS["bandwidth"], RFM_PARAMS["reg"]
+        if task == "classification":
+            classes, idx = np.unique(data.y_train, return_inverse=True)
+            Y = np.eye(len(classes))[idx]
+        else:
+            Y = data.y_train
+        t0 = time.perf_counter()
+        K = _laplace_l2(data.X_train, data.X_train, L)
+        krr = KernelRidge(alpha=reg, kernel="precomputed").fit(K, Y)
+        del K
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = krr.predict(_laplace_l2(data.X_test, data.X_train, L))
+        pred_s = time.perf_counter() - t0
+        if task == "classification":
+            score = accuracy_score(data.y_test, classes[np.argmax(out, 1)])
+        else:
+            score = r2_score(data.y_test, out)
+        extra = {"device": "cpu", "note": "float64 numpy; no feature learning (M = I)"}
+    return {"task": task, "d": data.n_features, "n_test": len(data.y_test), "fit_seconds": fit_s,
+            "predict_seconds": pred_s, "score": float(score),
+            "metric": "accuracy" if task == "classification" else "r2", **extra}
+
+
+def run_case(case: dict) -> dict:
+    return _kernel_build(case) if case["kind"] == "kernel_build" else _fit(case)

@@ -1,0 +1,219 @@
+"""The ``drfm`` command line: a thin shell over the public API.
+
+    drfm demo                 fit an RFM classifier on scikit-learn's bundled digits; accuracy, time, AGOP spectrum
+    drfm datasets             list the datasets available offline
+    drfm bench SUITE          run a benchmark suite from benchmarks/ (each case in its own process), JSON lines out
+
+Exit codes: 0 success, 2 bad arguments or files (one-line reason on stderr, no traceback; set DRFM_DEBUG=1 for the
+traceback), 1 unexpected failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A user error: reported as one line on stderr with exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# demo
+def cmd_demo(args) -> dict:
+    import numpy as np
+
+    from .datasets import load
+    from .rfm import RFMClassifier
+
+    data = load("digits", random_state=args.seed)
+    model = RFMClassifier(iters=args.iters, device=args.device, random_state=args.seed, verbose=args.verbose)
+    t0 = time.perf_counter()
+    model.fit(data.X_train, data.y_train)
+    fit_s = time.perf_counter() - t0
+    acc = model.score(data.X_test, data.y_test)
+    eig = np.linalg.eigvalsh(model.M_)[::-1]
+    return {
+        "dataset": "digits",
+        "n_train": len(data.y_train),
+        "n_test": len(data.y_test),
+        "test_accuracy": float(acc),
+        "fit_seconds": fit_s,
+        "device": model.device_,
+        "iters": args.iters,
+        "train_accuracy_per_iter": [h["train_score"] for h in model.history_],
+        "top_agop_eigenvalues": [float(v) for v in eig[:8]],
+        "agop_effective_rank": float(eig.sum() ** 2 / (eig**2).sum()) if eig.any() else 0.0,
+    }
+
+
+def show_demo(res: dict) -> str:
+    eig = ", ".join(f"{v:.4f}" for v in res["top_agop_eigenvalues"])
+    return (
+        f"RFM classifier on digits ({res['n_train']} train / {res['n_test']} test, {res['iters']} AGOP iterations, "
+        f"device {res['device']})\n"
+        f"  test accuracy      {res['test_accuracy']:.4f}\n"
+        f"  fit time           {res['fit_seconds']:.2f} s\n"
+        f"  top AGOP eigvals   {eig}\n"
+        f"  AGOP effective rank {res['agop_effective_rank']:.1f} (of 64 pixels)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# datasets
+def cmd_datasets(args) -> dict:
+    from .datasets import available
+
+    return available()
+
+
+def show_datasets(res: dict) -> str:
+    width = max(len(k) for k in res)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in res.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench
+def _suite_dir(arg: str | None) -> Path:
+    candidates = [Path(arg)] if arg else []
+    if os.environ.get("DRFM_BENCHMARKS"):
+        candidates.append(Path(os.environ["DRFM_BENCHMARKS"]))
+    candidates += [Path(__file__).resolve().parents[1] / "benchmarks", Path.cwd() / "benchmarks"]
+    for c in candidates:
+        if (c / "_harness.py").is_file():
+            return c
+    raise UsageError(
+        "benchmark suites not found: they ship with the source tree (benchmarks/); run from a checkout "
+        "or pass --suite-dir"
+    )
+
+
+def _load_suite(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_drfm_suite_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_bench(args) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    sdir = _suite_dir(args.suite_dir)
+    suites = sorted(p.stem for p in sdir.glob("*.py") if not p.stem.startswith("_"))
+    if args.suite not in suites:
+        raise UsageError(f"unknown benchmark suite {args.suite!r}; available: {', '.join(suites)}")
+    suite_file = sdir / f"{args.suite}.py"
+    suite = _load_suite(suite_file)
+    todo = suite.cases(quick=args.quick, sizes=args.n, device=args.device)
+    out_path = Path(args.out) if args.out else Path("bench-results") / f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    marker = "DRFM-BENCH-RESULT "
+    results = []
+    with open(out_path, "w") as fh:
+        for case in tqdm(todo, desc=f"bench {args.suite}", disable=not args.verbose, unit="case"):
+            proc = subprocess.run(
+                [sys.executable, str(sdir / "_harness.py"), str(suite_file), json.dumps(case)],
+                capture_output=True, text=True, timeout=args.timeout,
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(marker)]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                rec = {**case, "error": tail[0], "returncode": proc.returncode}
+            else:
+                rec = json.loads(lines[-1][len(marker):])
+            results.append(rec)
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+    for rec in results:
+        rec.setdefault("results_file", str(out_path))
+    return results
+
+
+def show_bench(res: list[dict]) -> str:
+    rows = []
+    for r in res:
+        if "error" in r:
+            rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: ERROR {r['error']}")
+        elif r.get("kind") == "kernel_build":
+            rows.append(
+                f"{'kernel_build':<12} {'n=%d d=%d' % (r['n'], r['d']):<20} kernel {r['kernel_seconds']:.3f} s, "
+                f"GEMM+exp {r['gemm_plus_exp_seconds']:.3f} s, ratio {r['ratio']:.2f} ({r['device']})"
+            )
+        else:
+            rows.append(
+                f"{r.get('dataset', ''):<12} {r.get('model', ''):<20} n={r['n']:<7} fit {r['fit_seconds']:8.2f} s  "
+                f"predict {r['predict_seconds']:6.2f} s  {r['metric']} {r['score']:.4f}  "
+                f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB  ({r['device']})"
+            )
+    if res:
+        rows.append(f"results: {res[0]['results_file']}")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="drfm",
+        description="Deep Recursive Feature Machines: AGOP feature learning with Laplace kernel machines.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp, device=True):
+        sp.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+        sp.add_argument("--verbose", "-v", action="store_true", help="show progress bars")
+        if device:
+            sp.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+
+    sp = sub.add_parser("demo", help="fit an RFM classifier on the bundled digits and report accuracy and AGOP")
+    sp.add_argument("--iters", type=int, default=5, help="number of AGOP iterations (default 5)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed for the split and the model")
+    common(sp)
+    sp.set_defaults(func=cmd_demo, show=show_demo)
+
+    sp = sub.add_parser("datasets", help="list the datasets available offline")
+    common(sp, device=False)
+    sp.set_defaults(func=cmd_datasets, show=show_datasets)
+
+    sp = sub.add_parser("bench", help="run a benchmark suite (each case in its own process); JSON lines out")
+    sp.add_argument("suite", help="suite name: a file benchmarks/SUITE.py (e.g. rfm)")
+    sp.add_argument("--out", help="JSON-lines output file (default bench-results/SUITE-TIMESTAMP.jsonl)")
+    sp.add_argument("--n", type=int, nargs="+", help="training sizes to run instead of the suite's defaults")
+    sp.add_argument("--quick", action="store_true", help="tiny sizes, to check the suite runs")
+    sp.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case (default 3600)")
+    sp.add_argument("--suite-dir", help="directory holding the suites (default: the checkout's benchmarks/)")
+    common(sp)
+    sp.set_defaults(func=cmd_bench, show=show_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        res = args.func(args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
+        if os.environ.get("DRFM_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"drfm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, indent=None if isinstance(res, list) else 2, default=str))
+    else:
+        print(args.show(res))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
