@@ -26,9 +26,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from kernels import apply_sqrt_m, kernel_matmul, laplace_agop, sq_norms
+from kernels import KernelOperator, NystromEigensystem, apply_sqrt_m, kernel_matmul, laplace_agop, sq_norms
 from kernels.laplace import laplace_kernel_transformed
-from kernels.solvers import solve_direct
+from kernels.solvers import default_n_centres, solve_cg, solve_direct, solve_eigenpro
 
 from ._backend import format_bytes, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
@@ -56,6 +56,46 @@ def direct_solve_bytes(n: int, d: int, c: int, itemsize: int) -> int:
     return n * n * itemsize + 3 * n * (d + c) * itemsize
 
 
+#: with solver="auto", the direct solver is used up to this many training points (when it fits the budget);
+#: above it, Nystrom-preconditioned CG with warm starts is faster on CPU (see benchmarks/solvers.py)
+AUTO_DIRECT_MAX_N = 8000
+
+
+def iterative_solve_bytes(n: int, d: int, c: int, itemsize: int, n_centres: int, rank: int = 500) -> int:
+    """Bytes the iterative path holds besides kernel tiles: data (raw + transformed), ~8 n x c CG vectors, the
+    n x rank Nystrom basis, the Nystrom eigenproblem (float64), and a minimal 256 x 256 tile."""
+    return (2 * n * d + 8 * n * c + n * rank) * itemsize + 3 * n_centres**2 * 8 + 3 * 256 * 256 * itemsize
+
+
+def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget: int, owner: str):
+    """Pick the linear solver and say why; raise a ValueError saying what fits when nothing does."""
+    direct = direct_solve_bytes(n, d, c, itemsize)
+    iterative = iterative_solve_bytes(n, d, c, itemsize, default_n_centres(n))
+    if requested == "direct":
+        if direct > budget:
+            per = 3 * (d + c) * itemsize
+            n_max = int((-per + np.sqrt(per**2 + 4 * itemsize * budget)) / (2 * itemsize))
+            raise ValueError(
+                f"{owner} with solver='direct' needs {format_bytes(direct)} for the {n} x {n} kernel matrix, but "
+                f"memory_budget is {format_bytes(budget)}; under this budget the direct solver fits at most {n_max} "
+                "training samples. Use solver='cg' or 'eigenpro' (or 'auto'), or a larger memory_budget."
+            )
+        return "direct", "forced by solver='direct'"
+    if requested == "auto" and direct <= budget and n <= AUTO_DIRECT_MAX_N:
+        return "direct", f"n={n} <= {AUTO_DIRECT_MAX_N} and the n x n matrix ({format_bytes(direct)}) fits the budget"
+    if iterative > budget:
+        per_n = (2 * d + 8 * c + 500) * itemsize
+        raise ValueError(
+            f"{owner} cannot fit {n} training samples under memory_budget={format_bytes(budget)}: even the "
+            f"iterative solver needs {format_bytes(iterative)} (data, solver vectors, Nystrom basis); about "
+            f"{max(0, int((budget - 3 * 4000**2 * 8) // per_n))} samples would fit. Pass a larger memory_budget."
+        )
+    if requested in ("cg", "eigenpro"):
+        return requested, f"forced by solver={requested!r}"
+    why = "the n x n matrix does not fit the budget" if direct > budget else f"n={n} > {AUTO_DIRECT_MAX_N}"
+    return "cg", f"{why}: Nystrom-preconditioned CG, warm-started across iterations"
+
+
 class _BaseRFM(BaseEstimator):
     _parameter_constraints = {
         "bandwidth": [Interval("float", 0, None, closed="neither")],
@@ -67,7 +107,9 @@ class _BaseRFM(BaseEstimator):
         "normalize_m": [BOOL],
         "agop_sample_size": [Interval("int", 1, None, closed="left")],
         "validation_fraction": [Interval("float", 0, 1, closed="neither"), NoneOK],
-        "solver": [Options("auto", "direct")],
+        "solver": [Options("auto", "direct", "cg", "eigenpro")],
+        "solver_tol": [Interval("float", 0, 1, closed="neither")],
+        "solver_max_iter": [Interval("int", 1, None, closed="left"), NoneOK],
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
@@ -88,6 +130,8 @@ class _BaseRFM(BaseEstimator):
         agop_sample_size=20000,
         validation_fraction=None,
         solver="auto",
+        solver_tol=1e-4,
+        solver_max_iter=None,
         device="auto",
         dtype="float32",
         memory_budget=None,
@@ -104,6 +148,8 @@ class _BaseRFM(BaseEstimator):
         self.agop_sample_size = agop_sample_size
         self.validation_fraction = validation_fraction
         self.solver = solver
+        self.solver_tol = solver_tol
+        self.solver_max_iter = solver_max_iter
         self.device = device
         self.dtype = dtype
         self.memory_budget = memory_budget
@@ -155,25 +201,20 @@ class _BaseRFM(BaseEstimator):
             tr, va = np.arange(n), None
         n_tr = len(tr)
 
-        need = direct_solve_bytes(n_tr, d, c, itemsize)
-        if need > budget:
-            per = itemsize
-            n_max = int((-(3 * (d + c) * per) + np.sqrt((3 * (d + c) * per) ** 2 + 4 * per * budget)) / (2 * per))
-            raise ValueError(
-                f"{type(self).__name__} with solver={self.solver!r} needs {format_bytes(need)} for the "
-                f"{n_tr} x {n_tr} kernel matrix of the direct solve, but memory_budget is {format_bytes(budget)}; "
-                f"under this budget the direct solver fits at most {n_max} training samples. "
-                "Pass a larger memory_budget or fewer samples."
-            )
+        solver, reason = choose_solver(self.solver, n_tr, d, c, itemsize, budget, type(self).__name__)
+        logger.info("%s: solver %s (%s)", type(self).__name__, solver, reason)
 
         Xt = to_tensor(X[tr], dtype, device)
         Yt = to_tensor(Y[tr], dtype, device)
         Xv = to_tensor(X[va], dtype, device) if va is not None else None
         y_tr = y[tr]
         y_va = y[va] if va is not None else None
+        # iterative solvers: training score estimated on a fixed random subset (an exact one costs a full pass)
+        score_idx = torch.randperm(n_tr, generator=gen)[: min(n_tr, 2000)].sort().values.to(device)
 
-        K = torch.empty((n_tr, n_tr), dtype=dtype, device=device)
+        K = torch.empty((n_tr, n_tr), dtype=dtype, device=device) if solver == "direct" else None
         sqrt_m = None
+        alpha = None
         best = None
         history = []
         bar = tqdm(range(self.iters + 1), desc=type(self).__name__, disable=not self.verbose, unit="iter")
@@ -181,25 +222,44 @@ class _BaseRFM(BaseEstimator):
             t0 = time.perf_counter()
             Z = apply_sqrt_m(Xt, sqrt_m)
             z_sq = sq_norms(Z)
+            if solver == "direct":
 
-            def build(out, Z=Z, z_sq=z_sq):
-                laplace_kernel_transformed(Z, Z, bandwidth=self.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
+                def build(out, Z=Z, z_sq=z_sq):
+                    laplace_kernel_transformed(Z, Z, bandwidth=self.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
 
-            build(K)
-            sol = solve_direct(K, Yt, reg=float(self.reg), overwrite_k=True, rebuild=build)
+                build(K)
+                sol = solve_direct(K, Yt, reg=float(self.reg), overwrite_k=True, rebuild=build)
+                # K alpha = Y - reg_used * alpha: training outputs come for free
+                train_out = (Yt - sol.reg_used * sol.x).cpu().double().numpy()
+                train_y = y_tr
+            else:
+                op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=budget, transformed=True)
+                pre = NystromEigensystem(op, generator=gen, build_extension=solver == "cg")
+                if solver == "cg":
+                    sol = solve_cg(op, Yt, reg=float(self.reg), x0=alpha, preconditioner=pre, rtol=self.solver_tol,
+                                   max_iter=self.solver_max_iter, verbose=bool(self.verbose) and self.verbose > 1)
+                else:
+                    sol = solve_eigenpro(op, Yt, reg=float(self.reg), x0=alpha, preconditioner=pre,
+                                         epochs=self.solver_max_iter or 10, rtol=self.solver_tol, generator=gen,
+                                         verbose=bool(self.verbose) and self.verbose > 1)
+                train_out = kernel_matmul(Z[score_idx], Z, sol.x, bandwidth=self.bandwidth, memory_budget=budget,
+                                          z_transformed=True, z_sq=z_sq).cpu().double().numpy()
+                train_y = y_tr[score_idx.cpu().numpy()]
             alpha = sol.x
             if not bool(torch.isfinite(alpha).all()):
                 raise ValueError(
                     "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
                     "(try a larger bandwidth, a larger reg or dtype='float64')."
                 )
-            # K alpha = Y - reg_used * alpha: training outputs come for free
-            train_out = (Yt - sol.reg_used * alpha).cpu().double().numpy()
             rec = {
                 "iter": t,
                 "solver": sol.method,
+                "solver_reason": reason,
+                "solver_iters": sol.n_iter,
+                "solver_converged": sol.converged,
+                "solver_residual": sol.residual_norms[-1] if sol.residual_norms else None,
                 "reg_used": sol.reg_used,
-                "train_score": self._score_outputs(train_out, y_tr),
+                "train_score": self._score_outputs(train_out, train_y),
                 "val_score": None,
             }
             if Xv is not None:
@@ -228,6 +288,7 @@ class _BaseRFM(BaseEstimator):
             bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if key is None else f"{key:.4f}")
             logger.info("RFM iteration %d: %s", t, rec)
         del K
+        self.solver_ = solver
 
         _, best_t, best_r, best_alpha = best
         self.best_iter_ = best_t

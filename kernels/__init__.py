@@ -6,10 +6,13 @@ Note: an unrelated PyPI distribution is also called ``kernels``; this package sh
 from .agop import laplace_agop, laplace_gradients
 from .blocked import BlockPlan, available_memory, default_memory_budget, kernel_matmul, plan_blocks
 from .laplace import apply_sqrt_m, laplace_kernel, sq_distances, sq_norms
-from .solvers import SolveResult, solve_direct
+from .blocked import KernelOperator
+from .solvers import NystromEigensystem, SolveResult, solve_cg, solve_direct, solve_eigenpro
 
 __all__ = [
     "BlockPlan",
+    "KernelOperator",
+    "NystromEigensystem",
     "SolveResult",
     "apply_sqrt_m",
     "available_memory",
@@ -19,7 +22,9 @@ __all__ = [
     "laplace_gradients",
     "laplace_kernel",
     "plan_blocks",
+    "solve_cg",
     "solve_direct",
+    "solve_eigenpro",
     "sq_distances",
     "sq_norms",
 ]

@@ -175,3 +175,73 @@ def kernel_matmul(
 def tensor_bytes(*shape: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes of a dense tensor of ``shape`` and ``dtype``."""
     return int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+
+
+class KernelOperator:
+    """The symmetric kernel matrix ``K = K_M(X, X)`` as a linear operator, never materialised.
+
+    Products ``K @ V`` run over square tiles of the upper triangle; each off-diagonal tile is used twice
+    (``K_ij V_j`` and ``K_ij^T V_i``), so one product costs about n^2/2 kernel evaluations. Tile size comes from the
+    byte budget. Diagonal entries are exactly ``k(x, x) = 1``.
+
+    Parameters
+    ----------
+    x : (n, d) tensor of points (already transformed when ``transformed=True``).
+    bandwidth : Laplace bandwidth L.
+    sqrt_m : optional factor R of M (``M = R R^T``), applied once here.
+    memory_budget : bytes for the tiles and per-product temporaries.
+    """
+
+    def __init__(self, x, *, bandwidth, sqrt_m=None, memory_budget=None, transformed=False):
+        self.z = x if transformed else apply_sqrt_m(x, sqrt_m)
+        self.z_sq = sq_norms(self.z)
+        self.bandwidth = float(bandwidth)
+        self.n = self.z.shape[0]
+        self.dtype, self.device = self.z.dtype, self.z.device
+        self.itemsize = self.z.element_size()
+        self.memory_budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
+        # square tiles: b*b*itemsize within a third of the budget and within TILE_ELEMENTS
+        b = int(math.isqrt(max(1, min(self.memory_budget // (3 * self.itemsize), TILE_ELEMENTS))))
+        self.tile = max(1, min(self.n, b))
+        self.n_products = 0
+
+    @property
+    def shape(self):
+        return (self.n, self.n)
+
+    def block(self, rows, cols=None, out=None) -> torch.Tensor:
+        """Dense kernel block ``K[rows, cols]`` (index tensors or slices; ``cols=None`` means all points)."""
+        zr = self.z[rows]
+        zc = self.z if cols is None else self.z[cols]
+        zc_sq = self.z_sq if cols is None else self.z_sq[cols]
+        return laplace_kernel_transformed(zr, zc, bandwidth=self.bandwidth, x_sq=self.z_sq[rows], z_sq=zc_sq, out=out)
+
+    def cross(self, x_other: torch.Tensor, v: torch.Tensor, *, transformed=True) -> torch.Tensor:
+        """``K(x_other, X) @ v`` (blocked), e.g. predictions at new points already transformed by R."""
+        return kernel_matmul(x_other, self.z, v, bandwidth=self.bandwidth, memory_budget=self.memory_budget,
+                             z_transformed=True, z_sq=self.z_sq)
+
+    def matmul(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``K @ v`` for v of shape (n,) or (n, c)."""
+        squeeze = v.dim() == 1
+        v2 = v.unsqueeze(1) if squeeze else v
+        out = torch.zeros_like(v2) if out is None else out.zero_()
+        b, n = self.tile, self.n
+        buf = torch.empty(b * b, dtype=self.dtype, device=self.device)
+        for i in range(0, n, b):
+            zi, zi_sq = self.z[i : i + b], self.z_sq[i : i + b]
+            for j in range(i, n, b):
+                zj = self.z[j : j + b]
+                t = buf[: zi.shape[0] * zj.shape[0]].view(zi.shape[0], zj.shape[0])
+                laplace_kernel_transformed(zi, zj, bandwidth=self.bandwidth, x_sq=zi_sq, z_sq=self.z_sq[j : j + b],
+                                           out=t)
+                if i == j:
+                    t.diagonal().fill_(1.0)
+                    out[i : i + b].addmm_(t, v2[j : j + b])
+                else:
+                    out[i : i + b].addmm_(t, v2[j : j + b])
+                    out[j : j + b].addmm_(t.T, v2[i : i + b])
+        self.n_products += 1
+        return out.squeeze(1) if squeeze else out
+
+    __matmul__ = matmul

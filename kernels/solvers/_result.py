@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 import torch
 
 
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped before reaching its tolerance."""
+
+
 @dataclass
 class SolveResult:
     """Solution of ``(K + reg I) x = Y``.
@@ -18,6 +22,7 @@ class SolveResult:
     residual_norms : relative residual norms per iteration (may be empty for direct solves).
     reg_used : the ridge actually applied (``reg`` plus any jitter added for stability).
     method : name of the solver.
+    info : solver-specific details (e.g. EigenPro's batch size and step).
     """
 
     x: torch.Tensor
@@ -26,3 +31,4 @@ class SolveResult:
     residual_norms: list[float] = field(default_factory=list)
     reg_used: float = 0.0
     method: str = ""
+    info: dict = field(default_factory=dict)
