@@ -56,15 +56,18 @@ def direct_solve_bytes(n: int, d: int, c: int, itemsize: int) -> int:
     return n * n * itemsize + 3 * n * (d + c) * itemsize
 
 
-#: with solver="auto", the direct solver is used up to this many training points (when it fits the budget);
-#: above it, Nystrom-preconditioned CG with warm starts is faster on CPU (see benchmarks/solvers.py)
-AUTO_DIRECT_MAX_N = 8000
+#: with solver="auto", the direct solver is used up to this many training points whenever its n x n matrix fits the
+#: budget. Measured on a 2-core CPU at n = 12800 (benchmarks/solvers.py), the direct path was still faster than
+#: warm-started Nystrom-preconditioned CG (48 s vs 51-85 s for a 5-iteration RFM), so the switch is driven by memory;
+#: above this n a single Cholesky takes many minutes and CG is used instead.
+AUTO_DIRECT_MAX_N = 40000
 
 
 def iterative_solve_bytes(n: int, d: int, c: int, itemsize: int, n_centres: int, rank: int = 500) -> int:
     """Bytes the iterative path holds besides kernel tiles: data (raw + transformed), ~8 n x c CG vectors, the
-    n x rank Nystrom basis, the Nystrom eigenproblem (float64), and a minimal 256 x 256 tile."""
-    return (2 * n * d + 8 * n * c + n * rank) * itemsize + 3 * n_centres**2 * 8 + 3 * 256 * 256 * itemsize
+    n x rank Nystrom basis, the s x s Nystrom eigenproblem (float64 matrix, eigenvectors and LAPACK workspace), and a
+    minimal 256 x 256 tile."""
+    return (2 * n * d + 8 * n * c + n * rank) * itemsize + 6 * n_centres**2 * 8 + 3 * 256 * 256 * itemsize
 
 
 def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget: int, owner: str):
@@ -88,7 +91,7 @@ def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget:
         raise ValueError(
             f"{owner} cannot fit {n} training samples under memory_budget={format_bytes(budget)}: even the "
             f"iterative solver needs {format_bytes(iterative)} (data, solver vectors, Nystrom basis); about "
-            f"{max(0, int((budget - 3 * 4000**2 * 8) // per_n))} samples would fit. Pass a larger memory_budget."
+            f"{max(0, int((budget - 6 * default_n_centres(n) ** 2 * 8) // per_n))} samples would fit. Pass a larger memory_budget."
         )
     if requested in ("cg", "eigenpro"):
         return requested, f"forced by solver={requested!r}"
@@ -203,6 +206,12 @@ class _BaseRFM(BaseEstimator):
 
         solver, reason = choose_solver(self.solver, n_tr, d, c, itemsize, budget, type(self).__name__)
         logger.info("%s: solver %s (%s)", type(self).__name__, solver, reason)
+        # what the solver holds for the whole fit comes off the top; kernel tiles and AGOP blocks share the rest
+        if solver == "direct":
+            held = direct_solve_bytes(n_tr, d, c, itemsize)
+        else:
+            held = iterative_solve_bytes(n_tr, d, c, itemsize, default_n_centres(n_tr))
+        work_budget = max(budget - held, 3 * 256 * 256 * itemsize)
 
         Xt = to_tensor(X[tr], dtype, device)
         Yt = to_tensor(Y[tr], dtype, device)
@@ -233,7 +242,7 @@ class _BaseRFM(BaseEstimator):
                 train_out = (Yt - sol.reg_used * sol.x).cpu().double().numpy()
                 train_y = y_tr
             else:
-                op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=budget, transformed=True)
+                op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget, transformed=True)
                 pre = NystromEigensystem(op, generator=gen, build_extension=solver == "cg")
                 if solver == "cg":
                     sol = solve_cg(op, Yt, reg=float(self.reg), x0=alpha, preconditioner=pre, rtol=self.solver_tol,
@@ -242,9 +251,10 @@ class _BaseRFM(BaseEstimator):
                     sol = solve_eigenpro(op, Yt, reg=float(self.reg), x0=alpha, preconditioner=pre,
                                          epochs=self.solver_max_iter or 10, rtol=self.solver_tol, generator=gen,
                                          verbose=bool(self.verbose) and self.verbose > 1)
-                train_out = kernel_matmul(Z[score_idx], Z, sol.x, bandwidth=self.bandwidth, memory_budget=budget,
+                train_out = kernel_matmul(Z[score_idx], Z, sol.x, bandwidth=self.bandwidth, memory_budget=work_budget,
                                           z_transformed=True, z_sq=z_sq).cpu().double().numpy()
                 train_y = y_tr[score_idx.cpu().numpy()]
+                del op, pre  # release the Nystrom basis before the AGOP and the next iteration allocate
             alpha = sol.x
             if not bool(torch.isfinite(alpha).all()):
                 raise ValueError(
@@ -264,7 +274,7 @@ class _BaseRFM(BaseEstimator):
             }
             if Xv is not None:
                 val_out = kernel_matmul(
-                    apply_sqrt_m(Xv, sqrt_m), Z, alpha, bandwidth=self.bandwidth, memory_budget=budget,
+                    apply_sqrt_m(Xv, sqrt_m), Z, alpha, bandwidth=self.bandwidth, memory_budget=work_budget,
                     z_transformed=True, z_sq=z_sq,
                 )
                 rec["val_score"] = self._score_outputs(val_out.cpu().double().numpy(), y_va)
@@ -276,7 +286,7 @@ class _BaseRFM(BaseEstimator):
                 idx = torch.randperm(n_tr, generator=gen)[:s].to(device) if s < n_tr else slice(None)
                 agop = laplace_agop(
                     Xt[idx], Xt, alpha, bandwidth=self.bandwidth, sqrt_m=sqrt_m, diag=self.diag,
-                    centering=self.centering, memory_budget=budget,
+                    centering=self.centering, memory_budget=work_budget,
                 )
                 if self.normalize_m:
                     top = float(agop.abs().max())

@@ -70,15 +70,25 @@ class NystromEigensystem:
         # C = K_nS E_q Lambda_q^{-1/2}: K_hat = C C^T; orthonormalise through the q x q Gram matrix C^T C
         proj = (self.eigvecs[:, :q] / lam.sqrt()).to(op.dtype)
         C = torch.empty((op.n, q), dtype=op.dtype, device=op.device)
-        rows = max(1, min(op.n, (8 * 2**20) // max(1, s)))
+        rows = max(1, min(op.n, op.memory_budget // (4 * s * op.itemsize)))
+        tile = torch.empty(rows * s, dtype=op.dtype, device=op.device)
         for i in range(0, op.n, rows):
-            C[i : i + rows] = op.block(slice(i, i + rows), self.centres) @ proj
+            j = min(i + rows, op.n)
+            kb = op.block(slice(i, j), self.centres, out=tile[: (j - i) * s].view(j - i, s))
+            torch.mm(kb, proj, out=C[i:j])
+        del tile
         gram = (C.T @ C).double() if op.dtype != torch.float64 else C.T @ C
         sig2, V = torch.linalg.eigh(gram)
         sig2, V = sig2.flip(0), V.flip(1)
         ok = sig2 > float(sig2[0]) * 1e-8
         sig2, V = sig2[ok], V[:, ok]
-        self.U = C @ (V / sig2.sqrt()).to(op.dtype)
+        W = (V / sig2.sqrt()).to(op.dtype)
+        # U = C W, in row chunks (W may have fewer columns than C: keep the leading ones)
+        r = W.shape[1]
+        chunk = max(1, min(op.n, (4 * 2**20) // max(1, q)))
+        for i in range(0, op.n, chunk):
+            C[i : i + chunk, :r] = C[i : i + chunk] @ W
+        self.U = C[:, :r] if r == q else C[:, :r].contiguous()
         self.mu = sig2  # eigenvalues of K_hat
 
     def apply_cg_preconditioner(self, r: torch.Tensor, reg: float) -> torch.Tensor:

@@ -114,3 +114,36 @@ def test_verbose_progress_and_logging(capsys):
     assert "RFMRegressor" in err  # tqdm writes to stderr
     RFMRegressor(iters=1).fit(X, y)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("solver", ["cg", "eigenpro"])
+def test_iterative_solver_rfm_agrees_with_direct(solver):
+    X, y = lowrank(1500, d=10, seed=4)
+    Xte, yte = lowrank(500, d=10, seed=5)
+    direct = RFMRegressor(iters=2, solver="direct", random_state=0, dtype="float64").fit(X, y)
+    it = RFMRegressor(iters=2, solver=solver, solver_tol=1e-6 if solver == "cg" else 1e-2, solver_max_iter=200,
+                      random_state=0, dtype="float64")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        it.fit(X, y)
+    assert it.solver_ == solver and all(h["solver"] == solver for h in it.history_)
+    tol = 1e-3 if solver == "cg" else 0.05
+    assert abs(it.score(Xte, yte) - direct.score(Xte, yte)) < tol
+    if solver == "cg":
+        np.testing.assert_allclose(it.M_, direct.M_, rtol=1e-3, atol=1e-4)
+
+
+def test_auto_solver_choice_and_reason():
+    X, y = lowrank(3000, d=5)
+    small = RFMRegressor(iters=0).fit(X, y)
+    assert small.solver_ == "direct" and "fits the budget" in small.history_[0]["solver_reason"]
+    # 64 MB: too small for the 4500 x 4500 kernel matrix (81 MB), enough for the iterative path (~55 MB)
+    X, y = lowrank(4500, d=5)
+    tight = RFMRegressor(iters=0, memory_budget=64 * 2**20, solver_tol=1e-6).fit(X, y)
+    assert tight.solver_ == "cg" and "does not fit" in tight.history_[0]["solver_reason"]
+    small = RFMRegressor(iters=0).fit(X, y)
+    np.testing.assert_allclose(tight.predict(X[:50]), small.predict(X[:50]), rtol=1e-3, atol=1e-3)
+    forced = RFMRegressor(iters=0, solver="eigenpro", solver_tol=0.5).fit(X, y)
+    assert forced.solver_ == "eigenpro" and "forced" in forced.history_[0]["solver_reason"]

@@ -1,0 +1,136 @@
+"""Iterative solvers against the direct solve (independent reference: numpy float64 solve)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import KernelOperator, NystromEigensystem, laplace_kernel, solve_cg, solve_eigenpro
+from kernels.solvers import ConvergenceWarning, eigenpro_schedule
+from tests.conftest import DEVICES
+
+
+def _data(n=2000, d=10, seed=0, dtype=torch.float64, kind="gauss"):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    if kind == "unit":
+        x = x / x.norm(dim=1, keepdim=True)
+    elif kind == "raw":
+        x = x * 30.0 + 100.0  # raw, unscaled features
+    elif kind == "dup":
+        x[n // 2 :] = x[: n - n // 2]  # every point duplicated
+    y = torch.stack([x[:, 0] * x[:, 1], torch.sin(x[:, 2])], 1)
+    return x, y
+
+
+def _numpy_solve(x, y, reg, bandwidth):
+    K = laplace_kernel(x.double(), x.double(), bandwidth=bandwidth).numpy()
+    return np.linalg.solve(K + reg * np.eye(len(K)), y.double().numpy()), K
+
+
+def test_operator_matches_dense_product():
+    x, y = _data(n=700)
+    op = KernelOperator(x, bandwidth=3.0, memory_budget=3 * 8 * 90**2)
+    assert op.tile < 700
+    dense = laplace_kernel(x, x, bandwidth=3.0)
+    dense.diagonal().fill_(1.0)
+    np.testing.assert_allclose(op.matmul(y).numpy(), (dense @ y).numpy(), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("reg", [1e-3, 0.0])
+def test_pcg_matches_direct(reg):
+    x, y = _data(n=2000)
+    ref, K = _numpy_solve(x, y, reg, 10.0)
+    op = KernelOperator(x, bandwidth=10.0)
+    pre = NystromEigensystem(op, n_centres=500, generator=torch.Generator().manual_seed(0))
+    res = solve_cg(op, y, reg=reg, preconditioner=pre, rtol=1e-7)
+    assert res.converged and res.method == "cg"
+    assert res.residual_norms[-1] <= 1e-7
+    # relative residual of the returned x, computed independently
+    resid = (K + reg * np.eye(len(K))) @ res.x.numpy() - y.numpy()
+    assert np.linalg.norm(resid) / np.linalg.norm(y.numpy()) < 1e-6
+    np.testing.assert_allclose(res.x.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # predictions agree too
+    np.testing.assert_allclose(K @ res.x.numpy(), K @ ref, rtol=1e-5, atol=1e-6)
+
+
+def test_preconditioning_reduces_iterations():
+    x, y = _data(n=2000, d=5)
+    op = KernelOperator(x, bandwidth=10.0)
+    pre = NystromEigensystem(op, n_centres=500, generator=torch.Generator().manual_seed(0))
+    with_p = solve_cg(op, y, reg=1e-3, preconditioner=pre, rtol=1e-6)
+    plain = solve_cg(op, y, reg=1e-3, rtol=1e-6, max_iter=3000)
+    assert with_p.converged and plain.converged
+    assert with_p.n_iter < plain.n_iter / 2
+
+
+def test_warm_start_needs_fewer_iterations():
+    # two nearby feature matrices, as between consecutive RFM iterations
+    x, y = _data(n=2000, d=6)
+    r1 = torch.eye(6, dtype=torch.float64)
+    r2 = r1.clone()
+    r2[0, 0] = 1.05
+    g = torch.Generator().manual_seed(0)
+    op1 = KernelOperator(x, bandwidth=5.0, sqrt_m=r1)
+    first = solve_cg(op1, y, reg=1e-3, preconditioner=NystromEigensystem(op1, generator=g), rtol=1e-6)
+    op2 = KernelOperator(x, bandwidth=5.0, sqrt_m=r2)
+    pre2 = NystromEigensystem(op2, generator=g)
+    cold = solve_cg(op2, y, reg=1e-3, preconditioner=pre2, rtol=1e-6)
+    warm = solve_cg(op2, y, reg=1e-3, preconditioner=pre2, rtol=1e-6, x0=first.x)
+    assert cold.converged and warm.converged
+    assert warm.n_iter < cold.n_iter
+    np.testing.assert_allclose(warm.x.numpy(), cold.x.numpy(), rtol=1e-4, atol=1e-4 * cold.x.abs().max().item())
+
+
+@pytest.mark.parametrize("reg", [1e-3, 0.0])
+def test_eigenpro_reaches_its_tolerance_and_matches_direct_predictions(reg):
+    x, y = _data(n=2000)
+    ref, K = _numpy_solve(x, y, reg, 10.0)
+    op = KernelOperator(x, bandwidth=10.0)
+    res = solve_eigenpro(op, y, reg=reg, rtol=1e-2, epochs=40, generator=torch.Generator().manual_seed(0))
+    assert res.converged and res.residual_norms[-1] <= 1e-2
+    # the stated tolerance is on the residual; predictions on the training points agree at that level
+    pred, pred_ref = K @ res.x.numpy(), K @ ref
+    assert np.linalg.norm(pred - pred_ref) / np.linalg.norm(pred_ref) < 2e-2
+    assert np.all(np.diff(res.residual_norms[:5]) < 0)  # monotone progress in the first epochs
+
+
+@pytest.mark.parametrize("kind", ["unit", "raw", "dup"])
+def test_eigenpro_step_size_does_not_diverge(kind):
+    x, y = _data(n=1500, d=8, kind=kind)
+    op = KernelOperator(x, bandwidth=2.0 if kind == "unit" else 10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = solve_eigenpro(op, y, reg=1e-3, rtol=1e-8, epochs=6, generator=torch.Generator().manual_seed(1))
+    assert bool(torch.isfinite(res.x).all())
+    assert res.residual_norms[-1] < res.residual_norms[0] <= 1.5
+    assert res.info["q"] >= 1 and res.info["batch_size"] >= 1 and res.info["step"] > 0
+
+
+def test_eigenpro_schedule_formulas():
+    lam = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.005], dtype=torch.float64)
+    q, D, m, eta = eigenpro_schedule(lam, max_batch=10**6)
+    a = 0.95
+    assert q == 7  # all 8 have lambda^-a < max_batch: 8 - 1 = 7 (>= 5), within k - 1 = 7
+    lam_new = 1.0 ** (1 - a) * float(lam[q]) ** a
+    assert m == int(1.0 / lam_new + 1)
+    np.testing.assert_allclose(D.numpy(), ((1 - (lam[q] / lam[:q]) ** a) / lam[:q]).numpy())
+    np.testing.assert_allclose(eta, m / 1.0 if m < 1 / lam_new + 1 else 0.99 * 2 * m / (1 + (m - 1) * lam_new))
+
+
+def test_cg_warns_when_not_converged():
+    x, y = _data(n=500)
+    op = KernelOperator(x, bandwidth=10.0)
+    with pytest.warns(ConvergenceWarning, match="did not reach"):
+        res = solve_cg(op, y, reg=0.0, rtol=1e-12, max_iter=2)
+    assert not res.converged and res.n_iter == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cg_float32_device(device):
+    x, y = _data(n=1500, dtype=torch.float32)
+    ref, _ = _numpy_solve(x, y, 1e-2, 10.0)
+    op = KernelOperator(x.to(device), bandwidth=10.0)
+    res = solve_cg(op, y.to(device), reg=1e-2, preconditioner=NystromEigensystem(op), rtol=1e-5)
+    assert res.converged
+    np.testing.assert_allclose(res.x.cpu().double().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
