@@ -1,6 +1,8 @@
 """The ``drfm`` command line: a thin shell over the public API.
 
-    drfm demo                 fit an RFM classifier on scikit-learn's bundled digits; accuracy, time, AGOP spectrum
+    drfm demo                 RFM on scikit-learn's bundled digits (accuracy, time, AGOP spectrum) and a small Deep RFM
+                              neural-collapse study (table per layer and stage)
+    drfm collapse             Deep RFM layerwise collapse report on a dataset (table, JSON, plot)
     drfm datasets             list the datasets available offline
     drfm bench SUITE          run a benchmark suite from benchmarks/ (each case in its own process), JSON lines out
 
@@ -26,6 +28,27 @@ class UsageError(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # demo
+def _collapse_study(dataset, *, depth, feature_map, width, sigma, bandwidth, device, seed, verbose, n_train=None,
+                    metrics=("nc1", "nc2")):
+    from .collapse import collapse_report
+    from .datasets import load
+    from .deep import DeepRFMClassifier
+
+    data = load(dataset, n_train=n_train, random_state=seed)
+    if data.task != "classification":
+        raise UsageError(f"dataset {dataset!r} is a regression set; collapse needs class labels")
+    model = DeepRFMClassifier(depth, feature_map=feature_map, width=width, sigma=sigma, bandwidth=bandwidth,
+                              device=device, random_state=seed, verbose=verbose)
+    t0 = time.perf_counter()
+    model.fit(data.X_train, data.y_train)
+    fit_s = time.perf_counter() - t0
+    acc = model.score(data.X_test, data.y_test)
+    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics)
+    report.meta.update({"dataset": dataset, "feature_map": feature_map, "test_accuracy": float(acc),
+                        "fit_seconds": fit_s, "n_train": len(data.y_train), "n_test": len(data.y_test)})
+    return report
+
+
 def cmd_demo(args) -> dict:
     import numpy as np
 
@@ -39,6 +62,8 @@ def cmd_demo(args) -> dict:
     fit_s = time.perf_counter() - t0
     acc = model.score(data.X_test, data.y_test)
     eig = np.linalg.eigvalsh(model.M_)[::-1]
+    report = _collapse_study("digits", depth=args.depth, feature_map="relu", width=None, sigma=0.05, bandwidth=2.0,
+                             device=args.device, seed=args.seed, verbose=args.verbose)
     return {
         "dataset": "digits",
         "n_train": len(data.y_train),
@@ -50,19 +75,43 @@ def cmd_demo(args) -> dict:
         "train_accuracy_per_iter": [h["train_score"] for h in model.history_],
         "top_agop_eigenvalues": [float(v) for v in eig[:8]],
         "agop_effective_rank": float(eig.sum() ** 2 / (eig**2).sum()) if eig.any() else 0.0,
+        "deep_rfm": {**report.meta, "table": report.to_markdown(), "summary": report.summary(),
+                     "report": report.to_dict()},
     }
 
 
 def show_demo(res: dict) -> str:
     eig = ", ".join(f"{v:.4f}" for v in res["top_agop_eigenvalues"])
+    deep = res["deep_rfm"]
     return (
         f"RFM classifier on digits ({res['n_train']} train / {res['n_test']} test, {res['iters']} AGOP iterations, "
         f"device {res['device']})\n"
         f"  test accuracy      {res['test_accuracy']:.4f}\n"
         f"  fit time           {res['fit_seconds']:.2f} s\n"
         f"  top AGOP eigvals   {eig}\n"
-        f"  AGOP effective rank {res['agop_effective_rank']:.1f} (of 64 pixels)"
+        f"  AGOP effective rank {res['agop_effective_rank']:.1f} (of 64 pixels)\n\n"
+        f"Deep RFM collapse study on digits (depth {deep['depth']}, {deep['feature_map']} features): test accuracy "
+        f"{deep['test_accuracy']:.4f}, fit {deep['fit_seconds']:.2f} s\n{deep['table']}\n\n{deep['summary']}"
     )
+
+
+def cmd_collapse(args) -> dict:
+    report = _collapse_study(args.dataset, depth=args.depth, feature_map=args.feature_map, width=args.width,
+                             sigma=args.sigma, bandwidth=args.bandwidth, device=args.device, seed=args.seed,
+                             verbose=args.verbose, n_train=args.n_train, metrics=tuple(args.metrics))
+    if args.out:
+        report.to_json(args.out, indent=1)
+    if args.plot:
+        report.plot(args.plot)
+    return {**report.meta, "table": report.to_markdown(), "summary": report.summary(), "report": report.to_dict(),
+            "out": args.out, "plot": args.plot}
+
+
+def show_collapse(res: dict) -> str:
+    head = (f"Deep RFM on {res['dataset']} (depth {res['depth']}, {res['feature_map']} features, "
+            f"{res['n_train']} train): test accuracy {res['test_accuracy']:.4f}, fit {res['fit_seconds']:.1f} s")
+    tail = "".join(f"\n{k}: {res[k]}" for k in ("out", "plot") if res.get(k))
+    return f"{head}\n{res['table']}\n\n{res['summary']}{tail}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -173,10 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
 
     sp = sub.add_parser("demo", help="fit an RFM classifier on the bundled digits and report accuracy and AGOP")
-    sp.add_argument("--iters", type=int, default=5, help="number of AGOP iterations (default 5)")
+    sp.add_argument("--iters", type=int, default=5, help="number of AGOP iterations of the RFM (default 5)")
+    sp.add_argument("--depth", type=int, default=8, help="depth of the Deep RFM collapse study (default 8)")
     sp.add_argument("--seed", type=int, default=0, help="random seed for the split and the model")
     common(sp)
     sp.set_defaults(func=cmd_demo, show=show_demo)
+
+    sp = sub.add_parser("collapse", help="fit a Deep RFM and report neural collapse layer by layer, per stage")
+    sp.add_argument("--dataset", default="digits", help="dataset name (see `drfm datasets`; default digits)")
+    sp.add_argument("--depth", type=int, default=10, help="number of layers (default 10)")
+    sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
+                    help="random feature map after each layer's M^{1/2} (default cosine)")
+    sp.add_argument("--width", type=int, default=None, help="random features per layer (default: input width)")
+    sp.add_argument("--sigma", type=float, default=0.05, help="Cauchy scale of the cosine map (default 0.05)")
+    sp.add_argument("--bandwidth", type=float, default=2.0, help="Laplace bandwidth per layer (default 2)")
+    sp.add_argument("--n-train", type=int, default=None, help="training points (default: the dataset's split)")
+    sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
+                    help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv (default nc1 nc2)")
+    sp.add_argument("--out", help="write the report as JSON here")
+    sp.add_argument("--plot", help="write a plot of each metric against depth here (needs matplotlib)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed")
+    common(sp)
+    sp.set_defaults(func=cmd_collapse, show=show_collapse)
 
     sp = sub.add_parser("datasets", help="list the datasets available offline")
     common(sp, device=False)

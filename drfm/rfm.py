@@ -181,7 +181,14 @@ class _BaseRFM(BaseEstimator):
         """
         validate_params(self)
         X, y = self._validate_xy(X, y)
-        Y = self._encode_targets(y)
+        return self._fit(X, y, self._encode_targets(y))
+
+    def _fit(self, X, y, Y, *, final_solve=True):
+        """The RFM loop on validated arrays (X, labels or targets y, encoded targets Y).
+
+        With ``final_solve=False`` the loop stops after the last AGOP step without solving again (Deep RFM layers):
+        the new feature matrix and its factor are then in ``next_M_`` / ``next_sqrt_m_``.
+        """
         n, d = X.shape
         c = Y.shape[1]
         device = resolve_device(self.device, type(self).__name__)
@@ -226,7 +233,8 @@ class _BaseRFM(BaseEstimator):
         alpha = None
         best = None
         history = []
-        bar = tqdm(range(self.iters + 1), desc=type(self).__name__, disable=not self.verbose, unit="iter")
+        n_solves = self.iters + 1 if final_solve else max(self.iters, 1)
+        bar = tqdm(range(n_solves), desc=type(self).__name__, disable=not self.verbose, unit="iter")
         for t in bar:
             t0 = time.perf_counter()
             Z = apply_sqrt_m(Xt, sqrt_m)
@@ -299,6 +307,10 @@ class _BaseRFM(BaseEstimator):
             logger.info("RFM iteration %d: %s", t, rec)
         del K
         self.solver_ = solver
+        if not final_solve:
+            r_next = np.eye(d) if sqrt_m is None else sqrt_m.double().cpu().numpy()
+            self.next_sqrt_m_ = r_next
+            self.next_M_ = r_next * r_next if r_next.ndim == 1 else r_next @ r_next.T
 
         _, best_t, best_r, best_alpha = best
         self.best_iter_ = best_t

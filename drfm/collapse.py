@@ -1,0 +1,338 @@
+"""Neural-collapse metrics (pure functions) and the layer-by-layer :class:`CollapseReport`.
+
+Conventions (features H: (N, p), labels: (N,) of K classes; everything in float64):
+
+* class means ``mu_c``; the global mean ``mu_G`` is the **mean of the class means** (the seed paper's and Papyan's
+  code) unless ``global_mean="samples"``;
+* ``Sigma_W = (1/N) sum_i (h_i - mu_{c_i})(h_i - mu_{c_i})^T`` (textbook), ``Sigma_B = (1/K) sum_c (mu_c - mu_G)(...)^T``;
+* p x p matrices are never formed: traces come from sums of squares and the pseudo-inverse of Sigma_B lives on the
+  (at most K-1)-dimensional span of the centred means.
+
+Metrics: :func:`nc1` (tr Sigma_W / tr Sigma_B; ``scale="seed"`` divides by K as the seed paper's code does),
+:func:`nc1_papyan` (tr(Sigma_W Sigma_B^+) / K), :func:`nc2` (distance of the normalised mean Gram matrix to a simplex
+ETF), :func:`nc2_equinorm`, :func:`nc2_equiangularity`, :func:`nc3` (self-duality with a linear classifier),
+:func:`nc4` (nearest-class-mean vs predictions), :func:`cdnv`, :func:`linear_cka`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "class_means",
+    "nc1",
+    "nc1_papyan",
+    "nc2",
+    "nc2_equinorm",
+    "nc2_equiangularity",
+    "nc3",
+    "nc4",
+    "cdnv",
+    "linear_cka",
+    "METRICS",
+    "CollapseReport",
+    "collapse_report",
+]
+
+
+def _prep(features, labels):
+    H = np.asarray(features, dtype=np.float64)
+    if H.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (N, p), got shape {H.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != (H.shape[0],):
+        raise ValueError(f"labels must have shape ({H.shape[0]},) to match features, got {labels.shape}")
+    if not np.isfinite(H).all():
+        raise ValueError("features contain NaN or infinity")
+    classes, idx = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"collapse metrics need at least 2 classes, got {len(classes)}")
+    return H, idx, len(classes)
+
+
+def class_means(features, labels, *, global_mean: str = "classes"):
+    """(K, p) class means, (p,) global mean (mean of class means, or of samples), (N,) class index, K."""
+    H, idx, K = _prep(features, labels)
+    counts = np.bincount(idx, minlength=K).astype(np.float64)
+    means = np.zeros((K, H.shape[1]))
+    np.add.at(means, idx, H)
+    means /= counts[:, None]
+    if global_mean == "classes":
+        mu_g = means.mean(0)
+    elif global_mean == "samples":
+        mu_g = H.mean(0)
+    else:
+        raise ValueError(f"global_mean must be 'classes' or 'samples', got {global_mean!r}")
+    return H, means, mu_g, idx, K
+
+
+def _within(H, means, idx):
+    return H - means[idx]
+
+
+def nc1(features, labels, *, scale: str = "textbook", global_mean: str = "classes") -> float:
+    """Trace ratio ``tr(Sigma_W) / tr(Sigma_B)``; ``scale='seed'`` gives the seed paper's values (divided by K)."""
+    H, means, mu_g, idx, K = class_means(features, labels, global_mean=global_mean)
+    tr_w = float(np.sum(_within(H, means, idx) ** 2)) / H.shape[0]
+    tr_b = float(np.sum((means - mu_g) ** 2)) / K
+    if scale not in ("textbook", "seed"):
+        raise ValueError(f"scale must be 'textbook' or 'seed', got {scale!r}")
+    val = tr_w / tr_b if tr_b > 0 else math.inf
+    return val / K if scale == "seed" else val
+
+
+def nc1_papyan(features, labels, *, global_mean: str = "classes", rcond: float = 1e-10) -> float:
+    """Papyan et al.'s ``tr(Sigma_W Sigma_B^+) / K``, with the pseudo-inverse on the span of the centred means."""
+    H, means, mu_g, idx, K = class_means(features, labels, global_mean=global_mean)
+    Mc = means - mu_g  # (K, p); Sigma_B = Mc^T Mc / K
+    _, sv, Vt = np.linalg.svd(Mc, full_matrices=False)
+    keep = sv > rcond * max(sv.max(), 1e-300)
+    sv, Vt = sv[keep], Vt[keep]
+    proj = _within(H, means, idx) @ Vt.T  # (N, r): coordinates of within-class deviations on the span
+    # tr(Sigma_W Sigma_B^+) = sum_j (K / s_j^2) * (1/N) sum_i (w_i . v_j)^2
+    return float(np.sum((proj**2).sum(0) / H.shape[0] * (K / sv**2))) / K
+
+
+def _normalised_centred_means(features, labels, global_mean):
+    _, means, mu_g, _, K = class_means(features, labels, global_mean=global_mean)
+    Mc = means - mu_g
+    norms = np.linalg.norm(Mc, axis=1)
+    return Mc / np.maximum(norms, 1e-300)[:, None], norms, K
+
+
+def nc2(features, labels, *, global_mean: str = "classes") -> float:
+    """ETF distance ``||G - Sigma_ETF||_F^2 / K^2``, G the Gram matrix of normalised centred class means and
+    ``Sigma_ETF`` with ones on the diagonal and ``-1/(K-1)`` off it (0 for a simplex ETF)."""
+    m, _, K = _normalised_centred_means(features, labels, global_mean)
+    G = m @ m.T
+    etf = np.full((K, K), -1.0 / (K - 1))
+    np.fill_diagonal(etf, 1.0)
+    return float(np.sum((G - etf) ** 2)) / K**2
+
+
+def nc2_equinorm(features, labels, *, global_mean: str = "classes") -> float:
+    """``std_c ||mu_c - mu_G|| / mean_c ||mu_c - mu_G||`` (0 when all centred means have equal norms)."""
+    _, norms, _ = _normalised_centred_means(features, labels, global_mean)
+    return float(norms.std() / norms.mean()) if norms.mean() > 0 else math.inf
+
+
+def nc2_equiangularity(features, labels, *, global_mean: str = "classes") -> float:
+    """Mean over class pairs of ``|cos(mu_c, mu_c') + 1/(K-1)|`` (0 for a simplex ETF)."""
+    m, _, K = _normalised_centred_means(features, labels, global_mean)
+    G = m @ m.T
+    off = ~np.eye(K, dtype=bool)
+    return float(np.mean(np.abs(G[off] + 1.0 / (K - 1))))
+
+
+def nc3(features, labels, classifier, *, global_mean: str = "classes") -> float:
+    """Self-duality ``|| W/||W||_F - Mc/||Mc||_F ||_F^2`` for a linear classifier W (K, p), classes in sorted order."""
+    _, means, mu_g, _, K = class_means(features, labels, global_mean=global_mean)
+    W = np.asarray(classifier, dtype=np.float64)
+    if W.shape != means.shape:
+        raise ValueError(f"classifier must have shape {means.shape} (classes x features), got {W.shape}")
+    Mc = means - mu_g
+    return float(np.sum((W / np.linalg.norm(W) - Mc / np.linalg.norm(Mc)) ** 2))
+
+
+def nc4(features, labels, predictions) -> float:
+    """Fraction of points whose nearest-class-mean label differs from the model's prediction."""
+    H, means, _, _, _ = class_means(features, labels)
+    classes = np.unique(np.asarray(labels))
+    # squared distances by GEMM, (N, K)
+    d2 = (H**2).sum(1)[:, None] - 2.0 * H @ means.T + (means**2).sum(1)[None, :]
+    ncc = classes[np.argmin(d2, axis=1)]
+    return float(np.mean(ncc != np.asarray(predictions)))
+
+
+def cdnv(features, labels) -> float:
+    """Class-distance normalised variance: mean over pairs of ``(Var_c + Var_c') / (2 ||mu_c - mu_c'||^2)``."""
+    H, means, _, idx, K = class_means(features, labels)
+    w = _within(H, means, idx)
+    var = np.bincount(idx, weights=(w**2).sum(1), minlength=K) / np.bincount(idx, minlength=K)
+    sq = (means**2).sum(1)
+    dist2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * means @ means.T, 1e-300)
+    iu = np.triu_indices(K, 1)
+    return float(np.mean((var[:, None] + var[None, :])[iu] / (2.0 * dist2[iu])))
+
+
+def linear_cka(X, Y) -> float:
+    """Linear centred kernel alignment ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` between two
+    representations of the same N points (p_x, p_y features), via whichever side (features or samples) is smaller."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must have the same number of rows, got {X.shape[0]} and {Y.shape[0]}")
+    X = X - X.mean(0)
+    Y = Y - Y.mean(0)
+    if X.shape[0] <= max(X.shape[1], Y.shape[1]):
+        Kx, Ky = X @ X.T, Y @ Y.T
+        num, dx, dy = np.sum(Kx * Ky), np.linalg.norm(Kx), np.linalg.norm(Ky)
+    else:
+        num = np.sum((Y.T @ X) ** 2)
+        dx, dy = np.linalg.norm(X.T @ X), np.linalg.norm(Y.T @ Y)
+    return float(num / (dx * dy)) if dx > 0 and dy > 0 else 0.0
+
+
+#: metrics computed from (features, labels) alone; used by collapse_report
+METRICS = {
+    "nc1": nc1,
+    "nc1_papyan": nc1_papyan,
+    "nc2": nc2,
+    "nc2_equinorm": nc2_equinorm,
+    "nc2_equiangularity": nc2_equiangularity,
+    "cdnv": cdnv,
+}
+
+
+@dataclass
+class CollapseReport:
+    """Rows of (model, layer, stage, metric, value, n_samples, ...) with renderers.
+
+    Reports from different models (Deep RFM, trained MLPs) concatenate with ``+`` and plot together.
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def add(self, *, model, layer, stage, metric, value, n_samples, **extra):
+        self.rows.append({"model": model, "layer": int(layer), "stage": stage, "metric": metric,
+                          "value": float(value), "n_samples": int(n_samples), **extra})
+
+    def __add__(self, other: "CollapseReport") -> "CollapseReport":
+        return CollapseReport(self.rows + other.rows, {**self.meta, **other.meta})
+
+    def values(self, metric, *, model=None, stage=None):
+        return [r for r in self.rows if r["metric"] == metric and (model is None or r["model"] == model)
+                and (stage is None or r["stage"] == stage)]
+
+    def linear_share(self, metric: str = "nc1", *, model=None) -> list[dict]:
+        """Per layer: the log10 reduction of ``metric`` in the linear stage (input -> linear) and in the nonlinear
+        stage (linear -> nonlinear), and the linear stage's share of the total reduction (None when the layer does
+        not reduce the metric overall)."""
+        out = []
+        models = sorted({r["model"] for r in self.rows}) if model is None else [model]
+        for mdl in models:
+            by = {(r["layer"], r["stage"]): r["value"] for r in self.values(metric, model=mdl) if "epoch" not in r}
+            for layer in sorted({k[0] for k in by}):
+                a, b, c = (by.get((layer, s)) for s in ("input", "linear", "nonlinear"))
+                if None in (a, b, c) or min(a, b, c) <= 0:
+                    continue
+                lin, nonlin = math.log10(a / b), math.log10(b / c)
+                total = lin + nonlin
+                out.append({"model": mdl, "layer": layer, "metric": metric, "linear_log10_reduction": lin,
+                            "nonlinear_log10_reduction": nonlin,
+                            "linear_share": lin / total if total > 0 else None})
+        return out
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "linear_share": self.linear_share(), "meta": self.meta}
+
+    def to_json(self, path=None, **kw) -> str:
+        text = json.dumps(self.to_dict(), **kw)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+    def to_frame(self):
+        """A pandas DataFrame of the rows (pandas is an optional dependency)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("CollapseReport.to_frame needs pandas: pip install pandas") from exc
+        return pd.DataFrame(self.rows)
+
+    def to_markdown(self, metrics=None) -> str:
+        """A table with one row per (model, layer) and one column per (metric, stage)."""
+        metrics = metrics or sorted({r["metric"] for r in self.rows}, key=lambda m: list(METRICS).index(m)
+                                    if m in METRICS else 99)
+        stages = [s for s in ("input", "linear", "nonlinear", "final") if any(r["stage"] == s for r in self.rows)]
+        cols = [(m, s) for m in metrics for s in stages if any(r["metric"] == m and r["stage"] == s for r in self.rows)]
+        index = {}
+        for r in self.rows:
+            if "epoch" in r:
+                continue
+            index.setdefault((r["model"], r["layer"]), {})[(r["metric"], r["stage"])] = r["value"]
+        head = "| model | layer | " + " | ".join(f"{m} ({s})" for m, s in cols) + " |"
+        sep = "|---|---|" + "---|" * len(cols)
+        lines = [head, sep]
+        for (mdl, layer), vals in sorted(index.items()):
+            cells = [f"{vals[c]:.4g}" if c in vals else "" for c in cols]
+            lines.append(f"| {mdl} | {layer} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def summary(self, metric: str = "nc1") -> str:
+        """One paragraph: how much ``metric`` fell across depth and which stage carried the reduction."""
+        parts = []
+        for mdl in sorted({r["model"] for r in self.rows}):
+            rows = [r for r in self.values(metric, model=mdl) if "epoch" not in r]
+            if not rows:
+                continue
+            first = min(rows, key=lambda r: (r["layer"], ["input", "linear", "nonlinear", "final"].index(r["stage"])))
+            last = max(rows, key=lambda r: (r["layer"], ["input", "linear", "nonlinear", "final"].index(r["stage"])))
+            shares = self.linear_share(metric, model=mdl)
+            lin = sum(s["linear_log10_reduction"] for s in shares)
+            non = sum(s["nonlinear_log10_reduction"] for s in shares)
+            total = lin + non
+            if lin > 0 and non <= 0:
+                verdict = "all of the net collapse happened in the linear stages (the nonlinear stages undid part of it)"
+            elif total > 0:
+                verdict = f"the linear stages carried {100 * lin / total:.0f}% of the net collapse"
+            else:
+                verdict = "there was no net collapse"
+            parts.append(
+                f"{mdl}: {metric} went from {first['value']:.3g} (layer {first['layer']} {first['stage']}) to "
+                f"{last['value']:.3g} (layer {last['layer']} {last['stage']}). Summed over layers, the linear stages "
+                f"(the learned linear maps) changed log10 {metric} by {-lin:+.2f} and the nonlinear stages by "
+                f"{-non:+.2f}: {verdict}."
+            )
+        return " ".join(parts)
+
+    def plot(self, path, metrics=None, *, x: str = "layer"):
+        """Each metric against depth (or ``x='epoch'``), one line per (model, stage), log scale; saved to ``path``."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("CollapseReport.plot needs matplotlib: pip install 'drfm[plot]'") from exc
+        rows = [r for r in self.rows if (x in r)]
+        metrics = metrics or sorted({r["metric"] for r in rows})
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            groups = {}
+            for r in rows:
+                if r["metric"] == metric:
+                    groups.setdefault((r["model"], r["stage"]), []).append((r[x], r["value"]))
+            for (mdl, stage), pts in sorted(groups.items()):
+                pts.sort()
+                ax.plot([p[0] for p in pts], [max(p[1], 1e-300) for p in pts], marker="o", ms=3,
+                        label=f"{mdl} {stage}")
+            ax.set_yscale("log")
+            ax.set_xlabel(x)
+            ax.set_title(metric)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm") -> CollapseReport:
+    """Collapse metrics of a fitted Deep RFM on (X, y), per layer and stage (input / linear / nonlinear)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+    y = np.asarray(y)
+    report = CollapseReport(meta={"model": model_name, "depth": len(model.layers_), "n_samples": len(y)})
+    for layer, stages in enumerate(model.layer_features(X)):
+        for stage, feats in stages.items():
+            for m in metrics:
+                report.add(model=model_name, layer=layer, stage=stage, metric=m, value=METRICS[m](feats, y),
+                           n_samples=len(y))
+    return report
