@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
@@ -228,7 +228,8 @@ class _BaseDeepRFM(BaseEstimator):
         return [{"input": a.numpy(), "linear": b.numpy(), "nonlinear": c.numpy()} for a, b, c in self._stages(X)]
 
     def _outputs(self, X):
-        return self.final_.predict(self.transform(X)).reshape(len(X), -1)
+        feats = self.transform(X)
+        return self.final_.predict(feats).reshape(feats.shape[0], -1)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -236,7 +237,7 @@ class _BaseDeepRFM(BaseEstimator):
         return tags
 
 
-class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
+class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
     """Deep RFM classifier (targets ``2 * onehot - 1`` by default; ``target_encoding='onehot'`` for 0/1).
 
     Parameters
@@ -293,7 +294,7 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
         return self.classes_[np.argmax(out, axis=1)]
 
 
-class DeepRFMRegressor(RegressorMixin, _BaseDeepRFM):
+class DeepRFMRegressor(RegressorMixin, TransformerMixin, _BaseDeepRFM):
     """Deep RFM regressor (targets used as given). Parameters and attributes as :class:`DeepRFMClassifier`."""
 
     def _validate_xy(self, X, y):

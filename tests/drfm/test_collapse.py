@@ -1,0 +1,151 @@
+"""Collapse metrics on features whose answer is known, against direct (p x p) formulas."""
+import json
+
+import numpy as np
+import pytest
+
+from drfm.collapse import (
+    CollapseReport, cdnv, linear_cka, nc1, nc1_papyan, nc2, nc2_equiangularity, nc2_equinorm, nc3, nc4,
+)
+
+
+def simplex_etf(K, p, seed=0):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((p, K)))
+    M = np.sqrt(K / (K - 1)) * (np.eye(K) - np.ones((K, K)) / K)  # K x K, columns form a simplex ETF
+    return (Q @ M).T  # (K, p)
+
+
+def features_around(means, n_per, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    K, p = means.shape
+    labels = np.repeat(np.arange(K), n_per)
+    return means[labels] + noise * rng.standard_normal((K * n_per, p)), labels
+
+
+def test_perfect_collapse_gives_zero_nc1():
+    means = simplex_etf(4, 10)
+    H, y = features_around(means, 20, 0.0)
+    # means computed from identical rows carry round-off ~1e-16, so "0" is up to that
+    assert nc1(H, y) < 1e-25 and nc1_papyan(H, y) < 1e-25 and cdnv(H, y) < 1e-25
+
+
+def test_simplex_etf_gives_zero_nc2_and_orthogonal_means_known_value():
+    H, y = features_around(simplex_etf(5, 12) * 3.0, 10, 0.0)
+    assert nc2(H, y) == pytest.approx(0.0, abs=1e-12)
+    assert nc2_equinorm(H, y) == pytest.approx(0.0, abs=1e-12)
+    assert nc2_equiangularity(H, y) == pytest.approx(0.0, abs=1e-12)
+    # orthogonal equal-norm means: centred by the mean of the means they become a simplex ETF
+    H, y = features_around(np.eye(4, 7) * 2.0, 5, 0.0)
+    assert nc2(H, y) == pytest.approx(0.0, abs=1e-12)
+    # square corners in 2-D: cosines 0 (adjacent) and -1 (opposite) vs -1/3 -> (4 * (2/9 + 4/9)) / 16 = 1/6
+    H, y = features_around(np.array([[1.0, 0], [0, 1], [-1, 0], [0, -1]]), 3, 0.0)
+    assert nc2(H, y) == pytest.approx(1.0 / 6.0, rel=1e-12)
+    assert nc2_equinorm(H, y) == pytest.approx(0.0, abs=1e-12)
+    assert nc2_equiangularity(H, y) == pytest.approx((8 * (1 / 3) + 4 * (2 / 3)) / 12, rel=1e-12)
+
+
+def test_nc1_matches_direct_scatter_formula_and_seed_scale():
+    rng = np.random.default_rng(3)
+    H, y = features_around(rng.standard_normal((3, 6)), 30, 0.7, seed=1)
+    K = 3
+    mus = np.stack([H[y == c].mean(0) for c in range(K)])
+    mu_g = mus.mean(0)
+    Sw = sum(np.outer(h - mus[c], h - mus[c]) for h, c in zip(H, y)) / len(H)
+    Sb = sum(np.outer(m - mu_g, m - mu_g) for m in mus) / K
+    assert nc1(H, y) == pytest.approx(np.trace(Sw) / np.trace(Sb), rel=1e-12)
+    assert nc1(H, y, scale="seed") == pytest.approx(np.trace(Sw) / np.trace(Sb) / K, rel=1e-12)
+    assert nc1_papyan(H, y) == pytest.approx(np.trace(Sw @ np.linalg.pinv(Sb)) / K, rel=1e-9)
+
+
+def test_nc1_papyan_float32_input_and_many_features():
+    rng = np.random.default_rng(4)
+    H, y = features_around(rng.standard_normal((4, 300)), 25, 0.3, seed=2)
+    K = 4
+    mus = np.stack([H[y == c].mean(0) for c in range(K)])
+    W = H - mus[y]
+    Sw = W.T @ W / len(H)
+    Mc = mus - mus.mean(0)
+    ref = np.trace(Sw @ np.linalg.pinv(Mc.T @ Mc / K)) / K
+    assert nc1_papyan(H.astype(np.float32), y) == pytest.approx(ref, rel=1e-5)
+
+
+def test_random_features_nc1_in_expected_range():
+    rng = np.random.default_rng(5)
+    H = rng.standard_normal((2000, 20))
+    y = rng.integers(0, 4, 2000)
+    # no class structure: between-class scatter ~ p/n_c per class, within ~ p -> nc1 ~ n_c = 500, large
+    assert nc1(H, y) > 50
+
+
+def test_invariances():
+    rng = np.random.default_rng(6)
+    H, y = features_around(rng.standard_normal((3, 5)), 20, 0.5)
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    for f in (nc1, nc1_papyan, nc2, nc2_equinorm, nc2_equiangularity, cdnv):
+        assert f(H @ Q, y) == pytest.approx(f(H, y), rel=1e-9), f.__name__
+        assert f(3.7 * H, y) == pytest.approx(f(H, y), rel=1e-9), f.__name__
+        assert f(H + 5.0, y) == pytest.approx(f(H, y), rel=1e-9), f.__name__
+
+
+def test_string_labels_and_errors():
+    H, y = features_around(simplex_etf(3, 4), 4, 0.1)
+    names = np.array(["a", "b", "c"])[y]
+    assert nc1(H, names) == pytest.approx(nc1(H, y))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        nc1(H, np.zeros(len(H)))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        nc1(H, y[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        nc1(np.full_like(H, np.nan), y)
+
+
+def test_linear_cka_against_direct_hsic():
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((40, 6)), rng.standard_normal((40, 9))
+    def hsic(K, L):
+        n = len(K)
+        Hc = np.eye(n) - np.ones((n, n)) / n
+        return np.trace(K @ Hc @ L @ Hc) / (n - 1) ** 2
+
+    K, L = X @ X.T, Y @ Y.T
+    ref = hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+    assert linear_cka(X, Y) == pytest.approx(ref, rel=1e-10)
+    assert linear_cka(X, X @ np.linalg.qr(rng.standard_normal((6, 6)))[0] * 2) == pytest.approx(1.0)
+    wide = rng.standard_normal((10, 50))
+    assert linear_cka(wide, wide[:, :30]) == pytest.approx(
+        hsic(wide @ wide.T, wide[:, :30] @ wide[:, :30].T)
+        / np.sqrt(hsic(wide @ wide.T, wide @ wide.T) * hsic(wide[:, :30] @ wide[:, :30].T, wide[:, :30] @ wide[:, :30].T)),
+        rel=1e-10,
+    )
+
+
+def test_nc3_and_nc4():
+    means = simplex_etf(3, 6)
+    H, y = features_around(means, 10, 0.05)
+    assert nc3(H, y, means) == pytest.approx(0.0, abs=1e-3)
+    assert nc3(H, y, -means) > 3.0
+    assert nc4(H, y, y) == 0.0
+    assert nc4(H, y, (y + 1) % 3) == 1.0
+
+
+def test_report_rendering_and_linear_share(tmp_path):
+    r = CollapseReport()
+    for layer, (a, b, c) in enumerate([(1.0, 0.1, 0.2), (0.2, 0.02, 0.04)]):
+        for stage, v in zip(("input", "linear", "nonlinear"), (a, b, c)):
+            r.add(model="m", layer=layer, stage=stage, metric="nc1", value=v, n_samples=10)
+    share = r.linear_share("nc1")
+    assert share[0]["linear_log10_reduction"] == pytest.approx(1.0)
+    assert share[0]["nonlinear_log10_reduction"] == pytest.approx(-np.log10(2))
+    assert share[0]["linear_share"] == pytest.approx(1.0 / (1.0 - np.log10(2)))
+    table = r.to_markdown()
+    assert "nc1 (linear)" in table and table.count("\n") == 3
+    data = json.loads(r.to_json(tmp_path / "r.json"))
+    assert len(data["rows"]) == 6 and json.loads((tmp_path / "r.json").read_text()) == data
+    assert "linear stages" in r.summary()
+    both = r + CollapseReport([{**row, "model": "mlp"} for row in r.rows])
+    assert {row["model"] for row in both.rows} == {"m", "mlp"}
+    assert len(both.to_frame()) == 12
+    pytest.importorskip("matplotlib")
+    out = r.plot(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000 and out == tmp_path / "p.png"

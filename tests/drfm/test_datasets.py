@@ -1,0 +1,36 @@
+import random
+
+import numpy as np
+import pytest
+
+from drfm.datasets import available, load
+
+
+@pytest.mark.parametrize("name,d", [("digits", 64), ("gaussian", 20), ("mnist5k", 784), ("mnist1d", 40)])
+def test_offline_datasets_load(name, d):
+    data = load(name, random_state=0)
+    assert data.task == "classification" and data.X_train.shape[1] == d
+    assert len(np.unique(data.y_train)) >= 5 and np.isfinite(data.X_train).all()
+    again = load(name, random_state=0)
+    np.testing.assert_array_equal(data.X_train, again.X_train)
+
+
+def test_mnist1d_leaves_global_rngs_alone():
+    np.random.seed(123)
+    random.seed(123)
+    a, b = np.random.rand(), random.random()
+    np.random.seed(123)
+    random.seed(123)
+    load("mnist1d")
+    assert np.random.rand() == a and random.random() == b
+
+
+def test_network_sets_fail_fast_offline_with_instructions():
+    with pytest.raises(ValueError, match="torchvision|download"):
+        load("cifar10")
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ValueError, match="available offline: .*digits"):
+        load("nope")
+    assert "mnist5k" in available()
