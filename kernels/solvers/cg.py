@@ -63,6 +63,9 @@ def solve_cg(
         R = B.clone()
     else:
         R = B - op.matmul(X) - reg * X
+        if float(_col_dot(R, R).sum()) >= float(_col_dot(B, B).sum()):
+            X.zero_()  # the warm start is worse than x = 0 (the kernel changed a lot): start cold
+            R = B.clone()
     target = torch.maximum(rtol * bnorm, torch.full_like(bnorm, atol))
     rnorm = _col_dot(R, R).sqrt()
     history = [float((rnorm / bnorm).max())]

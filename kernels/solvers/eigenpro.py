@@ -6,14 +6,18 @@ For ``(K + reg I) x = Y`` with the top eigenpairs ``(lambda_i, e_i)`` of ``K_SS 
   ``lambda_tail = lambda_q`` with exponent a = 0.95:
   ``D_i = (1 - (lambda_tail / lambda_i)^a) / lambda_i``, ``V = E / sqrt(s)``,
   ``lambda_new = lambda_1^(1-a) * lambda_tail^a`` (top eigenvalue of the preconditioned operator);
-* q: the number of i with ``lambda_i^(-a) < max_batch``, minus one, at least 5 (capped by the spectrum);
+* q: the number of i with ``lambda_i^(-a) < max_batch``, minus one, at least 5, and at most ``max(5, s // 10)``:
+  eigenvectors of ``K_SS / s`` with eigenvalues near ``1/s`` are too noisy to flatten (capping q was needed for
+  stability once RFM sharpens M and the kernel's spectrum becomes very steep);
 * batch ``m = min(int(beta / lambda_new + 1), max_batch)``; step ``eta = m / beta`` when
   ``m < beta / lambda_new + 1``, else ``eta = 0.99 * 2 m / (beta + (m - 1) lambda_new)``;
 * one batch B: ``g = K(X_B, X) x - Y_B + reg x_B``; ``x_B -= (eta/m) g``;
   ``x_S += (eta/m) V diag(D) V^T K(X_S, X_B) g``.
 
-The step size and batch come from the spectrum: no manual tuning. The stopping test uses the batch residuals seen
-during an epoch (free, slightly stale); ``residual_norms`` holds those per epoch.
+The step size and batch come from the spectrum: no manual tuning. As a safeguard, an epoch whose batch residual
+grows by more than half over the previous epoch is undone and the step halved (with a warning): the spectrum is
+estimated from s centres and can be off. The stopping test uses the batch residuals seen during an epoch (free,
+slightly stale); ``residual_norms`` holds those per epoch.
 """
 from __future__ import annotations
 
@@ -30,12 +34,15 @@ from .nystrom import NystromEigensystem
 __all__ = ["solve_eigenpro", "eigenpro_schedule"]
 
 
-def eigenpro_schedule(eigvals: torch.Tensor, *, max_batch: int, beta: float = 1.0, a: float = 0.95):
+def eigenpro_schedule(eigvals: torch.Tensor, *, max_batch: int, beta: float = 1.0, a: float = 0.95,
+                      max_q: int | None = None):
     """Derive (q, D, batch size m, step eta) from the eigenvalues of ``K_SS / s`` (descending)."""
     lam = eigvals.double()
     k = lam.numel()
     count = int((lam.pow(-a) < max_batch).sum())
     q = max(count - 1, 5)
+    if max_q is not None:
+        q = min(q, max_q)
     q = max(1, min(q, k - 1))
     lam_tail = float(lam[q])
     D = (1.0 - (lam_tail / lam[:q]).pow(a)) / lam[:q]
@@ -90,11 +97,18 @@ def solve_eigenpro(
     if max_batch is None:
         # a batch holds K(X_B, X) and K(X_S, X_B)
         max_batch = max(1, min(n, op.memory_budget // (3 * op.itemsize * (n + s))))
-    q, D, m, eta = eigenpro_schedule(pre.eigvals, max_batch=max_batch)
+    q, D, m, eta = eigenpro_schedule(pre.eigvals, max_batch=max_batch, max_q=max(5, s // 10))
     V = (pre.eigvecs[:, :q] / math.sqrt(s)).to(op.dtype)
     Dt = D.to(op.dtype)
     X = torch.zeros_like(B) if x0 is None else (x0.unsqueeze(1) if squeeze else x0).clone().to(B.dtype)
     bnorm = float(B.double().norm().clamp_min(1e-300))
+    if x0 is not None:
+        # a warm start is only kept if it beats x = 0 on a row sample (when the kernel changed a lot between RFM
+        # iterations the previous solution can be far worse than starting from zero)
+        rows = torch.randperm(n, generator=generator)[: min(n, 2000)].to(op.device)
+        r = op.block(rows) @ X - B[rows] + reg * X[rows]
+        if float(r.double().norm()) >= float(B[rows].double().norm()):
+            X.zero_()
     target = max(rtol * bnorm, atol)
     step = eta / m
     history = []
@@ -102,8 +116,10 @@ def solve_eigenpro(
     buf = torch.empty(m * n, dtype=op.dtype, device=op.device)
     bar = tqdm(range(epochs), desc="EigenPro", disable=not verbose, unit="epoch", leave=False)
     ep = 0
+    halvings = 0
     for ep in bar:
         order = torch.randperm(n, generator=generator).to(op.device)
+        x_start = X.clone()
         sq = 0.0
         for i in range(0, n, m):
             idx = order[i : i + m]
@@ -117,13 +133,26 @@ def solve_eigenpro(
             ksb = op.block(pre.centres, idx)
             corr = V @ (Dt.unsqueeze(1) * (V.T @ (ksb @ g)))
             X.index_add_(0, pre.centres, corr, alpha=step)
-        history.append(math.sqrt(sq) / bnorm)
+        rel = math.sqrt(sq) / bnorm
+        if not math.isfinite(rel) or (history and rel > 1.5 * history[-1]):
+            X.copy_(x_start)  # undo a diverging epoch, halve the step
+            step *= 0.5
+            halvings += 1
+            if halvings > 20:
+                break
+            continue
+        history.append(rel)
         bar.set_postfix(rel_res=f"{history[-1]:.2e}")
         if math.sqrt(sq) <= target:
             converged = True
             break
         if callback is not None and callback(ep + 1, X.squeeze(1) if squeeze else X):
             break
+    if halvings:
+        warnings.warn(f"EigenPro: step size halved {halvings} time(s) after diverging epochs.", RuntimeWarning,
+                      stacklevel=2)
+    if not history:
+        history.append(1.0)
     if not converged and (callback is None or ep + 1 >= epochs):
         warnings.warn(
             f"EigenPro did not reach rtol={rtol:g} in {epochs} epochs (batch residual {history[-1]:.3g}).",
@@ -131,5 +160,5 @@ def solve_eigenpro(
             stacklevel=2,
         )
     res = SolveResult(X.squeeze(1) if squeeze else X, len(history), converged, history, float(reg), "eigenpro")
-    res.info = {"batch_size": m, "step": eta, "q": q, "n_centres": s}
+    res.info = {"batch_size": m, "step": eta, "step_used": step * m, "q": q, "n_centres": s, "halvings": halvings}
     return res

@@ -147,3 +147,16 @@ def test_auto_solver_choice_and_reason():
     np.testing.assert_allclose(tight.predict(X[:50]), small.predict(X[:50]), rtol=1e-3, atol=1e-3)
     forced = RFMRegressor(iters=0, solver="eigenpro", solver_tol=0.5).fit(X, y)
     assert forced.solver_ == "eigenpro" and "forced" in forced.history_[0]["solver_reason"]
+
+
+def test_eigenpro_rfm_does_not_diverge_when_m_sharpens():
+    # regression: after the first AGOP step the warm start was far off and EigenPro's residual blew up (R^2 << 0)
+    import warnings
+
+    X, y = lowrank(3000, d=20, seed=6)
+    Xte, yte = lowrank(1000, d=20, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = RFMRegressor(iters=3, solver="eigenpro", solver_tol=1e-2, solver_max_iter=5, random_state=0).fit(X, y)
+    assert all(h["solver_residual"] < 1.0 for h in m.history_)
+    assert m.score(Xte, yte) > 0.8
