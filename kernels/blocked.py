@@ -60,10 +60,6 @@ class BlockPlan:
     col_block: int
     bytes: int
 
-    @property
-    def n_tiles(self) -> int:  # pragma: no cover - convenience
-        return self.row_block * self.col_block
-
 
 def plan_blocks(
     n_rows: int,
@@ -172,11 +168,6 @@ def kernel_matmul(
     return out.squeeze(1) if squeeze else out
 
 
-def tensor_bytes(*shape: int, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of a dense tensor of ``shape`` and ``dtype``."""
-    return int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-
-
 class KernelOperator:
     """The symmetric kernel matrix ``K = K_M(X, X)`` as a linear operator, never materialised.
 
@@ -215,11 +206,6 @@ class KernelOperator:
         zc = self.z if cols is None else self.z[cols]
         zc_sq = self.z_sq if cols is None else self.z_sq[cols]
         return laplace_kernel_transformed(zr, zc, bandwidth=self.bandwidth, x_sq=self.z_sq[rows], z_sq=zc_sq, out=out)
-
-    def cross(self, x_other: torch.Tensor, v: torch.Tensor, *, transformed=True) -> torch.Tensor:
-        """``K(x_other, X) @ v`` (blocked), e.g. predictions at new points already transformed by R."""
-        return kernel_matmul(x_other, self.z, v, bandwidth=self.bandwidth, memory_budget=self.memory_budget,
-                             z_transformed=True, z_sq=self.z_sq)
 
     def matmul(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``K @ v`` for v of shape (n,) or (n, c)."""
