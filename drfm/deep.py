@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
@@ -28,7 +27,7 @@ from kernels.features import apply_feature_map, draw_cosine, draw_relu
 
 from ._backend import make_generator, resolve_device, resolve_dtype, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
-from .rfm import RFMRegressor
+from .rfm import RFMRegressor, one_hot_classes, validate_classification_data
 
 __all__ = ["DeepRFMClassifier", "DeepRFMRegressor", "Layer"]
 
@@ -268,20 +267,10 @@ class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
     """
 
     def _validate_xy(self, X, y):
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        return X, y
+        return validate_classification_data(self, X, y)
 
     def _encode(self, y):
-        classes, idx = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in the data, but the data contain only "
-                f"one class: {classes[0].item()!r}."
-            )
-        self.classes_ = classes
-        Y = np.zeros((len(y), len(classes)))
-        Y[np.arange(len(y)), idx] = 1.0
+        self.classes_, Y = one_hot_classes(y, type(self).__name__)
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
     def decision_function(self, X):

@@ -51,6 +51,26 @@ def agop_power_factor(agop: torch.Tensor, power: float) -> torch.Tensor:
     return (v * w.clamp_min(0.0).pow(power)) @ v.T
 
 
+def validate_classification_data(estimator, X, y):
+    """``validate_data`` for a classifier's fit, plus the classification-target check."""
+    X, y = validate_data(estimator, X, y, dtype=[np.float64, np.float32])
+    check_classification_targets(y)
+    return X, y
+
+
+def one_hot_classes(y, owner: str):
+    """Sorted class labels and the (n, K) one-hot target matrix; at least two classes are required."""
+    classes, idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{owner} needs samples of at least 2 classes in the data, but the data contain only "
+            f"one class: {classes[0].item()!r}."
+        )
+    Y = np.zeros((len(y), len(classes)))
+    Y[np.arange(len(y)), idx] = 1.0
+    return classes, Y
+
+
 def direct_solve_bytes(n: int, d: int, c: int, itemsize: int) -> int:
     """Bytes the direct path holds: the n x n kernel matrix plus the transformed data, targets and solution."""
     return n * n * itemsize + 3 * n * (d + c) * itemsize
@@ -472,20 +492,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     """
 
     def _validate_xy(self, X, y):
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        return X, y
+        return validate_classification_data(self, X, y)
 
     def _encode_targets(self, y):
-        classes, idx = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in the data, but the data contain only "
-                f"one class: {classes[0].item()!r}."
-            )
-        self.classes_ = classes
-        Y = np.zeros((len(y), len(classes)))
-        Y[np.arange(len(y)), idx] = 1.0
+        self.classes_, Y = one_hot_classes(y, type(self).__name__)
         return Y
 
     def _score_outputs(self, outputs, y_true):

@@ -32,3 +32,13 @@ class SolveResult:
     reg_used: float = 0.0
     method: str = ""
     info: dict = field(default_factory=dict)
+
+
+def as_columns(Y: torch.Tensor, x0: torch.Tensor | None):
+    """Right-hand sides as (n, c) columns and the starting point (a copy of ``x0``, or zeros), plus whether the
+    caller passed a vector (so results are squeezed back)."""
+    squeeze = Y.dim() == 1
+    B = Y.unsqueeze(1) if squeeze else Y
+    if x0 is None:
+        return B, torch.zeros_like(B), squeeze
+    return B, (x0.unsqueeze(1) if squeeze else x0).clone().to(B.dtype), squeeze

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..blocked import KernelOperator
-from ._result import ConvergenceWarning, SolveResult
+from ._result import ConvergenceWarning, SolveResult, as_columns
 from .nystrom import NystromEigensystem
 
 __all__ = ["solve_cg"]
@@ -53,11 +53,9 @@ def solve_cg(
     -------
     SolveResult; ``residual_norms`` holds the largest relative column residual after each iteration (index 0: start).
     """
-    squeeze = Y.dim() == 1
-    B = Y.unsqueeze(1) if squeeze else Y
+    B, X, squeeze = as_columns(Y, x0)
     n, c = B.shape
     max_iter = max(100, n // 10) if max_iter is None else int(max_iter)
-    X = torch.zeros_like(B) if x0 is None else (x0.unsqueeze(1) if squeeze else x0).clone().to(B.dtype)
     bnorm = _col_dot(B, B).sqrt().clamp_min(1e-300)
     if x0 is None:
         R = B.clone()

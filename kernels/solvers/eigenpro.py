@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..blocked import KernelOperator
-from ._result import ConvergenceWarning, SolveResult
+from ._result import ConvergenceWarning, SolveResult, as_columns
 from .nystrom import NystromEigensystem
 
 __all__ = ["solve_eigenpro", "eigenpro_schedule"]
@@ -87,8 +87,7 @@ def solve_eigenpro(
     -------
     SolveResult with ``n_iter`` = epochs run.
     """
-    squeeze = Y.dim() == 1
-    B = Y.unsqueeze(1) if squeeze else Y
+    B, X, squeeze = as_columns(Y, x0)
     n, c = B.shape
     if preconditioner is None:
         preconditioner = NystromEigensystem(op, generator=generator, build_extension=False)
@@ -100,7 +99,6 @@ def solve_eigenpro(
     q, D, m, eta = eigenpro_schedule(pre.eigvals, max_batch=max_batch, max_q=max(5, s // 10))
     V = (pre.eigvecs[:, :q] / math.sqrt(s)).to(op.dtype)
     Dt = D.to(op.dtype)
-    X = torch.zeros_like(B) if x0 is None else (x0.unsqueeze(1) if squeeze else x0).clone().to(B.dtype)
     bnorm = float(B.double().norm().clamp_min(1e-300))
     if x0 is not None:
         # a warm start is only kept if it beats x = 0 on a row sample (when the kernel changed a lot between RFM
