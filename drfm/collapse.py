@@ -187,6 +187,10 @@ METRICS = {
 }
 
 
+#: stage order in tables: Deep RFM / MLP layer stages, the final predictor, and the weight-level rows (NFA)
+STAGES = ("input", "linear", "nonlinear", "final", "weights")
+
+
 @dataclass
 class CollapseReport:
     """Rows of (model, layer, stage, metric, value, n_samples, ...) with renderers.
@@ -247,9 +251,9 @@ class CollapseReport:
 
     def to_markdown(self, metrics=None) -> str:
         """A table with one row per (model, layer) and one column per (metric, stage)."""
-        metrics = metrics or sorted({r["metric"] for r in self.rows}, key=lambda m: list(METRICS).index(m)
-                                    if m in METRICS else 99)
-        stages = [s for s in ("input", "linear", "nonlinear", "final") if any(r["stage"] == s for r in self.rows)]
+        metrics = metrics or sorted({r["metric"] for r in self.rows}, key=lambda m: (list(METRICS).index(m)
+                                    if m in METRICS else 99, m))
+        stages = [s for s in STAGES if any(r["stage"] == s for r in self.rows)]
         cols = [(m, s) for m in metrics for s in stages if any(r["metric"] == m and r["stage"] == s for r in self.rows)]
         index = {}
         for r in self.rows:
@@ -271,8 +275,8 @@ class CollapseReport:
             rows = [r for r in self.values(metric, model=mdl) if "epoch" not in r]
             if not rows:
                 continue
-            first = min(rows, key=lambda r: (r["layer"], ["input", "linear", "nonlinear", "final"].index(r["stage"])))
-            last = max(rows, key=lambda r: (r["layer"], ["input", "linear", "nonlinear", "final"].index(r["stage"])))
+            first = min(rows, key=lambda r: (r["layer"], STAGES.index(r["stage"])))
+            last = max(rows, key=lambda r: (r["layer"], STAGES.index(r["stage"])))
             shares = self.linear_share(metric, model=mdl)
             lin = sum(s["linear_log10_reduction"] for s in shares)
             non = sum(s["nonlinear_log10_reduction"] for s in shares)
@@ -291,8 +295,10 @@ class CollapseReport:
             )
         return " ".join(parts)
 
-    def plot(self, path, metrics=None, *, x: str = "layer"):
-        """Each metric against depth (or ``x='epoch'``), one line per (model, stage), log scale; saved to ``path``."""
+    def plot(self, path, metrics=None, *, x: str = "layer", stages=None, log: bool | None = None):
+        """Each metric against depth, one line per (model, stage); or with ``x='epoch'`` against training epochs, one
+        line per (model, layer, stage). ``stages`` restricts the stages drawn; log scale unless the metric can be
+        negative or is a correlation (``nfa_*``). Saved to ``path``."""
         try:
             import matplotlib
 
@@ -300,39 +306,64 @@ class CollapseReport:
             import matplotlib.pyplot as plt
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("CollapseReport.plot needs matplotlib: pip install 'drfm[plot]'") from exc
-        rows = [r for r in self.rows if (x in r)]
+        if x not in ("layer", "epoch"):
+            raise ValueError(f"x must be 'layer' or 'epoch', got {x!r}")
+        rows = [r for r in self.rows if x in r and (x == "epoch" or "epoch" not in r)
+                and (stages is None or r["stage"] in stages)]
+        if not rows:
+            raise ValueError(f"the report has no rows to plot against {x!r}"
+                             + (" (per-epoch rows come from TorchMLPClassifier(measure_every=...))" if x == "epoch" else ""))
         metrics = metrics or sorted({r["metric"] for r in rows})
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             groups = {}
             for r in rows:
                 if r["metric"] == metric:
-                    groups.setdefault((r["model"], r["stage"]), []).append((r[x], r["value"]))
-            for (mdl, stage), pts in sorted(groups.items()):
+                    key = (r["model"], r["stage"]) if x == "layer" else (r["model"], r["layer"], r["stage"])
+                    groups.setdefault(key, []).append((r[x], r["value"]))
+            # correlations (nfa_*) read best on a linear axis; collapse metrics span decades
+            use_log = log if log is not None else (not metric.startswith("nfa")
+                                                   and all(v > 0 for pts in groups.values() for _, v in pts))
+            for key, pts in sorted(groups.items()):
                 pts.sort()
-                ax.plot([p[0] for p in pts], [max(p[1], 1e-300) for p in pts], marker="o", ms=3,
-                        label=f"{mdl} {stage}")
-            ax.set_yscale("log")
+                label = " ".join(str(k) if i != 1 or x == "layer" else f"L{k}" for i, k in enumerate(key))
+                ax.plot([p[0] for p in pts], [max(p[1], 1e-300) if use_log else p[1] for p in pts], marker="o",
+                        ms=3, label=label)
+            if use_log:
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
             ax.set_xlabel(x)
             ax.set_title(metric)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
 
 
-def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm") -> CollapseReport:
-    """Collapse metrics of a fitted Deep RFM on (X, y), per layer and stage (input / linear / nonlinear)."""
+def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
+                 report: CollapseReport | None = None) -> CollapseReport:
+    """Report rows from per-layer stage features (a list of ``{stage: (n, p) array}``, one dict per layer) and
+    labels; rows are appended to ``report`` when given, and carry ``epoch`` when given."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
     y = np.asarray(y)
-    report = CollapseReport(meta={"model": model_name, "depth": len(model.layers_), "n_samples": len(y)})
-    for layer, stages in enumerate(model.layer_features(X)):
+    if report is None:
+        report = CollapseReport(meta={"model": model_name, "depth": len(features), "n_samples": len(y)})
+    extra = {} if epoch is None else {"epoch": int(epoch)}
+    for layer, stages in enumerate(features):
         for stage, feats in stages.items():
             for m in metrics:
                 report.add(model=model_name, layer=layer, stage=stage, metric=m, value=METRICS[m](feats, y),
-                           n_samples=len(y))
+                           n_samples=len(y), **extra)
     return report
+
+
+def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm") -> CollapseReport:
+    """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
+    on (X, y), per layer and stage (input / linear / nonlinear)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:  # checked before the (possibly long) feature pass
+        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+    return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name)
