@@ -1,6 +1,10 @@
 """Suite `rfm`: RFM fit/predict on the low-rank and 10-class tasks, scikit-learn KernelRidge on the same L2 Laplace
 kernel as the reference, and the Laplace kernel build against its two unavoidable parts (bare GEMM + bare exp).
 
+Peers measured in the same run: scikit-learn ``KernelRidge`` (same L2 Laplace kernel, M = I), scikit-learn
+``MLPClassifier`` (2 x 256 ReLU, Adam, early stopping off) and the public ``xrfm`` package (optional: recorded as
+skipped when it is not installed; ``pip install xrfm``).
+
 Cases are declared in ``CASES``; ``drfm bench rfm`` runs each one in its own process (see ``_harness.py``).
 Targets (foundation issue, 2-core CPU): low-rank n=12800 fit <= 50 s with test R^2 >= 0.99; 10-class n=16000
 fit <= 150 s with accuracy >= 0.80; kernel build within 1.5x of GEMM + exp.
@@ -22,12 +26,17 @@ CASES = [
     {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "lowrank", "n": 12800},
     {"suite": "rfm", "kind": "fit", "model": "drfm.RFMClassifier", "dataset": "classif10", "n": 16000},
     {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "classif10", "n": 16000},
+    {"suite": "rfm", "kind": "fit", "model": "sklearn.MLPClassifier", "dataset": "classif10", "n": 16000},
+    {"suite": "rfm", "kind": "fit", "model": "xrfm.xRFM", "dataset": "lowrank", "n": 12800},
+    {"suite": "rfm", "kind": "fit", "model": "xrfm.xRFM", "dataset": "classif10", "n": 16000},
 ]
 
 QUICK_CASES = [
     {"suite": "rfm", "kind": "kernel_build", "n": 2000, "d": 100},
     {"suite": "rfm", "kind": "fit", "model": "drfm.RFMRegressor", "dataset": "lowrank", "n": 1000},
     {"suite": "rfm", "kind": "fit", "model": "sklearn.KernelRidge", "dataset": "lowrank", "n": 1000},
+    {"suite": "rfm", "kind": "fit", "model": "sklearn.MLPClassifier", "dataset": "gaussian", "n": 500},
+    {"suite": "rfm", "kind": "fit", "model": "xrfm.xRFM", "dataset": "lowrank", "n": 1000},
 ]
 
 
@@ -88,6 +97,42 @@ def _laplace_l2(A, B, bandwidth):
     return np.exp(-cdist(A, B) / bandwidth)
 
 
+def _score(task, y_true, out, classes=None):
+    from sklearn.metrics import accuracy_score, r2_score
+
+    if task == "classification":
+        return accuracy_score(y_true, classes[np.argmax(out, 1)])
+    return r2_score(y_true, out)
+
+
+def _xrfm(case, data):
+    try:
+        import torch
+        from xrfm import xRFM
+    except ImportError:
+        return None
+    dev = torch.device("cuda" if case["device"] in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    classes = None
+    if data.task == "classification":
+        classes, idx = np.unique(data.y_train, return_inverse=True)
+        Y = np.eye(len(classes))[idx]
+    else:
+        Y = data.y_train.reshape(-1, 1)
+    n_val = max(1, len(Y) // 10)  # xRFM tunes on a validation split: the last 10% of the training points
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=dev)  # noqa: E731
+    model = xRFM(device=dev, tuning_metric="mse")
+    t0 = time.perf_counter()
+    model.fit(t(data.X_train[:-n_val]), t(Y[:-n_val]), t(data.X_train[-n_val:]), t(Y[-n_val:]))
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = model.predict(t(data.X_test))
+    out = out.cpu().numpy() if hasattr(out, "cpu") else np.asarray(out)
+    pred_s = time.perf_counter() - t0
+    score = _score(data.task, data.y_test, out.reshape(len(data.y_test), -1) if classes is not None
+                   else out.reshape(-1), classes)
+    return fit_s, pred_s, score, {"device": str(dev), "note": "xRFM defaults, tuning_metric='mse', 10% validation"}
+
+
 def _fit(case):
     from drfm import RFMClassifier, RFMRegressor
     from drfm.datasets import load
@@ -95,7 +140,27 @@ def _fit(case):
     data = load(case["dataset"], n_train=case["n"])
     task = data.task
     model_name = case["model"]
-    if model_name.startswith("drfm."):
+    if model_name == "xrfm.xRFM":
+        res = _xrfm(case, data)
+        if res is None:
+            return {"skipped": "xrfm is not installed (pip install xrfm)", "task": task}
+        fit_s, pred_s, score, extra = res
+    elif model_name == "sklearn.MLPClassifier":
+        from sklearn.neural_network import MLPClassifier
+
+        model = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=100, random_state=0)
+        t0 = time.perf_counter()
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter is expected and recorded as n_iter
+            model.fit(data.X_train, data.y_train)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        score = model.score(data.X_test, data.y_test)
+        pred_s = time.perf_counter() - t0
+        extra = {"device": "cpu", "n_iter": int(model.n_iter_), "note": "2 x 256 ReLU, Adam, max_iter 100"}
+    elif model_name.startswith("drfm."):
         cls = RFMRegressor if model_name.endswith("Regressor") else RFMClassifier
         model = cls(**RFM_PARAMS, device=case["device"], random_state=0)
         t0 = time.perf_counter()
@@ -108,9 +173,9 @@ def _fit(case):
                  "iter_seconds": [round(h["seconds"], 3) for h in model.history_]}
     else:
         from sklearn.kernel_ridge import KernelRidge
-        from sklearn.metrics import accuracy_score, r2_score
 
         L, reg = RFM_PARAMS["bandwidth"], RFM_PARAMS["reg"]
+        classes = None
         if task == "classification":
             classes, idx = np.unique(data.y_train, return_inverse=True)
             Y = np.eye(len(classes))[idx]
@@ -124,10 +189,7 @@ def _fit(case):
         t0 = time.perf_counter()
         out = krr.predict(_laplace_l2(data.X_test, data.X_train, L))
         pred_s = time.perf_counter() - t0
-        if task == "classification":
-            score = accuracy_score(data.y_test, classes[np.argmax(out, 1)])
-        else:
-            score = r2_score(data.y_test, out)
+        score = _score(task, data.y_test, out, classes if task == "classification" else None)
         extra = {"device": "cpu", "note": "float64 numpy; no feature learning (M = I)"}
     return {"task": task, "d": data.n_features, "n_test": len(data.y_test), "fit_seconds": fit_s,
             "predict_seconds": pred_s, "score": float(score),

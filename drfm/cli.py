@@ -2,10 +2,13 @@
 
     drfm demo                 RFM on scikit-learn's bundled digits (accuracy, time, AGOP spectrum) and a small Deep RFM
                               neural-collapse study (table per layer and stage)
+    drfm fit                  fit an RFM / Deep RFM / MLP on a dataset or .npy/.csv files; scores; --save model file
+    drfm predict MODEL INPUT  predictions of a saved model on a .npy/.csv file (to a file or stdout)
     drfm collapse             Deep RFM layerwise collapse report on a dataset (table, JSON, plot)
     drfm compare              train an MLP and a Deep RFM of equal depth: per-layer collapse by stage, NFA, accuracy
     drfm datasets             list the datasets available offline
     drfm bench SUITE          run a benchmark suite from benchmarks/ (each case in its own process), JSON lines out
+    drfm bench --compare A B  ratios new/old between two results files
 
 Exit codes: 0 success, 2 bad arguments or files (one-line reason on stderr, no traceback; set DRFM_DEBUG=1 for the
 traceback), 1 unexpected failure.
@@ -116,6 +119,260 @@ def show_collapse(res: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# files
+def read_array(path: str, what: str, *, numeric: bool = True):
+    """A 2-D (or 1-D) array from a .npy or .csv/.txt file; ``UsageError`` with one line for every problem.
+
+    CSV: comma separated, an optional header row (kept as column names), ``numeric=False`` keeps text labels.
+    Returns (array, column names or None).
+    """
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} file {path!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any read failure is a bad file
+            raise UsageError(f"{what} file {path!r} is not a readable .npy array ({type(exc).__name__})") from None
+        names = None
+    elif suffix in (".csv", ".txt"):
+        import csv
+
+        try:
+            with open(p, newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise UsageError(f"{what} file {path!r} is not a readable CSV file ({type(exc).__name__})") from None
+        if not rows:
+            raise UsageError(f"{what} file {path!r} is empty")
+
+        def is_number(v):
+            try:
+                float(v)
+                return True
+            except ValueError:
+                return False
+
+        names = None
+        if not all(is_number(v) for v in rows[0]) and len(rows) > 1 and all(is_number(v) for v in rows[1]):
+            names, rows = [v.strip() for v in rows[0]], rows[1:]
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            raise UsageError(f"{what} file {path!r} has rows of different lengths {sorted(widths)}")
+        try:
+            arr = np.array(rows, dtype=np.float64)
+        except ValueError:
+            if numeric:
+                raise UsageError(f"{what} file {path!r} has non-numeric entries") from None
+            arr = np.array([[v.strip() for v in r] for r in rows])
+    else:
+        raise UsageError(f"{what} file {path!r} must be .npy or .csv, got {suffix or 'no extension'!r}")
+    if arr.dtype.kind in "biuf" and arr.size and not np.all(np.isfinite(arr.astype(np.float64))):
+        raise UsageError(f"{what} file {path!r} contains NaN or infinite values")
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise UsageError(f"{what} file {path!r} must hold a non-empty 1-D or 2-D array, got shape {arr.shape}")
+    return arr, names
+
+
+def write_array(arr, path: str | None) -> str | None:
+    """Predictions to .npy / .csv, or None (the caller prints them)."""
+    import numpy as np
+
+    if path is None:
+        return None
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        np.save(p, arr)
+    elif p.suffix.lower() in (".csv", ".txt"):
+        np.savetxt(p, arr.reshape(len(arr), -1), delimiter=",", fmt="%s" if arr.dtype.kind in "OUS" else "%.10g")
+    else:
+        raise UsageError(f"output file {path!r} must be .npy or .csv")
+    return str(p)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fit / predict
+MODELS = {
+    # name: (classifier class path, regressor class path or None)
+    "rfm": ("drfm.rfm:RFMClassifier", "drfm.rfm:RFMRegressor"),
+    "deep-rfm": ("drfm.deep:DeepRFMClassifier", "drfm.deep:DeepRFMRegressor"),
+    "mlp": ("drfm.dnn:TorchMLPClassifier", None),
+}
+
+
+def _parse_params(items: list[str]) -> dict:
+    import ast
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value  # a plain string such as solver=cg
+    return out
+
+
+def _infer_task(y) -> str:
+    import numpy as np
+
+    if y.dtype.kind in "OUSb":
+        return "classification"
+    if y.ndim == 1 and np.all(np.equal(np.mod(y, 1), 0)) and len(np.unique(y)) <= max(2, min(50, len(y) // 5)):
+        return "classification"
+    return "regression"
+
+
+def _load_training_data(args):
+    import numpy as np
+
+    from .datasets import load
+
+    sources = sum(x is not None for x in (args.dataset, args.X, args.data))
+    if sources != 1:
+        raise UsageError("give exactly one data source: --dataset NAME, --X FILE --y FILE, or --data FILE")
+    if args.dataset:
+        data = load(args.dataset, n_train=args.n_train, random_state=args.seed)
+        return data.X_train, data.y_train, data.X_test, data.y_test, data.task, args.dataset
+    if args.X:
+        if not args.y:
+            raise UsageError("--X needs --y (the targets file)")
+        X, _ = read_array(args.X, "--X")
+        y, _ = read_array(args.y, "--y", numeric=False)
+        source = args.X
+    else:
+        table, names = read_array(args.data, "--data", numeric=False)
+        if table.ndim != 2 or table.shape[1] < 2:
+            raise UsageError(f"--data file {args.data!r} needs at least two columns (features and a target)")
+        col = args.target
+        if col is None:
+            idx = table.shape[1] - 1
+        elif names and col in names:
+            idx = names.index(col)
+        else:
+            try:
+                idx = int(col) % table.shape[1]
+            except ValueError:
+                raise UsageError(f"--target {col!r} is neither a column name of {args.data!r} nor an index") from None
+        y = table[:, idx]
+        X = np.delete(table, idx, axis=1)
+        try:
+            X = X.astype(np.float64)
+        except ValueError:
+            raise UsageError(f"--data file {args.data!r} has non-numeric feature columns") from None
+        source = args.data
+    if X.ndim == 1:
+        X = X[:, None]
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if len(X) != len(y):
+        raise UsageError(f"features have {len(X)} rows but targets have {len(y)}")
+    if y.dtype.kind in "US":
+        try:
+            y = y.astype(np.float64)
+        except ValueError:
+            pass
+    task = args.task or _infer_task(y)
+    if task == "regression" and y.dtype.kind in "OUS":
+        raise UsageError("targets are text labels; regression needs numbers (use --task classification)")
+    if not 0 <= args.test_size < 1:
+        raise UsageError(f"--test-size must be in [0, 1), got {args.test_size}")
+    if args.test_size == 0:
+        return X, y, None, None, task, source
+    from sklearn.model_selection import train_test_split
+
+    strat = y if task == "classification" and min(np.unique(y, return_counts=True)[1]) >= 2 else None
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=args.test_size, random_state=args.seed, stratify=strat)
+    return Xtr, ytr, Xte, yte, task, source
+
+
+def _model_class(name: str, task: str):
+    import importlib
+
+    cls_path = MODELS[name][0 if task == "classification" else 1]
+    if cls_path is None:
+        raise UsageError(f"model {name!r} supports classification only")
+    module, cls = cls_path.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def cmd_fit(args) -> dict:
+    from .persistence import save_model
+
+    X, y, Xte, yte, task, source = _load_training_data(args)
+    if args.task and args.task != task:
+        task = args.task
+    cls = _model_class(args.model, task)
+    params = _parse_params(args.param)
+    valid = set(cls().get_params())
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise UsageError(f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; valid: "
+                         f"{', '.join(sorted(valid))}")
+    defaults = {"random_state": args.seed, "verbose": args.verbose}
+    if "device" in valid:
+        defaults["device"] = args.device
+    model = cls(**{**defaults, **params})
+    t0 = time.perf_counter()
+    model.fit(X, y)
+    fit_s = time.perf_counter() - t0
+    metric = "accuracy" if task == "classification" else "r2"
+    res = {"model": cls.__name__, "task": task, "data": source, "n_train": len(y), "n_features": X.shape[1],
+           "params": {k: v for k, v in model.get_params().items() if k != "module"}, "fit_seconds": fit_s,
+           "metric": metric, "train_score": float(model.score(X, y)),
+           "n_test": 0 if yte is None else len(yte),
+           "test_score": None if yte is None else float(model.score(Xte, yte)), "saved": None}
+    if args.save:
+        save_model(model, args.save, metadata={"task": task, "data": source, "test_score": res["test_score"]})
+        res["saved"] = str(args.save)
+    return res
+
+
+def show_fit(res: dict) -> str:
+    lines = [f"{res['model']} ({res['task']}) on {res['data']}: {res['n_train']} train x {res['n_features']} features",
+             f"  fit time     {res['fit_seconds']:.2f} s",
+             f"  train {res['metric']:<6} {res['train_score']:.4f}"]
+    if res["test_score"] is not None:
+        lines.append(f"  test {res['metric']:<7} {res['test_score']:.4f}  ({res['n_test']} held out)")
+    if res["saved"]:
+        lines.append(f"  saved to     {res['saved']}  (a pickle: load it only from a trusted source)")
+    return "\n".join(lines)
+
+
+def cmd_predict(args) -> dict:
+    import numpy as np
+
+    from .persistence import ModelFileError, load_model
+
+    try:
+        model = load_model(args.model, device=args.device)
+    except (ModelFileError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    X, _ = read_array(args.input, "input")
+    if X.ndim == 1:
+        X = X[None, :] if X.shape[0] == model.n_features_in_ else X[:, None]
+    if X.shape[1] != model.n_features_in_:
+        raise UsageError(f"input file {args.input!r} has {X.shape[1]} columns but the model expects "
+                         f"{model.n_features_in_} features")
+    t0 = time.perf_counter()
+    pred = np.asarray(model.predict(X))
+    seconds = time.perf_counter() - t0
+    written = write_array(pred, args.output)
+    return {"model": type(model).__name__, "n": len(X), "seconds": seconds, "output": written,
+            "predictions": None if written else pred.tolist()}
+
+
+def show_predict(res: dict) -> str:
+    if res["output"]:
+        return f"{res['n']} predictions ({res['model']}, {res['seconds']:.2f} s) written to {res['output']}"
+    return "\n".join(" ".join(str(v) for v in p) if isinstance(p, list) else str(p) for p in res["predictions"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # compare
 def cmd_compare(args) -> dict:
     from . import dnn
@@ -196,9 +453,64 @@ def _load_suite(path: Path):
     return module
 
 
+RESULT_KEYS = ("suite", "kind", "model", "dataset", "n", "d", "device", "depth")
+RATIO_FIELDS = ("fit_seconds", "predict_seconds", "kernel_seconds", "peak_rss_bytes", "score", "ratio")
+
+
+def _read_results(path: str) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"results file {path!r} does not exist")
+    out = []
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"results file {path!r} is not JSON lines text (expected the output of `drfm bench`)") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"results file {path!r} line {i} is not JSON (expected the JSON lines of `drfm bench`)"
+                             ) from None
+        if not isinstance(rec, dict):
+            raise UsageError(f"results file {path!r} line {i} is not a JSON object")
+        out.append(rec)
+    return out
+
+
+def compare_results(old: list[dict], new: list[dict]) -> list[dict]:
+    """Match runs by (suite, kind, model, dataset, n, d, device, depth) and give new / old for each measured field."""
+    def key(r):
+        return tuple(r.get(k) for k in RESULT_KEYS)
+
+    before = {key(r): r for r in old if "error" not in r}
+    rows = []
+    for r in new:
+        o = before.get(key(r))
+        if o is None or "error" in r:
+            continue
+        ratios = {f: r[f] / o[f] for f in RATIO_FIELDS
+                  if isinstance(r.get(f), (int, float)) and isinstance(o.get(f), (int, float)) and o[f] != 0}
+        rows.append({**{k: r.get(k) for k in RESULT_KEYS if r.get(k) is not None}, "ratios": ratios,
+                     "old": {f: o.get(f) for f in ratios}, "new": {f: r.get(f) for f in ratios}})
+    return rows
+
+
 def cmd_bench(args) -> list[dict]:
     from tqdm.auto import tqdm
 
+    if args.compare:
+        if args.suite:
+            raise UsageError("give either a SUITE to run or --compare OLD NEW, not both")
+        rows = compare_results(_read_results(args.compare[0]), _read_results(args.compare[1]))
+        if not rows:
+            raise UsageError("the two results files have no run in common (matched on suite, kind, model, dataset, "
+                             "n, d, device)")
+        return rows
+    if not args.suite:
+        raise UsageError("name a SUITE to run (see --help), or use --compare OLD.jsonl NEW.jsonl")
     sdir = _suite_dir(args.suite_dir)
     suites = sorted(p.stem for p in sdir.glob("*.py") if not p.stem.startswith("_"))
     if args.suite not in suites:
@@ -232,9 +544,18 @@ def cmd_bench(args) -> list[dict]:
 
 def show_bench(res: list[dict]) -> str:
     rows = []
+    if res and "ratios" in res[0]:
+        rows.append("new / old (time and memory: < 1 is better; score: > 1 is better)")
+        for r in res:
+            name = " ".join(str(r[k]) for k in ("kind", "model", "dataset") if r.get(k))
+            ratios = "  ".join(f"{f} {v:.3f}" for f, v in r["ratios"].items())
+            rows.append(f"{name:<40} n={r.get('n', '')}: {ratios}")
+        return "\n".join(rows)
     for r in res:
         if "error" in r:
             rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: ERROR {r['error']}")
+        elif "skipped" in r:
+            rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: skipped ({r['skipped']})")
         elif r.get("kind") == "kernel_build":
             rows.append(
                 f"{'kernel_build':<12} {'n=%d d=%d' % (r['n'], r['d']):<20} kernel {r['kernel_seconds']:.3f} s, "
@@ -255,7 +576,9 @@ def show_bench(res: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="drfm",
-        description="Deep Recursive Feature Machines: AGOP feature learning with Laplace kernel machines.",
+        description="Deep Recursive Feature Machines: AGOP feature learning with Laplace kernel machines.\n"
+                    + __doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -290,6 +613,48 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_collapse, show=show_collapse)
 
     sp = sub.add_parser(
+        "fit", help="fit a model on a dataset or your own files; score it; optionally save it",
+        description="Fit an RFM, a Deep RFM or an MLP on a named dataset (see `drfm datasets`) or on your own files, "
+                    "report train/test scores, and save the fitted model with --save. Examples:\n"
+                    "  drfm fit --dataset digits --model rfm --param iters=3 --save digits.pkl\n"
+                    "  drfm fit --X X.npy --y y.npy --model deep-rfm --param depth=4 --test-size 0.2\n"
+                    "  drfm fit --data table.csv --target label --task classification",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("--dataset", help="a dataset name (uses the dataset's own train/test split)")
+    sp.add_argument("--X", help="features file (.npy or .csv, one row per sample)")
+    sp.add_argument("--y", help="targets file (.npy or .csv), with --X")
+    sp.add_argument("--data", help="one .csv/.npy table holding features and the target column")
+    sp.add_argument("--target", help="with --data: target column name or index (default: the last column)")
+    sp.add_argument("--model", default="rfm", choices=sorted(MODELS), help="model family (default rfm)")
+    sp.add_argument("--task", choices=["classification", "regression"],
+                    help="default: the dataset's task; for files, classification when targets are text or few "
+                         "integer values")
+    sp.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="a model parameter, repeatable (e.g. --param iters=3 --param bandwidth=5.0)")
+    sp.add_argument("--test-size", type=float, default=0.2,
+                    help="fraction held out to score files (default 0.2; 0 = none); datasets keep their split")
+    sp.add_argument("--n-train", type=int, default=None, help="with --dataset: training points")
+    sp.add_argument("--save", help="write the fitted model here (a pickle; load only from trusted sources)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (split and model)")
+    common(sp)
+    sp.set_defaults(func=cmd_fit, show=show_fit)
+
+    sp = sub.add_parser(
+        "predict", help="predict with a saved model on a .npy/.csv file",
+        description="Load a model saved by `drfm fit --save` and predict on INPUT (.npy or .csv, one row per "
+                    "sample). Model files are pickles: only load files from sources you trust (the drfm header is "
+                    "checked first, so other files are refused without being unpickled).")
+    sp.add_argument("model", help="a model file written by `drfm fit --save`")
+    sp.add_argument("input", help="features to predict on (.npy or .csv)")
+    sp.add_argument("-o", "--output", help="write predictions here (.npy or .csv; default: print them)")
+    common(sp)
+    sp.set_defaults(func=cmd_predict, show=show_predict, device="cpu")
+    for action in sp._actions:
+        if action.dest == "device":
+            action.default = "cpu"
+            action.help = "where predictions run: 'cpu' (default), 'cuda' or 'auto'"
+
+    sp = sub.add_parser(
         "compare", help="train an MLP and a Deep RFM of the same depth; per-layer collapse by stage and the NFA",
         description="Train a bias-free ReLU MLP (the seed paper's setup by default) and a Deep RFM with the same "
                     "number of layers on one dataset; report per layer NC1 at each stage (input, linear: M^{1/2} or "
@@ -322,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_datasets, show=show_datasets)
 
     sp = sub.add_parser("bench", help="run a benchmark suite (each case in its own process); JSON lines out")
-    sp.add_argument("suite", help="suite name: a file benchmarks/SUITE.py (e.g. rfm)")
+    sp.add_argument("suite", nargs="?", help="suite name: a file benchmarks/SUITE.py (rfm, solvers, compare)")
+    sp.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                    help="instead of running: print new/old ratios of two results files (matched runs)")
     sp.add_argument("--out", help="JSON-lines output file (default bench-results/SUITE-TIMESTAMP.jsonl)")
     sp.add_argument("--n", type=int, nargs="+", help="training sizes to run instead of the suite's defaults")
     sp.add_argument("--quick", action="store_true", help="tiny sizes, to check the suite runs")

@@ -579,7 +579,7 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
 def comparison_table(report: CollapseReport, metric: str = "nc1") -> str:
     """Markdown: per layer, ``metric`` at each stage for Deep RFM and the MLP, the change of log10 ``metric`` in each
     model's linear and nonlinear stage (negative = collapse), and the MLP's NFA correlation corr(W^T W, AGOP^{1/2})
-    (trained; at initialisation)."""
+    (trained; with the initial weights subtracted; at initialisation)."""
     def by(model, stage, layer, m=metric):
         for r in report.rows:
             if (r["model"], r["stage"], r["layer"], r["metric"]) == (model, stage, layer, m) and "epoch" not in r:
@@ -590,8 +590,8 @@ def comparison_table(report: CollapseReport, metric: str = "nc1") -> str:
     layers = sorted({r["layer"] for r in report.rows if r["model"] in ("deep_rfm", "mlp") and "epoch" not in r})
     fmt = lambda v: "" if v is None else f"{v:.3g}"  # noqa: E731
     head = ("| layer | RFM input | RFM linear | RFM nonlinear | RFM Δlog10 lin / nonlin | MLP input | MLP linear (SVᵀh) | "
-            "MLP nonlinear | MLP Δlog10 lin / nonlin | NFA corr(WᵀW, AGOP^½) | NFA at init |")
-    lines = [head, "|---" * 11 + "|"]
+            "MLP nonlinear | MLP Δlog10 lin / nonlin | NFA corr(WᵀW, AGOP^½) | NFA (W−W₀) | NFA at init |")
+    lines = [head, "|---" * 12 + "|"]
     for layer in layers:
         cells = [str(layer)]
         for model in ("deep_rfm", "mlp"):
@@ -599,6 +599,7 @@ def comparison_table(report: CollapseReport, metric: str = "nc1") -> str:
             sh = shares.get((model, layer))
             cells.append("" if sh is None else
                          f"{-sh['linear_log10_reduction']:+.2f} / {-sh['nonlinear_log10_reduction']:+.2f}")
-        cells += [fmt(by("mlp", "weights", layer, "nfa_sqrt")), fmt(by("mlp_init", "weights", layer, "nfa_sqrt"))]
+        cells += [fmt(by("mlp", "weights", layer, "nfa_sqrt")), fmt(by("mlp", "weights", layer, "nfa_sqrt_delta")),
+                  fmt(by("mlp_init", "weights", layer, "nfa_sqrt"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

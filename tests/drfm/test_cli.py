@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from drfm.cli import main
@@ -61,9 +62,13 @@ def test_bench_quick_writes_json_lines(tmp_path, capsys):
     out = tmp_path / "b.jsonl"
     assert main(["bench", "rfm", "--quick", "--out", str(out), "--json"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 3 and all("error" not in r for r in lines)
-    fits = [r for r in lines if r["kind"] == "fit"]
-    assert {r["model"] for r in fits} == {"drfm.RFMRegressor", "sklearn.KernelRidge"}
+    assert len(lines) == 5 and all("error" not in r for r in lines)
+    fits = [r for r in lines if r["kind"] == "fit" and "skipped" not in r]
+    assert {"drfm.RFMRegressor", "sklearn.KernelRidge", "sklearn.MLPClassifier"} <= {r["model"] for r in fits}
+    xrfm = [r for r in lines if r.get("model") == "xrfm.xRFM"]
+    assert len(xrfm) == 1 and ("skipped" in xrfm[0] or xrfm[0]["score"] > 0)  # optional peer
+    mlp = [r for r in fits if r["model"] == "sklearn.MLPClassifier"][0]
+    assert mlp["metric"] == "accuracy" and mlp["score"] > 0.5  # 5 Gaussian classes: chance is 0.2
     for r in fits:
         assert r["peak_rss_bytes"] > 0 and r["fit_seconds"] > 0 and "torch" in r["env"]
     build = [r for r in lines if r["kind"] == "kernel_build"][0]
@@ -73,3 +78,160 @@ def test_bench_quick_writes_json_lines(tmp_path, capsys):
 def test_console_script_entry_point():
     res = subprocess.run([sys.executable, "-m", "drfm.cli", "datasets"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "digits" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fit / predict / bench --compare
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "Xnew.npy", X[:25] + 0.1)
+    np.savetxt(tmp_path / "table.csv", np.c_[X, y], delimiter=",", header="a,b,c,d,label", comments="")
+    np.savetxt(tmp_path / "Xnew.csv", X[:25] + 0.1, delimiter=",")
+    return tmp_path, X, y
+
+
+def test_fit_save_predict_round_trip_matches_python_api(files, capsys):
+    from drfm import RFMClassifier
+    from drfm.persistence import load_model
+
+    d, X, y = files
+    argv = ["fit", "--X", str(d / "X.npy"), "--y", str(d / "y.npy"), "--param", "iters=2", "--param",
+            "bandwidth=5.0", "--test-size", "0", "--save", str(d / "m.pkl"), "--json", "--device", "cpu"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "RFMClassifier" and res["task"] == "classification" and res["saved"]
+    assert res["params"]["iters"] == 2 and res["params"]["bandwidth"] == 5.0
+    ref = RFMClassifier(iters=2, bandwidth=5.0, random_state=0, device="cpu").fit(X, y)
+    expected = ref.predict(np.load(d / "Xnew.npy"))
+    # to a .npy file, to a .csv file, and to stdout (JSON)
+    assert main(["predict", str(d / "m.pkl"), str(d / "Xnew.npy"), "-o", str(d / "p.npy")]) == 0
+    np.testing.assert_array_equal(np.load(d / "p.npy"), expected)
+    assert main(["predict", str(d / "m.pkl"), str(d / "Xnew.csv"), "-o", str(d / "p.csv")]) == 0
+    np.testing.assert_array_equal(np.loadtxt(d / "p.csv", delimiter=",").astype(int), expected)
+    capsys.readouterr()
+    assert main(["predict", str(d / "m.pkl"), str(d / "Xnew.npy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"] == expected.tolist()
+    model = load_model(d / "m.pkl")
+    np.testing.assert_allclose(model.decision_function(X), ref.decision_function(X))
+
+
+def test_fit_csv_table_with_named_target_and_split(files, capsys):
+    d, X, y = files
+    assert main(["fit", "--data", str(d / "table.csv"), "--target", "label", "--model", "deep-rfm", "--param",
+                 "depth=2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "DeepRFMClassifier" and res["n_features"] == 4
+    assert res["n_train"] == 160 and res["n_test"] == 40 and 0 <= res["test_score"] <= 1
+
+
+def test_fit_regression_dataset_and_mlp(tmp_path, capsys):
+    assert main(["fit", "--dataset", "lowrank", "--n-train", "300", "--param", "iters=1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "RFMRegressor" and res["metric"] == "r2"
+    path = tmp_path / "mlp.pkl"
+    assert main(["fit", "--dataset", "gaussian", "--n-train", "200", "--model", "mlp", "--param", "depth=1",
+                 "--param", "width=8", "--param", "epochs=2", "--save", str(path)]) == 0
+    assert "TorchMLPClassifier" in capsys.readouterr().out
+    from drfm.persistence import load_model, read_header
+
+    assert read_header(path)["class"] == "drfm.dnn.TorchMLPClassifier"
+    assert load_model(path).network_[0].weight.device.type == "cpu"
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_predict_refuses_files_that_are_not_drfm_models(files, capsys):
+    import pickle
+
+    d, X, y = files
+    with open(d / "other.pkl", "wb") as fh:
+        pickle.dump({"not": "a model"}, fh)
+    assert main(["predict", str(d / "other.pkl"), str(d / "Xnew.npy")]) == 2
+    _one_line_error(capsys, "is not a drfm model file")
+    assert main(["predict", str(d / "missing.pkl"), str(d / "Xnew.npy")]) == 2
+    _one_line_error(capsys, "does not exist")
+    # a real model file cut short: the header passes, the pickle does not
+    assert main(["fit", "--X", str(d / "X.npy"), "--y", str(d / "y.npy"), "--param", "iters=1", "--save",
+                 str(d / "m.pkl")]) == 0
+    capsys.readouterr()
+    data = (d / "m.pkl").read_bytes()
+    (d / "cut.pkl").write_bytes(data[: len(data) // 2])
+    assert main(["predict", str(d / "cut.pkl"), str(d / "Xnew.npy")]) == 2
+    _one_line_error(capsys, "damaged drfm model file")
+    np.save(d / "wide.npy", np.zeros((3, 9)))
+    assert main(["predict", str(d / "m.pkl"), str(d / "wide.npy")]) == 2
+    _one_line_error(capsys, "has 9 columns but the model expects 4")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["fit", "--X", "{d}/nothere.npy", "--y", "{d}/y.npy"], "does not exist"),
+    (["fit", "--X", "{d}/corrupt.npy", "--y", "{d}/y.npy"], "not a readable .npy"),
+    (["fit", "--X", "{d}/X.txtx", "--y", "{d}/y.npy"], "must be .npy or .csv"),
+    (["fit", "--X", "{d}/X.npy", "--y", "{d}/short.npy"], "200 rows but targets have 5"),
+    (["fit", "--X", "{d}/X.npy", "--y", "{d}/y.npy", "--param", "nope=1"], "unknown parameter(s) nope"),
+    (["fit", "--X", "{d}/X.npy", "--y", "{d}/y.npy", "--param", "iters"], "KEY=VALUE"),
+    (["fit", "--X", "{d}/X.npy", "--y", "{d}/y.npy", "--param", "iters=-1"], "'iters' parameter"),
+    (["fit", "--dataset", "digits", "--X", "{d}/X.npy"], "exactly one data source"),
+    (["fit", "--data", "{d}/ragged.csv"], "rows of different lengths"),
+    (["fit", "--dataset", "lowrank", "--model", "mlp"], "classification only"),
+    (["bench", "--compare", "{d}/nothere.jsonl", "{d}/nothere.jsonl"], "does not exist"),
+    (["bench", "--compare", "{d}/y.npy", "{d}/y.npy"], "is not JSON lines text"),
+    (["bench", "--compare", "{d}/ragged.csv", "{d}/ragged.csv"], "line 1 is not JSON"),
+    (["bench"], "name a SUITE"),
+])
+def test_bad_files_and_arguments_exit_2(files, capsys, argv, needle):
+    d, X, y = files
+    (d / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    (d / "X.txtx").write_text("1,2\n")
+    np.save(d / "short.npy", y[:5])
+    (d / "ragged.csv").write_text("1,2,3\n4,5\n")
+    assert main([a.format(d=d) for a in argv]) == 2
+    _one_line_error(capsys, needle)
+
+
+def test_bench_compare_prints_ratios(tmp_path, capsys):
+    old = {"suite": "rfm", "kind": "fit", "model": "drfm.RFMRegressor", "dataset": "lowrank", "n": 4000,
+           "device": "cpu", "fit_seconds": 10.0, "predict_seconds": 1.0, "score": 0.9, "peak_rss_bytes": 100}
+    new = {**old, "fit_seconds": 5.0, "score": 0.99, "peak_rss_bytes": 150}
+    other = {**old, "n": 999}
+    (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n")
+    (tmp_path / "new.jsonl").write_text(json.dumps(new) + "\n")
+    assert main(["bench", "--compare", str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1
+    r = rows[0]["ratios"]
+    assert r["fit_seconds"] == pytest.approx(0.5) and r["score"] == pytest.approx(1.1) and r["peak_rss_bytes"] == 1.5
+    assert main(["bench", "--compare", str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl")]) == 0
+    assert "fit_seconds 0.500" in capsys.readouterr().out
+
+
+def test_compare_command(tmp_path, capsys):
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    argv = ["compare", "--dataset", "gaussian", "--n-train", "300", "--depth", "2", "--width", "16", "--epochs", "3",
+            "--lr", "1e-2", "--measure-every", "3", "--out", str(out), "--plot", str(png)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Deep RFM   test accuracy" in text and "NFA corr" in text and "| 2 |" in text
+    data = json.loads(out.read_text())
+    assert {r["model"] for r in data["rows"]} == {"deep_rfm", "mlp", "mlp_init"}
+    assert png.stat().st_size > 1000 and (tmp_path / "c-epochs.png").stat().st_size > 1000
+
+
+def test_help_texts(capsys):
+    for cmd in ("fit", "predict", "compare", "bench", "collapse"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: drfm " + cmd)
+        if cmd == "predict":
+            assert "trust" in out

@@ -266,7 +266,7 @@ def test_compare_report_and_table():
     table = dnn.comparison_table(rep)
     lines = table.splitlines()
     assert len(lines) == 2 + 3  # header, rule, MLP layers 0..2 (Deep RFM has 0..1)
-    assert lines[2].startswith("| 0 |") and lines[2].count("|") == 12
+    assert lines[2].startswith("| 0 |") and lines[2].count("|") == 13
     assert any("epoch" in r for r in rep.rows)
 
 
