@@ -129,6 +129,7 @@ class _BaseRFM(BaseEstimator):
         "agop_power": [Interval("float", 0, None, closed="neither")],
         "normalize_m": [BOOL],
         "agop_sample_size": [Interval("int", 1, None, closed="left")],
+        "iter_sample_size": [Interval("int", 1, None, closed="left"), NoneOK],
         "validation_fraction": [Interval("float", 0, 1, closed="neither"), NoneOK],
         "solver": [Options("auto", "direct", "cg", "eigenpro")],
         "solver_tol": [Interval("float", 0, 1, closed="neither")],
@@ -151,6 +152,7 @@ class _BaseRFM(BaseEstimator):
         agop_power=0.5,
         normalize_m=True,
         agop_sample_size=20000,
+        iter_sample_size=None,
         validation_fraction=None,
         solver="auto",
         solver_tol=1e-4,
@@ -169,6 +171,7 @@ class _BaseRFM(BaseEstimator):
         self.agop_power = agop_power
         self.normalize_m = normalize_m
         self.agop_sample_size = agop_sample_size
+        self.iter_sample_size = iter_sample_size
         self.validation_fraction = validation_fraction
         self.solver = solver
         self.solver_tol = solver_tol
@@ -231,24 +234,35 @@ class _BaseRFM(BaseEstimator):
             tr, va = np.arange(n), None
         n_tr = len(tr)
 
-        solver, reason = choose_solver(self.solver, n_tr, d, c, itemsize, budget, type(self).__name__)
-        logger.info("%s: solver %s (%s)", type(self).__name__, solver, reason)
-        # what the solver holds for the whole fit comes off the top; kernel tiles and AGOP blocks share the rest
-        if solver == "direct":
-            held = direct_solve_bytes(n_tr, d, c, itemsize)
-        else:
-            held = iterative_solve_bytes(n_tr, d, c, itemsize, default_n_centres(n_tr))
-        work_budget = max(budget - held, 3 * 256 * 256 * itemsize)
+        # feature-learning solves (those followed by an AGOP step) may run on a random subset of the training rows;
+        # the final solve always uses all of them
+        sub = None
+        if self.iter_sample_size is not None and self.iter_sample_size < n_tr and self.iters > 0:
+            sub = torch.randperm(n_tr, generator=gen)[: self.iter_sample_size].sort().values.to(device)
+
+        def plan(n_rows):
+            solver, reason = choose_solver(self.solver, n_rows, d, c, itemsize, budget, type(self).__name__)
+            # what the solver holds for the whole phase comes off the top; kernel tiles and AGOP blocks share the rest
+            if solver == "direct":
+                held = direct_solve_bytes(n_rows, d, c, itemsize)
+            else:
+                held = iterative_solve_bytes(n_rows, d, c, itemsize, default_n_centres(n_rows))
+            return solver, reason, max(budget - held, 3 * 256 * 256 * itemsize)
+
+        plans = {"all": plan(n_tr)}
+        if sub is not None:
+            plans["sub"] = plan(len(sub))
+        for name, (solver, reason, _) in plans.items():
+            logger.info("%s: solver %s for %s rows (%s)", type(self).__name__, solver, name, reason)
+        work_budget = min(p[2] for p in plans.values())
 
         Xt = to_tensor(X[tr], dtype, device)
         Yt = to_tensor(Y[tr], dtype, device)
         Xv = to_tensor(X[va], dtype, device) if va is not None else None
         y_tr = y[tr]
         y_va = y[va] if va is not None else None
-        # iterative solvers: training score estimated on a fixed random subset (an exact one costs a full pass)
-        score_idx = torch.randperm(n_tr, generator=gen)[: min(n_tr, 2000)].sort().values.to(device)
 
-        K = torch.empty((n_tr, n_tr), dtype=dtype, device=device) if solver == "direct" else None
+        K = None
         sqrt_m = None
         alpha = None
         best = None
@@ -257,31 +271,48 @@ class _BaseRFM(BaseEstimator):
         bar = tqdm(range(n_solves), desc=type(self).__name__, disable=not self.verbose, unit="iter")
         for t in bar:
             t0 = time.perf_counter()
-            Z = apply_sqrt_m(Xt, sqrt_m)
+            phase = "sub" if sub is not None and t < self.iters else "all"
+            rows = sub if phase == "sub" else None
+            solver, reason, _ = plans[phase]
+            X_rows = Xt if rows is None else Xt[rows]
+            Y_rows = Yt if rows is None else Yt[rows]
+            y_rows = y_tr if rows is None else y_tr[rows.cpu().numpy()]
+            n_rows = X_rows.shape[0]
+            if alpha is not None and alpha.shape[0] != n_rows:
+                alpha = None  # a subset solution is no warm start for the full system
+            Z = apply_sqrt_m(X_rows, sqrt_m)
             z_sq = sq_norms(Z)
             if solver == "direct":
+                if K is None or K.shape[0] != n_rows:
+                    K = None
+                    K = torch.empty((n_rows, n_rows), dtype=dtype, device=device)
 
                 def build(out, Z=Z, z_sq=z_sq):
                     laplace_kernel_transformed(Z, Z, bandwidth=self.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
 
                 build(K)
-                sol = solve_direct(K, Yt, reg=float(self.reg), overwrite_k=True, rebuild=build)
+                sol = solve_direct(K, Y_rows, reg=float(self.reg), overwrite_k=True, rebuild=build)
                 # K alpha = Y - reg_used * alpha: training outputs come for free
-                train_out = (Yt - sol.reg_used * sol.x).cpu().double().numpy()
-                train_y = y_tr
+                train_out = (Y_rows - sol.reg_used * sol.x).cpu().double().numpy()
+                train_y = y_rows
             else:
+                K = None  # the direct phase's matrix is not needed any more
                 op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget, transformed=True)
                 pre = NystromEigensystem(op, generator=gen, build_extension=solver == "cg")
                 if solver == "cg":
-                    sol = solve_cg(op, Yt, reg=float(self.reg), x0=alpha, preconditioner=pre, rtol=self.solver_tol,
-                                   max_iter=self.solver_max_iter, verbose=bool(self.verbose) and self.verbose > 1)
+                    sol = solve_cg(op, Y_rows, reg=float(self.reg), x0=alpha, preconditioner=pre,
+                                   rtol=self.solver_tol, max_iter=self.solver_max_iter,
+                                   verbose=bool(self.verbose) and self.verbose > 1)
                 else:
-                    sol = solve_eigenpro(op, Yt, reg=float(self.reg), x0=alpha, preconditioner=pre,
+                    sol = solve_eigenpro(op, Y_rows, reg=float(self.reg), x0=alpha, preconditioner=pre,
                                          epochs=self.solver_max_iter or 10, rtol=self.solver_tol, generator=gen,
                                          verbose=bool(self.verbose) and self.verbose > 1)
-                train_out = kernel_matmul(Z[score_idx], Z, sol.x, bandwidth=self.bandwidth, memory_budget=work_budget,
-                                          z_transformed=True, z_sq=z_sq).cpu().double().numpy()
-                train_y = y_tr[score_idx.cpu().numpy()]
+                # iterative solvers: training score estimated on a fixed random subset (an exact one costs a pass)
+                score_idx = torch.randperm(n_rows, generator=gen)[: min(n_rows, 2000)].sort().values.to(device)
+                train_out = kernel_matmul(Z[score_idx], Z, sol.x, bandwidth=self.bandwidth,
+                                          memory_budget=work_budget, z_transformed=True,
+                                          z_sq=z_sq).cpu().double().numpy()
+                train_y = y_rows[score_idx.cpu().numpy()]
                 del op, pre  # release the Nystrom basis before the AGOP and the next iteration allocate
             alpha = sol.x
             if not bool(torch.isfinite(alpha).all()):
@@ -291,6 +322,7 @@ class _BaseRFM(BaseEstimator):
                 )
             rec = {
                 "iter": t,
+                "n_rows": n_rows,
                 "solver": sol.method,
                 "solver_reason": reason,
                 "solver_iters": sol.n_iter,
@@ -308,12 +340,13 @@ class _BaseRFM(BaseEstimator):
                 rec["val_score"] = self._score_outputs(val_out.cpu().double().numpy(), y_va)
             key = rec["val_score"] if Xv is not None else None
             if best is None or (key is not None and key > best[0]) or (key is None):
-                best = (key, t, sqrt_m, alpha)
+                best = (key, t, sqrt_m, alpha, rows)
             if t < self.iters:
-                s = min(self.agop_sample_size, n_tr)
-                idx = torch.randperm(n_tr, generator=gen)[:s].to(device) if s < n_tr else slice(None)
+                # the AGOP of the predictor (centres: the solve's rows) over a sample of all training rows
+                s_agop = min(self.agop_sample_size, n_tr)
+                idx = torch.randperm(n_tr, generator=gen)[:s_agop].to(device) if s_agop < n_tr else slice(None)
                 agop = laplace_agop(
-                    Xt[idx], Xt, alpha, bandwidth=self.bandwidth, sqrt_m=sqrt_m, diag=self.diag,
+                    Xt[idx], X_rows, alpha, bandwidth=self.bandwidth, sqrt_m=sqrt_m, diag=self.diag,
                     centering=self.centering, memory_budget=work_budget,
                 )
                 if self.normalize_m:
@@ -326,13 +359,13 @@ class _BaseRFM(BaseEstimator):
             bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if key is None else f"{key:.4f}")
             logger.info("RFM iteration %d: %s", t, rec)
         del K
-        self.solver_ = solver
+        self.solver_ = plans["all"][0] if final_solve or sub is None else plans["sub"][0]
         if not final_solve:
             r_next = np.eye(d) if sqrt_m is None else sqrt_m.double().cpu().numpy()
             self.next_sqrt_m_ = r_next
             self.next_M_ = r_next * r_next if r_next.ndim == 1 else r_next @ r_next.T
 
-        _, best_t, best_r, best_alpha = best
+        _, best_t, best_r, best_alpha, best_rows = best
         self.best_iter_ = best_t
         self.history_ = history
         self.device_ = str(device)
@@ -344,7 +377,9 @@ class _BaseRFM(BaseEstimator):
         self.sqrt_m_ = r64
         self.M_ = r64 * r64 if r64.ndim == 1 else r64 @ r64.T
         self.dual_coef_ = best_alpha.cpu().numpy()
-        self.X_fit_ = Xt.cpu().numpy()
+        self.X_fit_ = (Xt if best_rows is None else Xt[best_rows]).cpu().numpy()
+        # the rows of X the feature-learning solves used (None: all training rows)
+        self.iter_rows_ = None if sub is None else tr[sub.cpu().numpy()]
         return self
 
     def _validate_xy(self, X, y):
@@ -432,10 +467,17 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         Divide the AGOP by its largest absolute entry before taking the power.
     agop_sample_size : int, default=20000
         AGOP averaged over at most this many random training points.
+    iter_sample_size : int or None, default=None
+        Run the feature-learning solves (the ``iters`` kernel fits whose only use is the AGOP) on a random subset of
+        this many training points; the final kernel machine is still fit on all of them with the learned M. None uses
+        every point in every solve (the exact algorithm). For n beyond a direct solve (~40000 points), e.g. 12800 to
+        20000 makes each feature-learning step a fast direct solve and leaves one iterative solve on all n.
     validation_fraction : float in (0, 1) or None, default=None
         Hold out this fraction and keep the iterate with the best validation score.
-    solver : {'auto', 'direct'}, default='auto'
-        Linear solver for the kernel ridge system.
+    solver : {'auto', 'direct', 'cg', 'eigenpro'}, default='auto'
+        Linear solver for the kernel ridge system ('auto': direct while the n x n matrix fits the memory budget and
+        n <= 40000, else Nystrom-preconditioned CG); with ``iter_sample_size`` chosen separately for the subset and
+        the full solve.
     device : str, default='auto'
         'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.
     dtype : {'float32', 'float64'}, default='float32'
@@ -454,6 +496,8 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     X_fit_ : (n_fit, d) ndarray, the training points (kernel centres).
     history_ : list of dict, per iteration: train/validation score, seconds, solver.
     best_iter_ : int, index in ``history_`` of the kept iterate.
+    iter_rows_ : indices (into the X given to fit) of the rows the feature-learning solves used with
+        ``iter_sample_size``; None when every solve used all training rows.
     n_features_in_, device_ : as in scikit-learn; the resolved device.
     """
 

@@ -43,6 +43,27 @@ def test_one_iteration_uses_agop_of_first_fit():
     np.testing.assert_allclose(m0.agop(), agop, rtol=1e-10)
 
 
+def test_iter_sample_size_learns_m_on_a_subset_and_fits_all():
+    X, y = lowrank(500, d=10, seed=4)
+    # a subset as large as the data is the exact algorithm
+    full = RFMRegressor(iters=2, dtype="float64", random_state=0).fit(X, y)
+    same = RFMRegressor(iters=2, dtype="float64", random_state=0, iter_sample_size=500).fit(X, y)
+    np.testing.assert_array_equal(full.M_, same.M_)
+    assert same.iter_rows_ is None
+    # one feature-learning step on 200 rows: M is the normalised AGOP (over all 500 rows) of the kernel machine fit on
+    # exactly those rows, computed independently; the final machine uses all 500 rows
+    sub = RFMRegressor(iters=1, dtype="float64", random_state=0, iter_sample_size=200, agop_sample_size=500).fit(X, y)
+    rows = sub.iter_rows_
+    assert len(rows) == 200 and len(set(rows)) == 200
+    m0 = RFMRegressor(iters=0, dtype="float64").fit(X[rows], y[rows])
+    agop = laplace_agop(torch.tensor(X), torch.tensor(X[rows]), torch.tensor(m0.dual_coef_), bandwidth=10.0).numpy()
+    np.testing.assert_allclose(sub.M_, agop / np.abs(agop).max(), rtol=1e-6, atol=1e-9)
+    assert [h["n_rows"] for h in sub.history_] == [200, 500]
+    assert sub.X_fit_.shape == (500, 10) and sub.dual_coef_.shape[0] == 500
+    ref = RFMRegressor(iters=0, dtype="float64").fit(X @ sub.sqrt_m_, y)
+    np.testing.assert_allclose(sub.predict(X[:50]), ref.predict(X[:50] @ sub.sqrt_m_), rtol=1e-6, atol=1e-8)
+
+
 def test_feature_learning_lowrank_target():
     X, y = lowrank(4000, seed=0)
     Xte, yte = lowrank(2000, seed=1)
