@@ -39,7 +39,7 @@ def run_case(case: dict) -> dict:
     seconds = time.perf_counter() - t0
     layers = {}
     for r in report.rows:
-        if "epoch" in r or r["metric"] not in ("nc1", "nfa_sqrt"):
+        if "epoch" in r or r["metric"] not in ("nc1", "nfa_sqrt", "nfa_sqrt_delta"):
             continue
         key = f"{r['model']}/{r['stage']}/{r['metric']}"
         layers.setdefault(key, {})[r["layer"]] = r["value"]
@@ -49,6 +49,7 @@ def run_case(case: dict) -> dict:
         "score": report.meta["mlp"]["test_accuracy"], "metric": "mlp_accuracy",
         "deep_rfm_accuracy": report.meta["deep_rfm"]["test_accuracy"],
         "mlp_fit_seconds": report.meta["mlp"]["fit_seconds"],
+        "mlp_train_accuracy": report.meta["mlp"]["train_accuracy"],
         "deep_rfm_fit_seconds": report.meta["deep_rfm"]["fit_seconds"],
         "per_layer": {k: {str(layer): v for layer, v in sorted(d.items())} for k, d in sorted(layers.items())},
         "linear_share": report.linear_share("nc1"),

@@ -51,6 +51,29 @@ def agop_power_factor(agop: torch.Tensor, power: float) -> torch.Tensor:
     return (v * w.clamp_min(0.0).pow(power)) @ v.T
 
 
+#: eigen-directions of the data map R = M^{1/2} below this fraction of its largest eigenvalue are dropped from the
+#: compact factor (their share of any squared distance is below 1e-6 relative, under float32 round-off)
+COMPACT_RTOL = 1e-3
+
+
+def compact_factor(sqrt_m: torch.Tensor | None, rtol: float = COMPACT_RTOL):
+    """A (d, r) factor F with ``||x F|| = ||x R||`` up to the dropped directions, for a symmetric PSD (d, d) ``R``.
+
+    ``R = V diag(w) V^T`` gives ``||x R|| = ||x V diag(w)||``; keeping the r directions with ``w > rtol * max(w)``
+    turns every kernel GEMM from d into r columns. A learned M is typically of low rank (a handful of directions on
+    the low-rank task), so this cuts the cost of kernel products. None and diagonal factors are returned as they are;
+    so is R when nothing would be dropped.
+    """
+    if sqrt_m is None or sqrt_m.dim() == 1:
+        return sqrt_m
+    r = sqrt_m.double()
+    w, v = torch.linalg.eigh(0.5 * (r + r.T))
+    keep = w > rtol * w.abs().max()
+    if bool(keep.all()) or not bool(keep.any()):
+        return sqrt_m
+    return (v[:, keep] * w[keep]).to(sqrt_m.dtype)
+
+
 def validate_classification_data(estimator, X, y):
     """``validate_data`` for a classifier's fit, plus the classification-target check."""
     X, y = validate_data(estimator, X, y, dtype=[np.float64, np.float32])
@@ -263,7 +286,7 @@ class _BaseRFM(BaseEstimator):
         y_va = y[va] if va is not None else None
 
         K = None
-        sqrt_m = None
+        sqrt_m = factor = None  # R = M^{1/2} (d, d) and its compact (d, r) factor used for distances
         alpha = None
         best = None
         history = []
@@ -279,8 +302,12 @@ class _BaseRFM(BaseEstimator):
             y_rows = y_tr if rows is None else y_tr[rows.cpu().numpy()]
             n_rows = X_rows.shape[0]
             if alpha is not None and alpha.shape[0] != n_rows:
-                alpha = None  # a subset solution is no warm start for the full system
-            Z = apply_sqrt_m(X_rows, sqrt_m)
+                # from the subset to all rows: the subset's coefficients (zero elsewhere) predict exactly as the
+                # subset's kernel machine, a good start for the full system (a warm start worse than zero is dropped)
+                full = torch.zeros((n_rows, c), dtype=dtype, device=device)
+                full[sub] = alpha
+                alpha = full
+            Z = apply_sqrt_m(X_rows, factor)
             z_sq = sq_norms(Z)
             if solver == "direct":
                 if K is None or K.shape[0] != n_rows:
@@ -327,14 +354,15 @@ class _BaseRFM(BaseEstimator):
                 "solver_reason": reason,
                 "solver_iters": sol.n_iter,
                 "solver_converged": sol.converged,
-                "solver_residual": sol.residual_norms[-1] if sol.residual_norms else None,
+                "solver_residual": sol.info.get("returned_relative_residual",
+                                                sol.residual_norms[-1] if sol.residual_norms else None),
                 "reg_used": sol.reg_used,
                 "train_score": self._score_outputs(train_out, train_y),
                 "val_score": None,
             }
             if Xv is not None:
                 val_out = kernel_matmul(
-                    apply_sqrt_m(Xv, sqrt_m), Z, alpha, bandwidth=self.bandwidth, memory_budget=work_budget,
+                    apply_sqrt_m(Xv, factor), Z, alpha, bandwidth=self.bandwidth, memory_budget=work_budget,
                     z_transformed=True, z_sq=z_sq,
                 )
                 rec["val_score"] = self._score_outputs(val_out.cpu().double().numpy(), y_va)
@@ -346,7 +374,7 @@ class _BaseRFM(BaseEstimator):
                 s_agop = min(self.agop_sample_size, n_tr)
                 idx = torch.randperm(n_tr, generator=gen)[:s_agop].to(device) if s_agop < n_tr else slice(None)
                 agop = laplace_agop(
-                    Xt[idx], X_rows, alpha, bandwidth=self.bandwidth, sqrt_m=sqrt_m, diag=self.diag,
+                    Xt[idx], X_rows, alpha, bandwidth=self.bandwidth, sqrt_m=factor, diag=self.diag,
                     centering=self.centering, memory_budget=work_budget,
                 )
                 if self.normalize_m:
@@ -354,6 +382,7 @@ class _BaseRFM(BaseEstimator):
                     if top > 0:
                         agop = agop / top
                 sqrt_m = agop_power_factor(agop, self.agop_power).to(dtype)
+                factor = compact_factor(sqrt_m)
             rec["seconds"] = time.perf_counter() - t0
             history.append(rec)
             bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if key is None else f"{key:.4f}")
@@ -396,7 +425,8 @@ class _BaseRFM(BaseEstimator):
             device = torch.device("cpu")
         dtype = resolve_dtype(self.dtype)
         xf = to_tensor(self.X_fit_, dtype, device)
-        r = to_tensor(self.sqrt_m_, dtype, device)
+        # the same compact factor as in fit (eigh of the same float64 values)
+        r = compact_factor(to_tensor(self.sqrt_m_, torch.float64, device)).to(dtype)
         z = apply_sqrt_m(xf, r)
         return {"device": device, "dtype": dtype, "r": r, "z": z, "z_sq": sq_norms(z),
                 "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}

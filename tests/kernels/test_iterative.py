@@ -134,3 +134,23 @@ def test_cg_float32_device(device):
     res = solve_cg(op, y.to(device), reg=1e-2, preconditioner=NystromEigensystem(op), rtol=1e-5)
     assert res.converged
     np.testing.assert_allclose(res.x.cpu().double().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_capped_cg_returns_each_columns_smallest_residual_iterate():
+    x, y = _data(n=1500, d=3)
+    K = laplace_kernel(x, x, bandwidth=10.0).numpy()
+    op = KernelOperator(x, bandwidth=10.0)
+    seen = []
+    with pytest.warns(ConvergenceWarning, match="smallest-residual iterate"):
+        res = solve_cg(op, y, reg=0.0, rtol=1e-12, max_iter=12, callback=lambda k, X: seen.append(X.clone()) and False)
+    assert not res.converged and res.n_iter == 12 and len(seen) == 12
+
+    def true_rel(X):  # independent: the dense float64 residual of each column
+        return np.linalg.norm(K @ X.numpy() - y.numpy(), axis=0) / np.linalg.norm(y.numpy(), axis=0)
+
+    start = np.ones(2)  # x0 = 0 has relative residual 1
+    per_iter = np.vstack([start] + [true_rel(X) for X in seen])
+    got = true_rel(res.x)
+    np.testing.assert_allclose(got, per_iter.min(0), rtol=1e-6)
+    assert res.info["returned_relative_residual"] == pytest.approx(per_iter.min(0).max(), rel=1e-6)
+    assert all(0 <= k <= 12 for k in res.info["returned_iterations"])
