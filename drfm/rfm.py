@@ -290,11 +290,15 @@ class _BaseRFM(BaseEstimator):
         alpha = None
         best = None
         history = []
+        # the solves: (rows, whether an AGOP step follows)
         n_solves = self.iters + 1 if final_solve else max(self.iters, 1)
-        bar = tqdm(range(n_solves), desc=type(self).__name__, disable=not self.verbose, unit="iter")
-        for t in bar:
+        schedule = [("sub" if sub is not None and t < self.iters else "all", t < self.iters) for t in range(n_solves)]
+        if sub is not None and final_solve and plans["all"][0] != "direct":
+            # one more subset solve with the final M: its coefficients start the iterative solve on all rows
+            schedule.insert(self.iters, ("sub", False))
+        bar = tqdm(list(enumerate(schedule)), desc=type(self).__name__, disable=not self.verbose, unit="solve")
+        for t, (phase, agop_step) in bar:
             t0 = time.perf_counter()
-            phase = "sub" if sub is not None and t < self.iters else "all"
             rows = sub if phase == "sub" else None
             solver, reason, _ = plans[phase]
             X_rows = Xt if rows is None else Xt[rows]
@@ -369,7 +373,7 @@ class _BaseRFM(BaseEstimator):
             key = rec["val_score"] if Xv is not None else None
             if best is None or (key is not None and key > best[0]) or (key is None):
                 best = (key, t, sqrt_m, alpha, rows)
-            if t < self.iters:
+            if agop_step:
                 # the AGOP of the predictor (centres: the solve's rows) over a sample of all training rows
                 s_agop = min(self.agop_sample_size, n_tr)
                 idx = torch.randperm(n_tr, generator=gen)[:s_agop].to(device) if s_agop < n_tr else slice(None)

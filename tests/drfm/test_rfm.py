@@ -62,6 +62,15 @@ def test_iter_sample_size_learns_m_on_a_subset_and_fits_all():
     assert sub.X_fit_.shape == (500, 10) and sub.dual_coef_.shape[0] == 500
     ref = RFMRegressor(iters=0, dtype="float64").fit(X @ sub.sqrt_m_, y)
     np.testing.assert_allclose(sub.predict(X[:50]), ref.predict(X[:50] @ sub.sqrt_m_), rtol=1e-6, atol=1e-8)
+    # with an iterative solve on all rows, one more subset solve with the final M starts it; the answer is the
+    # full solve's (reference: the direct solve with the same M)
+    it = RFMRegressor(iters=1, dtype="float64", random_state=0, iter_sample_size=200, agop_sample_size=500,
+                      solver="cg", solver_tol=1e-9).fit(X, y)
+    assert [(h["n_rows"], h["solver"]) for h in it.history_] == [(200, "cg"), (200, "cg"), (500, "cg")]
+    assert it.history_[-1]["solver_converged"]
+    np.testing.assert_allclose(it.M_, sub.M_, rtol=1e-5, atol=1e-8)
+    ref = RFMRegressor(iters=0, dtype="float64").fit(X @ it.sqrt_m_, y)
+    np.testing.assert_allclose(it.predict(X[:50]), ref.predict(X[:50] @ it.sqrt_m_), rtol=1e-5, atol=1e-7)
 
 
 def test_feature_learning_lowrank_target():
