@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 RFM_PARAMS = {"iters": 5, "bandwidth": 10.0, "reg": 1e-3}
-LARGE_N_PARAMS = {"iter_sample_size": 12800, "solver_tol": 1e-3, "solver_max_iter": 20}
+LARGE_N_PARAMS = {"iter_sample_size": 12800, "solver_tol": 1e-3, "solver_max_iter": 10}
 
 CASES = [
     {"suite": "rfm", "kind": "kernel_build", "n": 12800, "d": 100},

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -311,12 +312,19 @@ def nfa_correlations(model, X, *, initial=None, layers=None, batch_size: int = 2
         agop = network_agop(net, X, blk.index, batch_size=batch_size, sample_size=sample_size, generator=generator)
         root = psd_sqrt(agop)
         W = blk.linear.weight.detach().double().cpu().numpy()
-        rec = {"layer": blk.index, "nfa_sqrt": pearson(W.T @ W, root), "nfa_agop": pearson(W.T @ W, agop)}
+        pairs = {"nfa_sqrt": (W.T @ W, root), "nfa_agop": (W.T @ W, agop)}
         if init_weights is not None:
             D = W - init_weights[blk.index]
             if np.any(D):
-                rec["nfa_sqrt_delta"] = pearson(D.T @ D, root)
-                rec["nfa_agop_delta"] = pearson(D.T @ D, agop)
+                pairs.update(nfa_sqrt_delta=(D.T @ D, root), nfa_agop_delta=(D.T @ D, agop))
+        rec = {"layer": blk.index}
+        for name, (A, B) in pairs.items():
+            if np.ptp(A) == 0 or np.ptp(B) == 0:
+                # e.g. every ReLU after this layer is dead: the AGOP is 0 and no correlation exists
+                warnings.warn(f"layer {blk.index}: {name} is undefined (a constant matrix; the AGOP is "
+                              f"{'zero' if not np.any(B) else 'constant'}); left out", RuntimeWarning, stacklevel=2)
+                continue
+            rec[name] = pearson(A, B)
         out.append(rec)
     return out
 

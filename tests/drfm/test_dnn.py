@@ -129,6 +129,16 @@ def test_nfa_last_layer_is_exact_and_init_subtraction():
     assert recs[0]["nfa_sqrt"] == pytest.approx(np.corrcoef((W.T @ W).ravel(), root.ravel())[0, 1], rel=1e-9)
 
 
+def test_nfa_with_a_dead_network_warns_instead_of_failing():
+    net = _net()
+    with torch.no_grad():
+        net[2].weight.zero_()  # layer 1 outputs nothing: the AGOP w.r.t. layers 0 and 1 is zero
+    X = _blobs(30)[0]
+    with pytest.warns(RuntimeWarning, match="undefined"):
+        recs = dnn.nfa_correlations(net, X)
+    assert "nfa_sqrt" not in recs[0] and "nfa_sqrt" in recs[2]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # SVD split
 def test_svd_split_nc1_equals_nc1_of_wh():
