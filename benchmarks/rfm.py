@@ -126,7 +126,7 @@ def _xrfm(case, data):
         Y = data.y_train.reshape(-1, 1)
     n_val = max(1, len(Y) // 10)  # xRFM tunes on a validation split: the last 10% of the training points
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=dev)  # noqa: E731
-    model = xRFM(device=dev, tuning_metric="mse")
+    model = xRFM(device=dev, tuning_metric="mse", random_state=0, verbose=False)
     t0 = time.perf_counter()
     model.fit(t(data.X_train[:-n_val]), t(Y[:-n_val]), t(data.X_train[-n_val:]), t(Y[-n_val:]))
     fit_s = time.perf_counter() - t0

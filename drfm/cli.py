@@ -518,6 +518,11 @@ def cmd_bench(args) -> list[dict]:
     suite_file = sdir / f"{args.suite}.py"
     suite = _load_suite(suite_file)
     todo = suite.cases(quick=args.quick, sizes=args.n, device=args.device)
+    if args.only:
+        todo = [c for c in todo if all(t.lower() in " ".join(str(c.get(k, "")) for k in ("kind", "model", "dataset"))
+                                       .lower() for t in args.only)]
+        if not todo:
+            raise UsageError(f"no case of suite {args.suite!r} matches --only {' '.join(args.only)}")
     out_path = Path(args.out) if args.out else Path("bench-results") / f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     marker = "DRFM-BENCH-RESULT "
@@ -693,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="JSON-lines output file (default bench-results/SUITE-TIMESTAMP.jsonl)")
     sp.add_argument("--n", type=int, nargs="+", help="training sizes to run instead of the suite's defaults")
     sp.add_argument("--quick", action="store_true", help="tiny sizes, to check the suite runs")
+    sp.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="run only the cases whose kind/model/dataset contain every TEXT (e.g. --only RFMRegressor)")
     sp.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case (default 3600)")
     sp.add_argument("--suite-dir", help="directory holding the suites (default: the checkout's benchmarks/)")
     common(sp)

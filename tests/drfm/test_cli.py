@@ -187,6 +187,7 @@ def test_predict_refuses_files_that_are_not_drfm_models(files, capsys):
     (["bench", "--compare", "{d}/y.npy", "{d}/y.npy"], "is not JSON lines text"),
     (["bench", "--compare", "{d}/ragged.csv", "{d}/ragged.csv"], "line 1 is not JSON"),
     (["bench"], "name a SUITE"),
+    (["bench", "rfm", "--only", "no-such-model"], "no case of suite 'rfm' matches"),
 ])
 def test_bad_files_and_arguments_exit_2(files, capsys, argv, needle):
     d, X, y = files
