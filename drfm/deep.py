@@ -83,6 +83,7 @@ class _BaseDeepRFM(BaseEstimator):
         "standardize": [BOOL],
         "target_encoding": [Options("pm1", "onehot")],
         "agop_sample_size": [Interval("int", 1, None, closed="left")],
+        "iter_sample_size": [Interval("int", 1, None, closed="left"), NoneOK],
         "solver": [Options("auto", "direct", "cg", "eigenpro")],
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
@@ -105,6 +106,7 @@ class _BaseDeepRFM(BaseEstimator):
         standardize=True,
         target_encoding="pm1",
         agop_sample_size=20000,
+        iter_sample_size=None,
         solver="auto",
         device="auto",
         dtype="float32",
@@ -123,6 +125,7 @@ class _BaseDeepRFM(BaseEstimator):
         self.standardize = standardize
         self.target_encoding = target_encoding
         self.agop_sample_size = agop_sample_size
+        self.iter_sample_size = iter_sample_size
         self.solver = solver
         self.device = device
         self.dtype = dtype
@@ -139,7 +142,8 @@ class _BaseDeepRFM(BaseEstimator):
 
     def _kernel_machine(self, iters, seed):
         km = RFMRegressor(
-            self.bandwidth, reg=self.reg, iters=iters, agop_sample_size=self.agop_sample_size, solver=self.solver,
+            self.bandwidth, reg=self.reg, iters=iters, agop_sample_size=self.agop_sample_size,
+            iter_sample_size=self.iter_sample_size, solver=self.solver,
             device=self.device_, dtype=self.dtype, memory_budget=self.memory_budget, random_state=seed,
         )
         km._y_ndim = 2  # targets are always (n, c) here
@@ -182,7 +186,7 @@ class _BaseDeepRFM(BaseEstimator):
             layers.append(Layer(
                 idx, km.next_M_, R, self.feature_map, None if W is None else W.numpy(),
                 None if b is None else b.numpy(), float(km.history_[-1]["train_score"]), time.perf_counter() - t0,
-                km.solver_,
+                km.solver_, {} if km.iter_rows_ is None else {"iter_rows": km.iter_rows_},
             ))
         self.layers_ = layers
         self.n_layers_ = len(layers)
@@ -257,7 +261,9 @@ class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
     normalize_rows, standardize : bool, default=True
         Row-normalise each layer's input; standardise the raw features (training mean / std) first.
     target_encoding : {'pm1', 'onehot'}, default='pm1'
-    agop_sample_size, solver, device, dtype, memory_budget, random_state, verbose : as in :class:`RFMRegressor`.
+    agop_sample_size, iter_sample_size, solver, device, dtype, memory_budget, random_state, verbose : as in
+        :class:`RFMRegressor`. With ``iter_sample_size`` each layer's kernel machine is fit on a random subset of that
+        many points (its M is the AGOP over up to ``agop_sample_size`` of all points); the final machine uses all.
 
     Attributes
     ----------

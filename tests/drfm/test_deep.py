@@ -27,6 +27,26 @@ def test_depth1_identity_map_equals_one_iteration_rfm_on_normalised_rows():
     np.testing.assert_allclose(deep.predict(Xte), rfm.predict(unit_te), rtol=1e-7, atol=1e-9)
 
 
+def test_layer_subset_m_is_agop_of_the_subset_machine():
+    import torch
+
+    from kernels.agop import laplace_agop
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 6))
+    y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2]
+    deep = DeepRFMRegressor(1, feature_map="none", standardize=False, bandwidth=2.0, dtype="float64",
+                            iter_sample_size=120, random_state=0).fit(X, y)
+    rows = deep.layers_[0].extra["iter_rows"]
+    assert len(rows) == 120
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    km = RFMRegressor(2.0, iters=0, dtype="float64").fit(unit[rows], y[rows])
+    agop = laplace_agop(torch.tensor(unit), torch.tensor(unit[rows]), torch.tensor(km.dual_coef_),
+                        bandwidth=2.0).numpy()
+    np.testing.assert_allclose(deep.layers_[0].M, agop / np.abs(agop).max(), rtol=1e-6, atol=1e-10)
+    assert deep.final_.X_fit_.shape[0] == 300  # the final machine uses every point
+
+
 def test_layer_features_shapes_and_stages(digits):
     m = DeepRFMClassifier(3, feature_map="relu", width=40, random_state=0).fit(digits.X_train, digits.y_train)
     feats = m.layer_features(digits.X_test)
