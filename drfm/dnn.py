@@ -307,9 +307,12 @@ def nfa_correlations(model, X, *, initial=None, layers=None, batch_size: int = 2
     if initial is not None:
         state = initial.state_dict() if isinstance(initial, nn.Module) else initial
         init_weights = [state[f"{b.start}.weight"].detach().double().cpu().numpy() for b in blocks]
+    x = _input_tensor(net, X)
+    if sample_size is not None and sample_size < x.shape[0]:  # one subsample shared by every layer
+        x = x[torch.randperm(x.shape[0], generator=generator)[:sample_size].to(x.device)]
     out = []
     for blk in blocks if layers is None else [blocks[i] for i in layers]:
-        agop = network_agop(net, X, blk.index, batch_size=batch_size, sample_size=sample_size, generator=generator)
+        agop = network_agop(net, x, blk.index, batch_size=batch_size)
         root = psd_sqrt(agop)
         W = blk.linear.weight.detach().double().cpu().numpy()
         pairs = {"nfa_sqrt": (W.T @ W, root), "nfa_agop": (W.T @ W, agop)}
@@ -455,6 +458,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.device_ = str(device)
         dtype = resolve_dtype(self.dtype)
         gen = make_generator(self.random_state)
+        # snapshots draw their AGOP subsamples from their own generator: measuring does not change the training
+        snap_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         if self.standardize:
             self.mean_ = X.mean(0)
             scale = X.std(0)
@@ -489,7 +494,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.dynamics_ = CollapseReport(meta={"model": "mlp", "n_samples": len(y)})
         measure = self.measure_every is not None
         if measure:
-            self._snapshot(Xs, y, 0, gen)
+            self._snapshot(Xs, y, 0, snap_gen)
         n = x.shape[0]
         bar = tqdm(range(1, self.epochs + 1), desc=type(self).__name__, disable=not self.verbose, unit="epoch")
         for epoch in bar:
@@ -513,7 +518,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                                   "seconds": time.perf_counter() - t0})
             bar.set_postfix(loss=f"{train_loss:.3g}", acc=f"{acc:.3f}")
             if measure and (epoch % self.measure_every == 0 or epoch == self.epochs):
-                self._snapshot(Xs, y, epoch, gen)
+                self._snapshot(Xs, y, epoch, snap_gen)
         net.eval()
         return self
 

@@ -197,6 +197,15 @@ def test_training_is_deterministic_and_learns():
     assert w0.abs().max() <= 0.1 * np.sqrt(6 / (6 + 32))
 
 
+def test_measuring_does_not_change_training():
+    X, y = _blobs(90)
+    kw = dict(depth=2, width=16, lr=5e-3, epochs=4, agop_sample_size=50, random_state=0)
+    plain = dnn.TorchMLPClassifier(**kw).fit(X, y)
+    measured = dnn.TorchMLPClassifier(**kw, measure_every=1).fit(X, y)
+    for a, b in zip(plain.network_.parameters(), measured.network_.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_measure_every_records_dynamics(tmp_path):
     X, y = _blobs(90)
     m = dnn.TorchMLPClassifier(2, 16, lr=5e-3, epochs=4, measure_every=2, agop_sample_size=50,
