@@ -9,7 +9,8 @@ from kernels import default_memory_budget
 
 from ._params import InvalidParameterError
 
-__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "format_bytes"]
+__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "format_bytes",
+           "standardization"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -50,6 +51,14 @@ def make_generator(random_state) -> torch.Generator:
 
 def resolve_budget(memory_budget, device: torch.device) -> int:
     return int(memory_budget) if memory_budget is not None else default_memory_budget(device)
+
+
+def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, scale) of the training data (constant features keep scale 1), or (0, 1) when disabled."""
+    if not enabled:
+        return np.zeros(X.shape[1]), np.ones(X.shape[1])
+    scale = X.std(0)
+    return X.mean(0), np.where(scale > 0, scale, 1.0)
 
 
 def to_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

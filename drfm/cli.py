@@ -593,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
         if device:
             sp.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
 
+    def deep_rfm_args(sp):
+        sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
+                        help="Deep RFM random feature map after each layer's M^{1/2} (default cosine)")
+        sp.add_argument("--sigma", type=float, default=0.05, help="Cauchy scale of the cosine map (default 0.05)")
+        sp.add_argument("--bandwidth", type=float, default=2.0, help="Laplace bandwidth per layer (default 2)")
+
     sp = sub.add_parser("demo", help="fit an RFM classifier on the bundled digits and report accuracy and AGOP")
     sp.add_argument("--iters", type=int, default=5, help="number of AGOP iterations of the RFM (default 5)")
     sp.add_argument("--depth", type=int, default=8, help="depth of the Deep RFM collapse study (default 8)")
@@ -603,11 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("collapse", help="fit a Deep RFM and report neural collapse layer by layer, per stage")
     sp.add_argument("--dataset", default="digits", help="dataset name (see `drfm datasets`; default digits)")
     sp.add_argument("--depth", type=int, default=10, help="number of layers (default 10)")
-    sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
-                    help="random feature map after each layer's M^{1/2} (default cosine)")
+    deep_rfm_args(sp)
     sp.add_argument("--width", type=int, default=None, help="random features per layer (default: input width)")
-    sp.add_argument("--sigma", type=float, default=0.05, help="Cauchy scale of the cosine map (default 0.05)")
-    sp.add_argument("--bandwidth", type=float, default=2.0, help="Laplace bandwidth per layer (default 2)")
     sp.add_argument("--n-train", type=int, default=None, help="training points (default: the dataset's split)")
     sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
                     help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv (default nc1 nc2)")
@@ -675,10 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=128, help="MLP batch size (default 128)")
     sp.add_argument("--measure-every", type=int, default=None,
                     help="also record NC1 and NFA every N epochs (training dynamics; default off)")
-    sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
-                    help="Deep RFM random feature map (default cosine)")
-    sp.add_argument("--sigma", type=float, default=0.05, help="Deep RFM cosine scale (default 0.05)")
-    sp.add_argument("--bandwidth", type=float, default=2.0, help="Deep RFM Laplace bandwidth (default 2)")
+    deep_rfm_args(sp)
     sp.add_argument("--n-train", type=int, default=None, help="training points (default: the dataset's split)")
     sp.add_argument("--out", help="write the whole report as JSON here")
     sp.add_argument("--plot", help="write NC1 / NFA against depth here (and against epochs to NAME-epochs.png "

@@ -341,13 +341,18 @@ class CollapseReport:
         return path
 
 
+def check_metrics(metrics) -> None:
+    """``ValueError`` naming any metric that is not in :data:`METRICS`."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+
+
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
                  report: CollapseReport | None = None) -> CollapseReport:
     """Report rows from per-layer stage features (a list of ``{stage: (n, p) array}``, one dict per layer) and
     labels; rows are appended to ``report`` when given, and carry ``epoch`` when given."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+    check_metrics(metrics)
     y = np.asarray(y)
     if report is None:
         report = CollapseReport(meta={"model": model_name, "depth": len(features), "n_samples": len(y)})
@@ -363,7 +368,5 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
 def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm") -> CollapseReport:
     """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
     on (X, y), per layer and stage (input / linear / nonlinear)."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:  # checked before the (possibly long) feature pass
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+    check_metrics(metrics)  # before the (possibly long) feature pass
     return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name)

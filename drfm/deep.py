@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from kernels.features import apply_feature_map, draw_cosine, draw_relu
 
-from ._backend import make_generator, resolve_device, resolve_dtype, to_tensor
+from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
 from .rfm import RFMRegressor, one_hot_classes, validate_classification_data
 
@@ -157,12 +157,7 @@ class _BaseDeepRFM(BaseEstimator):
         self.device_ = str(resolve_device(self.device, type(self).__name__))
         dtype = resolve_dtype(self.dtype)
         gen = make_generator(self.random_state)
-        if self.standardize:
-            self.mean_ = X.mean(0)
-            scale = X.std(0)
-            self.scale_ = np.where(scale > 0, scale, 1.0)
-        else:
-            self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        self.mean_, self.scale_ = standardization(X, self.standardize)
         h = to_tensor((X - self.mean_) / self.scale_, torch.float64, torch.device("cpu"))
         layers = []
         for idx in tqdm(range(self.depth), desc=type(self).__name__, disable=not self.verbose, unit="layer"):

@@ -30,9 +30,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._backend import make_generator, resolve_device, resolve_dtype, to_tensor
+from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
-from .collapse import METRICS, CollapseReport, stage_report
+from .collapse import METRICS, CollapseReport, check_metrics, stage_report
 from .rfm import one_hot_classes, validate_classification_data
 
 __all__ = [
@@ -216,9 +216,7 @@ def mlp_collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str 
                         report: CollapseReport | None = None) -> CollapseReport:
     """Collapse metrics per Linear layer and stage (input / linear = S V^T h / nonlinear), rows as in Deep RFM's
     :func:`~drfm.collapse.collapse_report`; with ``epoch`` every row carries it (training dynamics)."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+    check_metrics(metrics)  # before the feature pass
     return stage_report(layer_features(model, X), y, metrics=metrics, model_name=model_name, epoch=epoch,
                         report=report)
 
@@ -460,12 +458,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         gen = make_generator(self.random_state)
         # snapshots draw their AGOP subsamples from their own generator: measuring does not change the training
         snap_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        if self.standardize:
-            self.mean_ = X.mean(0)
-            scale = X.std(0)
-            self.scale_ = np.where(scale > 0, scale, 1.0)
-        else:
-            self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        self.mean_, self.scale_ = standardization(X, self.standardize)
         Xs = (X - self.mean_) / self.scale_
         K = len(self.classes_)
         if self.module is not None:
