@@ -25,7 +25,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from kernels import KernelOperator, NystromEigensystem, apply_sqrt_m, kernel_matmul, laplace_agop, sq_norms
+from kernels import DenseKernelOperator, KernelOperator, NystromEigensystem, apply_sqrt_m, kernel_matmul, laplace_agop, sq_norms
 from kernels.laplace import laplace_kernel_transformed
 from kernels.solvers import default_n_centres, solve_cg, solve_direct, solve_eigenpro
 
@@ -98,12 +98,15 @@ def direct_solve_bytes(n: int, d: int, c: int, itemsize: int) -> int:
     return n * n * itemsize + 3 * n * (d + c) * itemsize
 
 
-#: with solver="auto", the direct solver is used up to this many training points whenever its n x n matrix fits the
-#: budget. Measured on a 2-core CPU at n = 12800 (benchmarks/solvers.py), the direct path was still faster than
-#: warm-started Nystrom-preconditioned CG (48 s vs 51-85 s for a 5-iteration RFM), so the switch is driven by memory;
-#: above this n a single Cholesky takes many minutes and CG is used instead.
-AUTO_DIRECT_MAX_N = 40000
+#: with solver="auto", the direct solver is used up to this many training points (when its n x n matrix fits the
+#: budget). Above it, conjugate gradients on the stored kernel matrix (Nystrom-preconditioned, warm-started across RFM
+#: iterations) is faster: measured on a 2-core CPU, RFM fits took the same time at n = 6000 and half the time at
+#: n = 12800 (lowrank: 45 s direct vs 20 s; classif10 n = 16000: 109 s vs 59 s), at equal test scores.
+AUTO_DIRECT_MAX_N = 8000
 
+#: with solver="auto", ridges below this (relative to k(x, x) = 1) keep the direct solver whenever the matrix fits:
+#: CG needs many more iterations as reg -> 0 (n = 12800 lowrank: reg 1e-4 still 37 s vs 45 s direct, reg = 0 94 s)
+AUTO_CG_MIN_REG = 1e-4
 
 def iterative_solve_bytes(n: int, d: int, c: int, itemsize: int, n_centres: int, rank: int = 500) -> int:
     """Bytes the iterative path holds besides kernel tiles: data (raw + transformed), ~8 n x c CG vectors, the
@@ -112,7 +115,8 @@ def iterative_solve_bytes(n: int, d: int, c: int, itemsize: int, n_centres: int,
     return (2 * n * d + 8 * n * c + n * rank) * itemsize + 6 * n_centres**2 * 8 + 3 * 256 * 256 * itemsize
 
 
-def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget: int, owner: str):
+def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget: int, owner: str,
+                  reg: float = 1e-3):
     """Pick the linear solver and say why; raise a ValueError saying what fits when nothing does."""
     direct = direct_solve_bytes(n, d, c, itemsize)
     iterative = iterative_solve_bytes(n, d, c, itemsize, default_n_centres(n))
@@ -126,8 +130,12 @@ def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget:
                 "training samples. Use solver='cg' or 'eigenpro' (or 'auto'), or a larger memory_budget."
             )
         return "direct", "forced by solver='direct'"
-    if requested == "auto" and direct <= budget and n <= AUTO_DIRECT_MAX_N:
-        return "direct", f"n={n} <= {AUTO_DIRECT_MAX_N} and the n x n matrix ({format_bytes(direct)}) fits the budget"
+    if requested == "auto" and direct <= budget:
+        if n <= AUTO_DIRECT_MAX_N:
+            return "direct", f"n={n} <= {AUTO_DIRECT_MAX_N} and the n x n matrix ({format_bytes(direct)}) fits the budget"
+        if reg < AUTO_CG_MIN_REG:
+            return "direct", (f"the n x n matrix ({format_bytes(direct)}) fits the budget and reg={reg:g} < "
+                              f"{AUTO_CG_MIN_REG:g} (CG converges slowly as reg -> 0)")
     if iterative > budget:
         per_n = (2 * d + 8 * c + 500) * itemsize
         raise ValueError(
@@ -263,18 +271,26 @@ class _BaseRFM(BaseEstimator):
             sub = torch.randperm(n_tr, generator=gen)[: self.iter_sample_size].sort().values.to(device)
 
         def plan(n_rows):
-            solver, reason = choose_solver(self.solver, n_rows, d, c, itemsize, budget, type(self).__name__)
+            solver, reason = choose_solver(self.solver, n_rows, d, c, itemsize, budget, type(self).__name__,
+                                           reg=float(self.reg))
             # what the solver holds for the whole phase comes off the top; kernel tiles and AGOP blocks share the rest
+            dense = direct_solve_bytes(n_rows, d, c, itemsize)
+            iterative = iterative_solve_bytes(n_rows, d, c, itemsize, default_n_centres(n_rows))
+            store = solver != "direct" and dense + iterative <= budget
             if solver == "direct":
-                held = direct_solve_bytes(n_rows, d, c, itemsize)
+                held = dense
+            elif store:
+                held = dense + iterative
+                reason += "; the n x n kernel matrix fits the budget and is stored (one GEMM per product)"
             else:
-                held = iterative_solve_bytes(n_rows, d, c, itemsize, default_n_centres(n_rows))
-            return solver, reason, max(budget - held, 3 * 256 * 256 * itemsize)
+                held = iterative
+                reason += "; kernel products recomputed in blocks (the n x n matrix does not fit the budget)"
+            return solver, reason, max(budget - held, 3 * 256 * 256 * itemsize), store
 
         plans = {"all": plan(n_tr)}
         if sub is not None:
             plans["sub"] = plan(len(sub))
-        for name, (solver, reason, _) in plans.items():
+        for name, (solver, reason, _, _) in plans.items():
             logger.info("%s: solver %s for %s rows (%s)", type(self).__name__, solver, name, reason)
         work_budget = min(p[2] for p in plans.values())
 
@@ -299,7 +315,7 @@ class _BaseRFM(BaseEstimator):
         for t, (phase, agop_step) in bar:
             t0 = time.perf_counter()
             rows = sub if phase == "sub" else None
-            solver, reason, _ = plans[phase]
+            solver, reason, _, store = plans[phase]
             X_rows = Xt if rows is None else Xt[rows]
             Y_rows = Yt if rows is None else Yt[rows]
             y_rows = y_tr if rows is None else y_tr[rows.cpu().numpy()]
@@ -326,8 +342,15 @@ class _BaseRFM(BaseEstimator):
                 train_out = (Y_rows - sol.reg_used * sol.x).cpu().double().numpy()
                 train_y = y_rows
             else:
-                K = None  # the direct phase's matrix is not needed any more
-                op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget, transformed=True)
+                if store:
+                    if K is None or K.shape[0] != n_rows:
+                        K = None
+                        K = torch.empty((n_rows, n_rows), dtype=dtype, device=device)
+                    op = DenseKernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget,
+                                             transformed=True, out=K)
+                else:
+                    K = None  # a stored matrix of another phase is not needed any more
+                    op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget, transformed=True)
                 pre = NystromEigensystem(op, generator=gen, build_extension=solver == "cg")
                 if solver == "cg":
                     sol = solve_cg(op, Y_rows, reg=float(self.reg), x0=alpha, preconditioner=pre,
@@ -503,14 +526,21 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     iter_sample_size : int or None, default=None
         Run the feature-learning solves (the ``iters`` kernel fits whose only use is the AGOP) on a random subset of
         this many training points; the final kernel machine is still fit on all of them with the learned M. None uses
-        every point in every solve (the exact algorithm). For n beyond a direct solve (~40000 points), e.g. 12800 to
-        20000 makes each feature-learning step a fast direct solve and leaves one iterative solve on all n.
+        every point in every solve (the exact algorithm). For n whose n x n kernel matrix does not fit the memory
+        budget (~50000 points in float32 on a 24 GB machine), e.g. 12800 to 20000 makes each feature-learning step a
+        fast solve on a stored matrix and leaves one iterative solve on all n.
     validation_fraction : float in (0, 1) or None, default=None
         Hold out this fraction and keep the iterate with the best validation score.
     solver : {'auto', 'direct', 'cg', 'eigenpro'}, default='auto'
-        Linear solver for the kernel ridge system ('auto': direct while the n x n matrix fits the memory budget and
-        n <= 40000, else Nystrom-preconditioned CG); with ``iter_sample_size`` chosen separately for the subset and
-        the full solve.
+        Linear solver for the kernel ridge system. 'auto': direct (Cholesky) for n <= 8000, or for any n whose
+        n x n matrix fits the memory budget when ``reg < 1e-4``; otherwise Nystrom-preconditioned CG, warm-started
+        across iterations, on the stored kernel matrix while it fits the budget (one GEMM per CG step) and on
+        blocked products beyond. With ``iter_sample_size`` chosen separately for the subset and the full solve.
+    solver_tol : float, default=1e-4
+        Relative residual ``||(K + reg I) alpha - Y|| / ||Y||`` (per output) at which CG stops; EigenPro's stopping
+        tolerance.
+    solver_max_iter : int or None, default=None
+        Cap on CG iterations (default ``max(100, n // 10)``) or EigenPro epochs (default 10).
     device : str, default='auto'
         'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.
     dtype : {'float32', 'float64'}, default='float32'

@@ -6,11 +6,12 @@ Note: an unrelated PyPI distribution is also called ``kernels``; this package sh
 from .agop import laplace_agop, laplace_gradients
 from .blocked import BlockPlan, available_memory, default_memory_budget, kernel_matmul, plan_blocks
 from .laplace import apply_sqrt_m, laplace_kernel, sq_distances, sq_norms
-from .blocked import KernelOperator
+from .blocked import DenseKernelOperator, KernelOperator
 from .solvers import NystromEigensystem, SolveResult, solve_cg, solve_direct, solve_eigenpro
 
 __all__ = [
     "BlockPlan",
+    "DenseKernelOperator",
     "KernelOperator",
     "NystromEigensystem",
     "SolveResult",

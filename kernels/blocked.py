@@ -25,6 +25,8 @@ __all__ = [
     "default_memory_budget",
     "plan_blocks",
     "kernel_matmul",
+    "KernelOperator",
+    "DenseKernelOperator",
 ]
 
 
@@ -231,3 +233,77 @@ class KernelOperator:
         return out.squeeze(1) if squeeze else out
 
     __matmul__ = matmul
+
+
+class DenseKernelOperator(KernelOperator):
+    """``K = K_M(X, X)`` built once and stored: the same interface as :class:`KernelOperator` for when the n x n
+    matrix fits the memory budget.
+
+    A product ``K @ V`` is then one GEMM over stored values (memory-bound: about 0.03 s at n = 12800 on a 2-core
+    CPU) instead of n^2/2 fresh square roots and exponentials (about 0.3 s), so an iterative solve of 50-100
+    iterations costs less than a Cholesky factorisation (n^3/3 flops) once n is a few thousand.
+
+    Parameters
+    ----------
+    As :class:`KernelOperator`, plus ``out``: an optional (n, n) buffer to build K in (reused across RFM iterations).
+    """
+
+    def __init__(self, x, *, bandwidth, sqrt_m=None, memory_budget=None, transformed=False, out=None):
+        super().__init__(x, bandwidth=bandwidth, sqrt_m=sqrt_m, memory_budget=memory_budget, transformed=transformed)
+        n = self.n
+        if out is None:
+            out = torch.empty((n, n), dtype=self.dtype, device=self.device)
+        elif out.shape != (n, n) or out.dtype != self.dtype or out.device != self.device:
+            raise ValueError(
+                f"out must be a ({n}, {n}) {self.dtype} tensor on {self.device}, got {tuple(out.shape)} "
+                f"{out.dtype} on {out.device}"
+            )
+        # row blocks keep the distance temporaries small
+        rows = max(1, TILE_ELEMENTS // max(n, 1))
+        for i in range(0, n, rows):
+            laplace_kernel_transformed(self.z[i : i + rows], self.z, bandwidth=self.bandwidth,
+                                       x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq, out=out[i : i + rows])
+        out.diagonal().fill_(1.0)
+        self.K = out
+
+    def block(self, rows, cols=None, out=None) -> torch.Tensor:
+        kb = self.K[rows] if cols is None else self.K[rows][:, cols]
+        if out is None:
+            shares = kb.untyped_storage().data_ptr() == self.K.untyped_storage().data_ptr()
+            return kb.clone() if shares else kb  # never hand out a view that could write into K
+        return out.copy_(kb)
+
+    def matmul(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``K @ v`` for v of shape (n,) or (n, c)."""
+        self.n_products += 1
+        squeeze = v.dim() == 1
+        v2 = v.unsqueeze(1) if squeeze else v
+        res = _stored_matmul(self.K, v2)
+        if out is not None:
+            (out.unsqueeze(1) if out.dim() == 1 else out).copy_(res)
+            return out
+        return res.squeeze(1) if squeeze else res
+
+    __matmul__ = matmul
+
+
+def _stored_matmul(K: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``K @ v`` for a large stored K and a narrow (n, c) v, in the layout CPU BLAS streams K fastest with.
+
+    Measured with MKL on a 2-core CPU (n = 16000, float32): a plain ``K @ v`` took 0.18-0.37 s for 2 <= c <= 16
+    against 0.05 s for c = 1 (it should be memory-bound: one pass over K), a column-major ``v`` 0.05-0.06 s for
+    c <= 4, and 512-row blocks of K with c padded to a multiple of 16 0.11 s for 5 <= c <= 16. On a GPU the plain
+    product is used.
+    """
+    n, c = v.shape
+    if K.device.type != "cpu":
+        return K @ v
+    if c <= 4:
+        return K @ v.T.contiguous().T
+    cp = -(-c // 16) * 16
+    vp = torch.zeros((n, cp), dtype=v.dtype, device=v.device)
+    vp[:, :c] = v
+    res = torch.empty((K.shape[0], cp), dtype=v.dtype, device=v.device)
+    for i in range(0, K.shape[0], 512):
+        torch.mm(K[i : i + 512], vp, out=res[i : i + 512])
+    return res[:, :c]

@@ -179,6 +179,27 @@ def test_auto_solver_choice_and_reason():
     assert forced.solver_ == "eigenpro" and "forced" in forced.history_[0]["solver_reason"]
 
 
+def test_auto_solver_mid_size_uses_cg_on_the_stored_matrix(monkeypatch):
+    import drfm.rfm as rfm_mod
+
+    monkeypatch.setattr(rfm_mod, "AUTO_DIRECT_MAX_N", 1000)  # make n = 1500 "mid-size"
+    X, y = lowrank(1500, d=8, seed=2)
+    Xte, yte = lowrank(500, d=8, seed=3)
+    direct = RFMRegressor(iters=2, solver="direct", random_state=0, dtype="float64").fit(X, y)
+    stored = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64").fit(X, y)
+    assert stored.solver_ == "cg" and all("stored" in h["solver_reason"] for h in stored.history_)
+    np.testing.assert_allclose(stored.M_, direct.M_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stored.predict(Xte), direct.predict(Xte), rtol=1e-4, atol=1e-4)
+    # blocked products when the matrix (18 MB) does not fit beside the iterative solver's own ~56 MB
+    blocked = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64",
+                           memory_budget=64 * 2**20).fit(X, y)
+    assert blocked.solver_ == "cg" and "recomputed in blocks" in blocked.history_[0]["solver_reason"]
+    np.testing.assert_allclose(blocked.predict(Xte), stored.predict(Xte), rtol=1e-4, atol=1e-4)
+    # a tiny ridge keeps the direct solver while the matrix fits (CG slows down as reg -> 0)
+    tiny = RFMRegressor(iters=0, reg=1e-6).fit(X, y)
+    assert tiny.solver_ == "direct" and "reg=1e-06" in tiny.history_[0]["solver_reason"]
+
+
 def test_eigenpro_rfm_does_not_diverge_when_m_sharpens():
     # regression: after the first AGOP step the warm start was far off and EigenPro's residual blew up (R^2 << 0)
     import warnings

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import KernelOperator, NystromEigensystem, laplace_kernel, solve_cg, solve_eigenpro
+from kernels import (DenseKernelOperator, KernelOperator, NystromEigensystem, laplace_kernel, solve_cg,
+                     solve_eigenpro)
+from kernels.blocked import _stored_matmul
 from kernels.solvers import ConvergenceWarning, eigenpro_schedule
 from tests.conftest import DEVICES
 
@@ -35,6 +37,65 @@ def test_operator_matches_dense_product():
     dense = laplace_kernel(x, x, bandwidth=3.0)
     dense.diagonal().fill_(1.0)
     np.testing.assert_allclose(op.matmul(y).numpy(), (dense @ y).numpy(), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("c", [None, 1, 3, 5, 10, 20])
+def test_stored_operator_matches_blocked_operator(c):
+    x, _ = _data(n=700, d=4)
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(700, generator=g, dtype=torch.float64) if c is None else torch.randn(
+        700, c, generator=g, dtype=torch.float64)
+    r = torch.tensor([[1.0, 0.3, 0.0, 0.0], [0.3, 2.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                     dtype=torch.float64)
+    blocked = KernelOperator(x, bandwidth=3.0, sqrt_m=r, memory_budget=3 * 8 * 90**2)
+    stored = DenseKernelOperator(x, bandwidth=3.0, sqrt_m=r)
+    ref = blocked.matmul(v)
+    np.testing.assert_allclose(stored.matmul(v).numpy(), ref.numpy(), rtol=1e-12, atol=1e-10)
+    out = torch.empty_like(v)
+    assert stored.matmul(v, out=out) is out
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-12, atol=1e-10)
+    assert stored.n_products == 2
+
+
+def test_stored_matmul_layouts_equal_plain_product():
+    g = torch.Generator().manual_seed(2)
+    K = torch.rand(1100, 1100, generator=g)
+    for c in (1, 2, 4, 5, 16, 17, 33):
+        v = torch.randn(1100, c, generator=g)
+        np.testing.assert_allclose(_stored_matmul(K, v).numpy(), (K.double() @ v.double()).numpy(), rtol=1e-4,
+                                   atol=1e-3)
+
+
+def test_stored_operator_blocks_are_copies_and_out_is_checked():
+    x, _ = _data(n=300, d=3)
+    blocked = KernelOperator(x, bandwidth=2.0)
+    stored = DenseKernelOperator(x, bandwidth=2.0)
+    rows, cols = torch.tensor([5, 1, 200]), torch.tensor([7, 299, 0, 3])
+    np.testing.assert_allclose(stored.block(rows, cols).numpy(), blocked.block(rows, cols).numpy(), rtol=1e-12)
+    for sl in (slice(0, 50), slice(100, 130)):
+        b = stored.block(sl)
+        # the stored diagonal is exactly k(x, x) = 1; a fresh block carries sqrt(round-off) there (~1e-8)
+        np.testing.assert_allclose(b.numpy(), blocked.block(sl).numpy(), rtol=1e-12, atol=1e-7)
+        b.zero_()  # must not write into the stored matrix
+    assert float(stored.K[100:130].min()) > 0
+    buf = torch.empty(3, 4, dtype=torch.float64)
+    assert stored.block(rows, cols, out=buf) is buf
+    with pytest.raises(ValueError, match="out must be a \\(300, 300\\) torch.float64"):
+        DenseKernelOperator(x, bandwidth=2.0, out=torch.empty(300, 299, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("reg", [1e-3, 0.0])
+def test_pcg_on_stored_kernel_matches_direct(reg):
+    x, y = _data(n=2000)
+    ref, K = _numpy_solve(x, y, reg, 10.0)
+    op = DenseKernelOperator(x, bandwidth=10.0)
+    pre = NystromEigensystem(op, n_centres=500, generator=torch.Generator().manual_seed(0))
+    res = solve_cg(op, y, reg=reg, preconditioner=pre, rtol=1e-7)
+    assert res.converged
+    np.testing.assert_allclose(res.x.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    eig = solve_eigenpro(op, y, reg=reg, rtol=1e-2, epochs=40, generator=torch.Generator().manual_seed(0))
+    assert eig.converged
+    assert np.linalg.norm(K @ eig.x.numpy() - K @ ref) / np.linalg.norm(K @ ref) < 2e-2
 
 
 @pytest.mark.parametrize("reg", [1e-3, 0.0])
