@@ -529,10 +529,18 @@ def cmd_bench(args) -> list[dict]:
     results = []
     with open(out_path, "w") as fh:
         for case in tqdm(todo, desc=f"bench {args.suite}", disable=not args.verbose, unit="case"):
-            proc = subprocess.run(
-                [sys.executable, str(sdir / "_harness.py"), str(suite_file), json.dumps(case)],
-                capture_output=True, text=True, timeout=args.timeout,
-            )
+            try:
+                proc = subprocess.run(
+                    [sys.executable, str(sdir / "_harness.py"), str(suite_file), json.dumps(case)],
+                    capture_output=True, text=True, timeout=args.timeout,
+                )
+            except subprocess.TimeoutExpired:
+                # a case over the limit is a result too: record it and go on with the next case
+                rec = {**case, "error": f"timed out after {args.timeout:g} s (--timeout)", "returncode": None}
+                results.append(rec)
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                continue
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(marker)]
             if proc.returncode != 0 or not lines:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

@@ -75,6 +75,16 @@ def test_bench_quick_writes_json_lines(tmp_path, capsys):
     assert build["ratio"] > 0
 
 
+def test_bench_records_a_case_over_its_timeout_and_goes_on(tmp_path):
+    # 0.05 s is less than any case needs (the harness process alone imports torch): every case times out, each
+    # is recorded as an error line and the run still ends normally
+    out = tmp_path / "t.jsonl"
+    res = main(["bench", "solvers", "--quick", "--timeout", "0.05", "--out", str(out)])
+    assert res == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 3 and all("timed out after 0.05 s" in r["error"] for r in lines)
+
+
 def test_console_script_entry_point():
     res = subprocess.run([sys.executable, "-m", "drfm.cli", "datasets"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "digits" in res.stdout
