@@ -352,13 +352,16 @@ class _BaseRFM(BaseEstimator):
                     K = None  # a stored matrix of another phase is not needed any more
                     op = KernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget, transformed=True)
                 pre = NystromEigensystem(op, generator=gen, build_extension=solver == "cg")
+                # with a subset, the cap is the time budget of the solve on all rows; the subset solves, which
+                # drive M, run to solver_tol (a capped subset solve measurably degraded M at n = 50000)
+                cap = None if phase == "sub" else self.solver_max_iter
                 if solver == "cg":
                     sol = solve_cg(op, Y_rows, reg=float(self.reg), x0=alpha, preconditioner=pre,
-                                   rtol=self.solver_tol, max_iter=self.solver_max_iter,
+                                   rtol=self.solver_tol, max_iter=cap,
                                    verbose=bool(self.verbose) and self.verbose > 1)
                 else:
                     sol = solve_eigenpro(op, Y_rows, reg=float(self.reg), x0=alpha, preconditioner=pre,
-                                         epochs=self.solver_max_iter or 10, rtol=self.solver_tol, generator=gen,
+                                         epochs=cap or 10, rtol=self.solver_tol, generator=gen,
                                          verbose=bool(self.verbose) and self.verbose > 1)
                 # iterative solvers: training score estimated on a fixed random subset (an exact one costs a pass)
                 score_idx = torch.randperm(n_rows, generator=gen)[: min(n_rows, 2000)].sort().values.to(device)
@@ -540,7 +543,9 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         Relative residual ``||(K + reg I) alpha - Y|| / ||Y||`` (per output) at which CG stops; EigenPro's stopping
         tolerance.
     solver_max_iter : int or None, default=None
-        Cap on CG iterations (default ``max(100, n // 10)``) or EigenPro epochs (default 10).
+        Cap on CG iterations (default ``max(100, n // 10)``) or EigenPro epochs (default 10) of each solve; with
+        ``iter_sample_size``, of the final solve on all rows only (the subset solves, which learn M, run to
+        ``solver_tol``).
     device : str, default='auto'
         'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.
     dtype : {'float32', 'float64'}, default='float32'

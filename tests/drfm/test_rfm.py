@@ -73,6 +73,25 @@ def test_iter_sample_size_learns_m_on_a_subset_and_fits_all():
     np.testing.assert_allclose(it.predict(X[:50]), ref.predict(X[:50] @ it.sqrt_m_), rtol=1e-5, atol=1e-7)
 
 
+def test_solver_max_iter_caps_only_the_solve_on_all_rows():
+    # the subset solves, which learn M, run to solver_tol; the cap is the time budget of the final solve on all rows.
+    # 1100 subset rows > 1000 Nystrom centres: the preconditioner is inexact, so CG needs several iterations
+    import warnings
+
+    X, y = lowrank(1500, d=10, seed=4)
+    kw = dict(iters=1, random_state=0, iter_sample_size=1100, solver="cg", solver_tol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        free = RFMRegressor(**kw).fit(X, y)
+        capped = RFMRegressor(**kw, solver_max_iter=2).fit(X, y)
+    assert [h["n_rows"] for h in capped.history_] == [1100, 1100, 1500]
+    for a, b in zip(free.history_[:2], capped.history_[:2]):
+        assert b["solver_converged"] and b["solver_iters"] == a["solver_iters"]
+    assert capped.history_[0]["solver_iters"] > 2
+    assert free.history_[-1]["solver_iters"] > 2 and capped.history_[-1]["solver_iters"] == 2
+    np.testing.assert_array_equal(capped.M_, free.M_)
+
+
 def test_feature_learning_lowrank_target():
     X, y = lowrank(4000, seed=0)
     Xte, yte = lowrank(2000, seed=1)
