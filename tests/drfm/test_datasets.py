@@ -25,6 +25,14 @@ def test_mnist1d_leaves_global_rngs_alone():
     assert np.random.rand() == a and random.random() == b
 
 
+def test_mnist1d_generates_more_signals_when_asked():
+    data = load("mnist1d", n_train=5500, n_test=700)
+    assert data.X_train.shape == (5500, 40) and data.X_test.shape == (700, 40)
+    # all distinct signals (generated, not repeated), ten classes
+    assert len(np.unique(np.concatenate([data.X_train, data.X_test]), axis=0)) == 6200
+    assert set(np.unique(data.y_train)) == set(range(10))
+
+
 def test_network_sets_fail_fast_offline_with_instructions():
     with pytest.raises(ValueError, match="torchvision|download"):
         load("cifar10")
