@@ -267,7 +267,15 @@ class DenseKernelOperator(KernelOperator):
         self.K = out
 
     def block(self, rows, cols=None, out=None) -> torch.Tensor:
-        kb = self.K[rows] if cols is None else self.K[rows][:, cols]
+        # index so that only the requested block is copied (never a whole row band of K)
+        if cols is None:
+            kb = self.K[rows]
+        elif isinstance(rows, slice):
+            kb = self.K[rows][:, cols]
+        elif isinstance(cols, slice):
+            kb = self.K[:, cols][rows]
+        else:
+            kb = self.K[rows.unsqueeze(1), cols.unsqueeze(0)]
         if out is None:
             shares = kb.untyped_storage().data_ptr() == self.K.untyped_storage().data_ptr()
             return kb.clone() if shares else kb  # never hand out a view that could write into K
