@@ -25,7 +25,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from kernels import DenseKernelOperator, KernelOperator, NystromEigensystem, apply_sqrt_m, kernel_matmul, laplace_agop, sq_norms
+from kernels import (DenseKernelOperator, KernelOperator, NystromEigensystem, apply_sqrt_m, kernel_matmul,
+                     laplace_agop, sq_norms)
 from kernels.laplace import laplace_kernel_transformed
 from kernels.solvers import default_n_centres, solve_cg, solve_direct, solve_eigenpro
 
@@ -107,6 +108,7 @@ AUTO_DIRECT_MAX_N = 8000
 #: with solver="auto", ridges below this (relative to k(x, x) = 1) keep the direct solver whenever the matrix fits:
 #: CG needs many more iterations as reg -> 0 (n = 12800 lowrank: reg 1e-4 still 37 s vs 45 s direct, reg = 0 94 s)
 AUTO_CG_MIN_REG = 1e-4
+
 
 def iterative_solve_bytes(n: int, d: int, c: int, itemsize: int, n_centres: int, rank: int = 500) -> int:
     """Bytes the iterative path holds besides kernel tiles: data (raw + transformed), ~8 n x c CG vectors, the
