@@ -91,18 +91,28 @@ def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_bl
 
 
 def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block):
+    """Gradient blocks of the predictor over the samples.
+
+    With a (d, d') matrix factor F (``M = F F^T``) the blocks are in factor coordinates, (b, c, d'): since
+    ``x M = (x F) F^T``, every gradient is ``g_z F^T`` with ``g_z`` built from ``z = x F`` alone, so the GEMMs run over
+    d' instead of d columns (a learned M is often of low rank). Otherwise (None or a diagonal factor) they are the
+    (b, c, d) gradients themselves.
+    """
     if alpha.dim() == 1:
         alpha = alpha.unsqueeze(1)
     if memory_budget is None:
         memory_budget = default_memory_budget(samples.device)
-    n_s, d = samples.shape
+    n_s = samples.shape[0]
     n_c, c = alpha.shape
-    sb, cb = _plan(n_s, n_c, c, d, samples.element_size(), memory_budget, sample_block, centre_block)
     zc = apply_sqrt_m(centres, sqrt_m)
-    zc_sq = sq_norms(zc)
-    xmc = _factor_to_metric(centres, sqrt_m)
     zs_all = apply_sqrt_m(samples, sqrt_m)
-    xms_all = _factor_to_metric(samples, sqrt_m)
+    if sqrt_m is not None and sqrt_m.dim() == 2:
+        xmc, xms_all = zc, zs_all
+    else:
+        xmc, xms_all = _factor_to_metric(centres, sqrt_m), _factor_to_metric(samples, sqrt_m)
+    d = xmc.shape[1]
+    sb, cb = _plan(n_s, n_c, c, d, samples.element_size(), memory_budget, sample_block, centre_block)
+    zc_sq = sq_norms(zc)
     coef_cache = None
     if cb >= n_c:
         coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
@@ -141,7 +151,12 @@ def laplace_gradients(
     (s, c, d) tensor: ``out[b, c] = grad f_c(samples[b])``.
     """
     blocks = list(_iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block))
-    return torch.cat(blocks, 0)
+    g = torch.cat(blocks, 0)
+    return g @ sqrt_m.T if _in_factor_space(sqrt_m) else g
+
+
+def _in_factor_space(sqrt_m) -> bool:
+    return sqrt_m is not None and sqrt_m.dim() == 2
 
 
 def laplace_agop(
@@ -174,21 +189,28 @@ def laplace_agop(
     -------
     (d, d) tensor, or (d,) with ``diag=True``; accumulated and returned in float64 (the result is small).
     """
-    d = samples.shape[1]
     n_s = samples.shape[0]
-    acc = torch.zeros((d,) if diag else (d, d), dtype=torch.float64, device=samples.device)
+    factor = _in_factor_space(sqrt_m)
+    # in factor coordinates (d' columns) the full second moment is accumulated and mapped back at the end, also for
+    # diag=True (d' x d' is small); otherwise directly in the d input coordinates
+    d = sqrt_m.shape[1] if factor else samples.shape[1]
+    full = factor or not diag
+    acc = torch.zeros((d, d) if full else (d,), dtype=torch.float64, device=samples.device)
     gsum = None
     for g in _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block):
         if centering:
             part = g.sum(0).double()
             gsum = part if gsum is None else gsum + part
         g2 = g.reshape(-1, d)
-        if diag:
-            acc += torch.einsum("kd,kd->d", g2, g2).double()
-        else:
+        if full:
             acc += (g2.T @ g2).double()
+        else:
+            acc += torch.einsum("kd,kd->d", g2, g2).double()
     acc /= max(n_s, 1)
     if centering and gsum is not None:
         gbar = gsum / n_s  # (c, d)
-        acc -= (gbar * gbar).sum(0) if diag else gbar.T @ gbar
+        acc -= gbar.T @ gbar if full else (gbar * gbar).sum(0)
+    if factor:
+        f = sqrt_m.double()
+        return ((f @ acc) * f).sum(1) if diag else f @ acc @ f.T
     return acc

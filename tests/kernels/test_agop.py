@@ -32,6 +32,26 @@ def test_agop_matches_autograd_training_points(diag, centering):
     assert _rel(got, ref) < 1e-6
 
 
+@pytest.mark.parametrize("diag", [False, True])
+@pytest.mark.parametrize("centering", [False, True])
+def test_agop_with_a_low_rank_rectangular_factor_matches_autograd(diag, centering):
+    # a (d, r) factor F, M = F F^T of rank r < d: the AGOP runs in r factor coordinates and is mapped back
+    x, alpha, _ = _problem(seed=13)
+    g = torch.Generator().manual_seed(14)
+    f = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    got = laplace_agop(x[:30], x, alpha, bandwidth=2.0, sqrt_m=f, diag=diag, centering=centering, sample_block=8,
+                       centre_block=13)
+    ref = agop_autograd(x[:30], x, alpha, bandwidth=2.0, m=f @ f.T, centering=centering, diag=diag)
+    assert got.shape == ((6,) if diag else (6, 6))
+    assert _rel(got, ref) < 1e-6
+    if not diag:
+        assert int(torch.linalg.matrix_rank(got, rtol=1e-8)) == 2  # the gradients live in the span of F
+    grads = laplace_gradients(x[:30], x, alpha, bandwidth=2.0, sqrt_m=f)
+    assert grads.shape == (30, 3, 6)
+    if not (diag or centering):
+        assert _rel(torch.einsum("bcd,bce->de", grads, grads) / 30, ref) < 1e-6
+
+
 def test_agop_off_sample_points_and_diag_factor():
     x, alpha, _ = _problem(seed=3, c=1)
     g = torch.Generator().manual_seed(9)
