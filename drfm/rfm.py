@@ -111,10 +111,10 @@ AUTO_CG_MIN_REG = 1e-4
 
 
 def iterative_solve_bytes(n: int, d: int, c: int, itemsize: int, n_centres: int, rank: int = 500) -> int:
-    """Bytes the iterative path holds besides kernel tiles: data (raw + transformed), ~8 n x c CG vectors, the
-    n x rank Nystrom basis, the s x s Nystrom eigenproblem (float64 matrix, eigenvectors and LAPACK workspace), and a
-    minimal 256 x 256 tile."""
-    return (2 * n * d + 8 * n * c + n * rank) * itemsize + 6 * n_centres**2 * 8 + 3 * 256 * 256 * itemsize
+    """Bytes the iterative path holds besides kernel tiles: data (raw + transformed), ~8 n x c CG vectors (float64),
+    the n x rank Nystrom basis, the s x s Nystrom eigenproblem (float64 matrix, eigenvectors and LAPACK workspace),
+    and a minimal 256 x 256 tile."""
+    return (2 * n * d + n * rank) * itemsize + 8 * n * c * 8 + 6 * n_centres**2 * 8 + 3 * 256 * 256 * itemsize
 
 
 def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget: int, owner: str,
@@ -139,7 +139,7 @@ def choose_solver(requested: str, n: int, d: int, c: int, itemsize: int, budget:
             return "direct", (f"the n x n matrix ({format_bytes(direct)}) fits the budget and reg={reg:g} < "
                               f"{AUTO_CG_MIN_REG:g} (CG converges slowly as reg -> 0)")
     if iterative > budget:
-        per_n = (2 * d + 8 * c + 500) * itemsize
+        per_n = (2 * d + 500) * itemsize + 8 * c * 8
         raise ValueError(
             f"{owner} cannot fit {n} training samples under memory_budget={format_bytes(budget)}: even the "
             f"iterative solver needs {format_bytes(iterative)} (data, solver vectors, Nystrom basis); about "

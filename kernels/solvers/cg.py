@@ -54,13 +54,22 @@ def solve_cg(
     SolveResult; ``residual_norms`` holds the largest relative column residual after each iteration (index 0: start).
     """
     B, X, squeeze = as_columns(Y, x0)
+    out_dtype = B.dtype
+    if B.dtype != torch.float64:
+        # mixed precision: kernel products in the working precision, every CG vector and scalar in float64. In
+        # float32 the recurrences lose orthogonality on the ill-conditioned kernel systems RFM produces (measured at
+        # n = 30000: float32 CG stalled near 1e-2 and broke down; with float64 vectors it reached 1e-5 in 100 steps)
+        B, X = B.double(), X.double()
     n, c = B.shape
     max_iter = max(100, n // 10) if max_iter is None else int(max_iter)
     bnorm = _col_dot(B, B).sqrt().clamp_min(1e-300)
+    def apply_k(v):
+        return op.matmul(v.to(op.dtype)).to(torch.float64) if op.dtype != torch.float64 else op.matmul(v)
+
     if x0 is None:
         R = B.clone()
     else:
-        R = B - op.matmul(X) - reg * X
+        R = B - apply_k(X) - reg * X
         if float(_col_dot(R, R).sum()) >= float(_col_dot(B, B).sum()):
             X.zero_()  # the warm start is worse than x = 0 (the kernel changed a lot): start cold
             R = B.clone()
@@ -81,12 +90,12 @@ def solve_cg(
     k = 0
     bar = tqdm(total=max_iter, desc="CG", disable=not verbose, unit="it", leave=False)
     while not converged and k < max_iter:
-        Q = op.matmul(P)
+        Q = apply_k(P)
         if reg:
             Q.add_(P, alpha=reg)
         pq = _col_dot(P, Q)
         active = rnorm > target
-        a = torch.where(active & (pq > 0), rz / pq.clamp_min(1e-300), torch.zeros_like(rz)).to(B.dtype)
+        a = torch.where(active & (pq > 0), rz / pq.clamp_min(1e-300), torch.zeros_like(rz))
         X.addcmul_(P, a.unsqueeze(0))
         R.addcmul_(Q, -a.unsqueeze(0))
         rnorm = _col_dot(R, R).sqrt()
@@ -106,7 +115,7 @@ def solve_cg(
             break
         Z = precond(R)
         rz_new = _col_dot(R, Z)
-        beta = torch.where(active, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz)).to(B.dtype)
+        beta = torch.where(active, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
         P.mul_(beta.unsqueeze(0)).add_(Z)
         rz = rz_new
     bar.close()
@@ -122,4 +131,5 @@ def solve_cg(
                 ConvergenceWarning,
                 stacklevel=2,
             )
+    X = X.to(out_dtype)
     return SolveResult(X.squeeze(1) if squeeze else X, k, converged, history, float(reg), "cg", info)

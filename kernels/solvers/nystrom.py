@@ -92,11 +92,20 @@ class NystromEigensystem:
         self.mu = sig2  # eigenvalues of K_hat
 
     def apply_cg_preconditioner(self, r: torch.Tensor, reg: float) -> torch.Tensor:
-        """``P^{-1} r`` for r of shape (n, c)."""
+        """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""
         mu = self.mu
         scale = ((mu[-1] + reg) / (mu + reg) - 1.0).to(r.dtype)
-        coef = self.U.T @ r
-        return r + self.U @ (coef * scale.unsqueeze(1))
+        if self.U.dtype == r.dtype:
+            return r + self.U @ ((self.U.T @ r) * scale.unsqueeze(1))
+        chunk = max(1, (4 * 2**20) // max(1, self.U.shape[1]))  # promoted rows: at most 32 MB at a time
+        coef = torch.zeros((self.U.shape[1], r.shape[1]), dtype=r.dtype, device=r.device)
+        for i in range(0, r.shape[0], chunk):
+            coef += self.U[i : i + chunk].to(r.dtype).T @ r[i : i + chunk]
+        coef *= scale.unsqueeze(1)
+        out = r.clone()
+        for i in range(0, r.shape[0], chunk):
+            out[i : i + chunk] += self.U[i : i + chunk].to(r.dtype) @ coef
+        return out
 
     def top_eigenvalue_of_k(self) -> float:
         """Estimate of the top eigenvalue of K (n * lambda_1 of K_SS / s)."""

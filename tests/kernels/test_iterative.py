@@ -100,6 +100,25 @@ def test_pcg_on_stored_kernel_matches_direct(reg):
     assert np.linalg.norm(K @ eig.x.numpy() - K @ ref) / np.linalg.norm(K @ ref) < 2e-2
 
 
+def test_cg_on_a_float32_operator_runs_its_vectors_in_float64():
+    # 3000 points in 2 dimensions (as after RFM sharpens M to rank 2): an ill-conditioned float32 system. CG keeps
+    # its vectors in float64 (at n = 30000 float32 recurrences stalled near 1e-2 on such a system and broke down),
+    # converges to 1e-6, returns float32, and its fitted values agree with the float64 solve of the same matrix
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3000, 2, generator=g)
+    y = torch.sin(3 * x[:, :1]) * x[:, 1:]
+    op = DenseKernelOperator(x, bandwidth=10.0)
+    pre = NystromEigensystem(op, generator=torch.Generator().manual_seed(0))
+    res = solve_cg(op, y, reg=1e-3, preconditioner=pre, rtol=1e-6, max_iter=2000)
+    assert res.converged and res.x.dtype == torch.float32 and res.residual_norms[-1] <= 1e-6
+    # the coefficients themselves are ill-determined here; the residual and the fitted values are not
+    K, yy, xx = op.K.double().numpy(), y.double().numpy(), res.x.double().numpy()
+    # (x is returned in float32: its rounding alone leaves ~1e-4 on this system)
+    assert np.linalg.norm(K @ xx + 1e-3 * xx - yy) / np.linalg.norm(yy) < 1e-3
+    ref = np.linalg.solve(K + 1e-3 * np.eye(3000), yy)
+    np.testing.assert_allclose(K @ xx, K @ ref, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("reg", [1e-3, 0.0])
 def test_pcg_matches_direct(reg):
     x, y = _data(n=2000)
