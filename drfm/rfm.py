@@ -330,10 +330,12 @@ class _BaseRFM(BaseEstimator):
                 alpha = full
             Z = apply_sqrt_m(X_rows, factor)
             z_sq = sq_norms(Z)
-            if solver == "direct":
+            if solver == "direct" or store:
+                # one n x n buffer, reused by every solve on the same rows (direct: factorised in place; stored CG)
                 if K is None or K.shape[0] != n_rows:
                     K = None
                     K = torch.empty((n_rows, n_rows), dtype=dtype, device=device)
+            if solver == "direct":
 
                 def build(out, Z=Z, z_sq=z_sq):
                     laplace_kernel_transformed(Z, Z, bandwidth=self.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
@@ -345,9 +347,6 @@ class _BaseRFM(BaseEstimator):
                 train_y = y_rows
             else:
                 if store:
-                    if K is None or K.shape[0] != n_rows:
-                        K = None
-                        K = torch.empty((n_rows, n_rows), dtype=dtype, device=device)
                     op = DenseKernelOperator(Z, bandwidth=self.bandwidth, memory_budget=work_budget,
                                              transformed=True, out=K)
                 else:

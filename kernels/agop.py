@@ -50,13 +50,14 @@ def _kt_tile(zb, zc, zb_sq, zc_sq, bandwidth, out, scratch):
     return dist.reciprocal_().mul_(k)
 
 
-def _factor_to_metric(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
-    """``x M`` for ``M = R R^T`` given ``R = sqrt_m`` (None, diagonal vector, or matrix)."""
-    if sqrt_m is None:
-        return x
-    if sqrt_m.dim() == 1:
-        return x * (sqrt_m * sqrt_m)
-    return (x @ sqrt_m) @ sqrt_m.T
+def _in_factor_space(sqrt_m) -> bool:
+    """Whether gradients are formed in factor coordinates: for a (d, d') matrix factor (see ``_iter_gradients``)."""
+    return sqrt_m is not None and sqrt_m.dim() == 2
+
+
+def _diag_metric(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
+    """``x M`` for ``M = diag(r)^2`` given ``r = sqrt_m`` (or M = I for None); matrix factors never get here."""
+    return x if sqrt_m is None else x * (sqrt_m * sqrt_m)
 
 
 def _plan(n_samples, n_centres, c, d, itemsize, budget, sample_block, centre_block):
@@ -106,10 +107,10 @@ def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, s
     n_c, c = alpha.shape
     zc = apply_sqrt_m(centres, sqrt_m)
     zs_all = apply_sqrt_m(samples, sqrt_m)
-    if sqrt_m is not None and sqrt_m.dim() == 2:
+    if _in_factor_space(sqrt_m):
         xmc, xms_all = zc, zs_all
     else:
-        xmc, xms_all = _factor_to_metric(centres, sqrt_m), _factor_to_metric(samples, sqrt_m)
+        xmc, xms_all = _diag_metric(centres, sqrt_m), _diag_metric(samples, sqrt_m)
     d = xmc.shape[1]
     sb, cb = _plan(n_s, n_c, c, d, samples.element_size(), memory_budget, sample_block, centre_block)
     zc_sq = sq_norms(zc)
@@ -153,10 +154,6 @@ def laplace_gradients(
     blocks = list(_iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block))
     g = torch.cat(blocks, 0)
     return g @ sqrt_m.T if _in_factor_space(sqrt_m) else g
-
-
-def _in_factor_space(sqrt_m) -> bool:
-    return sqrt_m is not None and sqrt_m.dim() == 2
 
 
 def laplace_agop(

@@ -63,6 +63,7 @@ def solve_cg(
     n, c = B.shape
     max_iter = max(100, n // 10) if max_iter is None else int(max_iter)
     bnorm = _col_dot(B, B).sqrt().clamp_min(1e-300)
+
     def apply_k(v):
         return op.matmul(v.to(op.dtype)).to(torch.float64) if op.dtype != torch.float64 else op.matmul(v)
 
