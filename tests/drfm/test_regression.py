@@ -1,0 +1,158 @@
+"""Regression guard for refactors: fitted state and predictions of a fixed set of fits, compared with a reference
+file written by the code as it was before the architecture change (commit 2f3dda2).
+
+Every case runs on the CPU in float64 with a fixed ``random_state``: RFM with each solver path (direct, CG on the
+stored matrix, CG on blocked products under a small budget, EigenPro), ``iter_sample_size`` (direct and CG),
+a validation split, the classifier, Deep RFM of depth 3 (cosine and ReLU maps, and per-layer subsets), and the MLP
+trained for 3 epochs with training-dynamics snapshots.
+
+Regenerate the reference only on purpose (a change that is meant to change results)::
+
+    python -m tests.drfm.test_regression --write
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "regression_reference.npz"
+
+#: float64 fits whose operation order is unchanged must agree bit for bit; where an operation order legitimately
+#: changes (listed in ``TOLERANT``) the values must agree within this relative/absolute tolerance
+TOL = 1e-12
+TOLERANT: dict[str, str] = {}
+
+
+def _lowrank(n, d, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, X[:, 0] * X[:, 1] + 0.1 * np.sin(X[:, 2])
+
+
+def _classes(n, d, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = (X[:, 0] > 0.4).astype(int) + (X[:, 1] > -0.3).astype(int)
+    return X, np.array(["a", "b", "c"])[y]
+
+
+def _rfm_state(prefix, model, X_test, out):
+    out[f"{prefix}/M"] = model.M_
+    out[f"{prefix}/dual_coef"] = model.dual_coef_
+    out[f"{prefix}/X_fit"] = model.X_fit_
+    out[f"{prefix}/best_iter"] = np.array(model.best_iter_)
+    out[f"{prefix}/predict"] = (model.decision_function(X_test) if hasattr(model, "decision_function")
+                                else model.predict(X_test))
+    out[f"{prefix}/agop"] = model.agop(X_test[:40])
+
+
+def rfm_cases():
+    """(name, estimator factory, data) for the RFM cases."""
+    from drfm import RFMClassifier, RFMRegressor
+
+    base = dict(device="cpu", dtype="float64", random_state=0)
+    small = _lowrank(360, 10, 1)
+    mid = _lowrank(700, 10, 2)
+    big = _lowrank(2000, 8, 3)
+    return [
+        ("direct", lambda: RFMRegressor(iters=2, **base), small),
+        ("stored_cg", lambda: RFMRegressor(iters=2, solver="cg", solver_tol=1e-8, **base), mid),
+        # the 2000 x 2000 float64 matrix (32 MB) plus the solver's own memory does not fit 64 MiB: blocked products
+        ("blocked_cg", lambda: RFMRegressor(iters=1, solver="cg", solver_tol=1e-6, memory_budget=64 * 2**20, **base),
+         big),
+        ("eigenpro", lambda: RFMRegressor(iters=2, solver="eigenpro", solver_tol=1e-3, solver_max_iter=3, **base), mid),
+        ("subset_direct", lambda: RFMRegressor(iters=2, iter_sample_size=250, agop_sample_size=300, **base), mid),
+        ("subset_cg", lambda: RFMRegressor(iters=2, iter_sample_size=250, solver="cg", solver_tol=1e-8, **base), mid),
+        ("validation", lambda: RFMRegressor(iters=3, validation_fraction=0.25, diag=True, **base), small),
+        ("centering_power", lambda: RFMRegressor(iters=2, centering=True, agop_power=0.25, normalize_m=False, **base),
+         small),
+        ("classifier", lambda: RFMClassifier(iters=2, bandwidth=5.0, **base), _classes(400, 6, 4)),
+    ]
+
+
+def deep_cases():
+    from drfm.deep import DeepRFMClassifier, DeepRFMRegressor
+
+    base = dict(device="cpu", dtype="float64", random_state=0)
+    return [
+        ("deep_cosine", lambda: DeepRFMClassifier(3, feature_map="cosine", sigma=0.5, width=48, **base),
+         _classes(300, 8, 5)),
+        ("deep_relu_subset", lambda: DeepRFMRegressor(3, feature_map="relu", width=24, iter_sample_size=150, **base),
+         _lowrank(260, 6, 6)),
+    ]
+
+
+def compute() -> dict[str, np.ndarray]:
+    """Run every case; a flat dict of arrays."""
+    from drfm import dnn
+
+    out: dict[str, np.ndarray] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, make, (X, y) in rfm_cases():
+            n_test = 60
+            model = make().fit(X[n_test:], y[n_test:])
+            _rfm_state(name, model, X[:n_test], out)
+        for name, make, (X, y) in deep_cases():
+            n_test = 50
+            model = make().fit(X[n_test:], y[n_test:])
+            for i, layer in enumerate(model.layers_):
+                out[f"{name}/layer{i}/M"] = layer.M
+                out[f"{name}/layer{i}/sqrt_m"] = layer.sqrt_m
+                if layer.W is not None:
+                    out[f"{name}/layer{i}/W"] = layer.W
+            out[f"{name}/final_dual_coef"] = model.final_.dual_coef_
+            out[f"{name}/predict"] = (model.decision_function(X[:n_test]) if hasattr(model, "decision_function")
+                                      else model.predict(X[:n_test]))
+            feats = model.layer_features(X[:n_test])
+            out[f"{name}/features_last"] = feats[-1]["nonlinear"]
+        X, y = _classes(200, 6, 7)
+        mlp = dnn.TorchMLPClassifier(depth=2, width=16, epochs=3, lr=1e-3, batch_size=32, measure_every=1,
+                                     dtype="float64", device="cpu", random_state=0).fit(X[40:], y[40:])
+        for key, value in mlp.network_.state_dict().items():
+            out[f"mlp/weights/{key}"] = value.detach().cpu().numpy()
+        out["mlp/decision"] = mlp.decision_function(X[:40])
+        out["mlp/losses"] = np.array([h["train_loss"] for h in mlp.history_])
+        rows = sorted((r["epoch"], r["layer"], r["stage"], r["metric"], r["value"]) for r in mlp.dynamics_.rows)
+        out["mlp/dynamics"] = np.array([r[-1] for r in rows])
+        out["mlp/nfa"] = np.array([[rec[k] for k in sorted(rec)] for rec in dnn.nfa_correlations(mlp, X[40:])])
+    return out
+
+
+@pytest.fixture(scope="module")
+def computed():
+    return compute()
+
+
+def test_reference_file_present():
+    assert REFERENCE.is_file(), f"missing {REFERENCE}; write it with: python -m tests.drfm.test_regression --write"
+
+
+def test_every_reference_value_reproduced(computed):
+    ref = np.load(REFERENCE)
+    assert sorted(ref.files) == sorted(computed), "the set of regression values changed"
+    mismatched = []
+    for key in ref.files:
+        a, b = ref[key], computed[key]
+        if a.shape != b.shape:
+            mismatched.append(f"{key}: shape {a.shape} != {b.shape}")
+            continue
+        prefix = key.split("/")[0]
+        if prefix in TOLERANT:
+            if not np.allclose(b, a, rtol=TOL, atol=TOL):
+                mismatched.append(f"{key}: max |diff| {np.max(np.abs(a - b)):.3g} above {TOL:g}")
+        elif not np.array_equal(a, b):
+            mismatched.append(f"{key}: not bit-identical (max |diff| {np.max(np.abs(a - b)):.3g})")
+    assert not mismatched, "\n".join(mismatched)
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    if "--write" not in sys.argv:
+        sys.exit("usage: python -m tests.drfm.test_regression --write")
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(REFERENCE, **compute())
+    print(f"wrote {REFERENCE}")
