@@ -3,7 +3,11 @@
 Kernel machines that learn features through the Average Gradient Outer Product (AGOP), and instruments for deep
 neural collapse. The numerical core lives in the sibling package :mod:`kernels` (torch only).
 """
-from .rfm import RFMClassifier, RFMRegressor
-
 __version__ = "0.1.0"
-__all__ = ["RFMClassifier", "RFMRegressor", "__version__"]
+
+from .deep import DeepRFMClassifier, DeepRFMRegressor  # noqa: E402
+from .mlp import TorchMLPClassifier  # noqa: E402
+from .rfm import RFMClassifier, RFMRegressor  # noqa: E402
+
+__all__ = ["DeepRFMClassifier", "DeepRFMRegressor", "RFMClassifier", "RFMRegressor", "TorchMLPClassifier",
+           "__version__"]

@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from kernels import default_memory_budget
+from kernels.memory import default_memory_budget, format_bytes
 
 from ._params import InvalidParameterError
 
 __all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "format_bytes",
-           "standardization"]
+           "standardization"]  # format_bytes: re-exported from kernels.memory
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -63,11 +63,3 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
 
 def to_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), device=device).to(dtype)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover

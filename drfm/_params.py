@@ -14,7 +14,8 @@ import re
 
 import numpy as np
 
-__all__ = ["InvalidParameterError", "Interval", "Options", "InstanceOf", "NoneOK", "DeviceString", "validate_params"]
+__all__ = ["InvalidParameterError", "Interval", "Options", "InstanceOf", "NoneOK", "DeviceString", "plain_params",
+           "validate_params"]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -123,3 +124,10 @@ def validate_params(estimator) -> None:
         texts = [str(c) for c in constraints]
         expected = texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
         raise InvalidParameterError(f"The {key!r} parameter of {name} must be {expected}. Got {value!r} instead.")
+
+
+def plain_params(estimator, drop=()) -> dict:
+    """``get_params(deep=True)`` as plain values for reports and JSON: a nested estimator (a Deep RFM's layer
+    template) appears through its ``layer__*`` parameters, not as an object; networks and ``drop`` are left out."""
+    return {k: v for k, v in estimator.get_params(deep=True).items()
+            if k not in drop and k != "module" and not hasattr(v, "get_params")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,57 +30,11 @@ class UsageError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# demo
-def _collapse_study(dataset, *, depth, feature_map, width, sigma, bandwidth, device, seed, verbose, n_train=None,
-                    metrics=("nc1", "nc2")):
-    from .collapse import collapse_report
-    from .datasets import load
-    from .deep import DeepRFMClassifier
-
-    data = load(dataset, n_train=n_train, random_state=seed)
-    if data.task != "classification":
-        raise UsageError(f"dataset {dataset!r} is a regression set; collapse needs class labels")
-    model = DeepRFMClassifier(depth, feature_map=feature_map, width=width, sigma=sigma, bandwidth=bandwidth,
-                              device=device, random_state=seed, verbose=verbose)
-    t0 = time.perf_counter()
-    model.fit(data.X_train, data.y_train)
-    fit_s = time.perf_counter() - t0
-    acc = model.score(data.X_test, data.y_test)
-    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics)
-    report.meta.update({"dataset": dataset, "feature_map": feature_map, "test_accuracy": float(acc),
-                        "fit_seconds": fit_s, "n_train": len(data.y_train), "n_test": len(data.y_test)})
-    return report
-
-
+# demo / collapse
 def cmd_demo(args) -> dict:
-    import numpy as np
+    from .studies import demo
 
-    from .datasets import load
-    from .rfm import RFMClassifier
-
-    data = load("digits", random_state=args.seed)
-    model = RFMClassifier(iters=args.iters, device=args.device, random_state=args.seed, verbose=args.verbose)
-    t0 = time.perf_counter()
-    model.fit(data.X_train, data.y_train)
-    fit_s = time.perf_counter() - t0
-    acc = model.score(data.X_test, data.y_test)
-    eig = np.linalg.eigvalsh(model.M_)[::-1]
-    report = _collapse_study("digits", depth=args.depth, feature_map="relu", width=None, sigma=0.05, bandwidth=2.0,
-                             device=args.device, seed=args.seed, verbose=args.verbose)
-    return {
-        "dataset": "digits",
-        "n_train": len(data.y_train),
-        "n_test": len(data.y_test),
-        "test_accuracy": float(acc),
-        "fit_seconds": fit_s,
-        "device": model.device_,
-        "iters": args.iters,
-        "train_accuracy_per_iter": [h["train_score"] for h in model.history_],
-        "top_agop_eigenvalues": [float(v) for v in eig[:8]],
-        "agop_effective_rank": float(eig.sum() ** 2 / (eig**2).sum()) if eig.any() else 0.0,
-        "deep_rfm": {**report.meta, "table": report.to_markdown(), "summary": report.summary(),
-                     "report": report.to_dict()},
-    }
+    return demo(iters=args.iters, depth=args.depth, device=args.device, seed=args.seed, verbose=args.verbose)
 
 
 def show_demo(res: dict) -> str:
@@ -100,9 +53,11 @@ def show_demo(res: dict) -> str:
 
 
 def cmd_collapse(args) -> dict:
-    report = _collapse_study(args.dataset, depth=args.depth, feature_map=args.feature_map, width=args.width,
-                             sigma=args.sigma, bandwidth=args.bandwidth, device=args.device, seed=args.seed,
-                             verbose=args.verbose, n_train=args.n_train, metrics=tuple(args.metrics))
+    from .studies import collapse_study
+
+    report = collapse_study(args.dataset, depth=args.depth, feature_map=args.feature_map, width=args.width,
+                            sigma=args.sigma, bandwidth=args.bandwidth, device=args.device, seed=args.seed,
+                            verbose=args.verbose, n_train=args.n_train, metrics=tuple(args.metrics))
     if args.out:
         report.to_json(args.out, indent=1)
     if args.plot:
@@ -119,87 +74,12 @@ def show_collapse(res: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# files
-def read_array(path: str, what: str, *, numeric: bool = True):
-    """A 2-D (or 1-D) array from a .npy or .csv/.txt file; ``UsageError`` with one line for every problem.
-
-    CSV: comma separated, an optional header row (kept as column names), ``numeric=False`` keeps text labels.
-    Returns (array, column names or None).
-    """
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} file {path!r} does not exist")
-    suffix = p.suffix.lower()
-    if suffix == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - any read failure is a bad file
-            raise UsageError(f"{what} file {path!r} is not a readable .npy array ({type(exc).__name__})") from None
-        names = None
-    elif suffix in (".csv", ".txt"):
-        import csv
-
-        try:
-            with open(p, newline="") as fh:
-                rows = [r for r in csv.reader(fh) if r]
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise UsageError(f"{what} file {path!r} is not a readable CSV file ({type(exc).__name__})") from None
-        if not rows:
-            raise UsageError(f"{what} file {path!r} is empty")
-
-        def is_number(v):
-            try:
-                float(v)
-                return True
-            except ValueError:
-                return False
-
-        names = None
-        if not all(is_number(v) for v in rows[0]) and len(rows) > 1 and all(is_number(v) for v in rows[1]):
-            names, rows = [v.strip() for v in rows[0]], rows[1:]
-        widths = {len(r) for r in rows}
-        if len(widths) != 1:
-            raise UsageError(f"{what} file {path!r} has rows of different lengths {sorted(widths)}")
-        try:
-            arr = np.array(rows, dtype=np.float64)
-        except ValueError:
-            if numeric:
-                raise UsageError(f"{what} file {path!r} has non-numeric entries") from None
-            arr = np.array([[v.strip() for v in r] for r in rows])
-    else:
-        raise UsageError(f"{what} file {path!r} must be .npy or .csv, got {suffix or 'no extension'!r}")
-    if arr.dtype.kind in "biuf" and arr.size and not np.all(np.isfinite(arr.astype(np.float64))):
-        raise UsageError(f"{what} file {path!r} contains NaN or infinite values")
-    if arr.ndim not in (1, 2) or arr.size == 0:
-        raise UsageError(f"{what} file {path!r} must hold a non-empty 1-D or 2-D array, got shape {arr.shape}")
-    return arr, names
-
-
-def write_array(arr, path: str | None) -> str | None:
-    """Predictions to .npy / .csv, or None (the caller prints them)."""
-    import numpy as np
-
-    if path is None:
-        return None
-    p = Path(path)
-    if p.suffix.lower() == ".npy":
-        np.save(p, arr)
-    elif p.suffix.lower() in (".csv", ".txt"):
-        np.savetxt(p, arr.reshape(len(arr), -1), delimiter=",", fmt="%s" if arr.dtype.kind in "OUS" else "%.10g")
-    else:
-        raise UsageError(f"output file {path!r} must be .npy or .csv")
-    return str(p)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # fit / predict
 MODELS = {
     # name: (classifier class path, regressor class path or None)
     "rfm": ("drfm.rfm:RFMClassifier", "drfm.rfm:RFMRegressor"),
     "deep-rfm": ("drfm.deep:DeepRFMClassifier", "drfm.deep:DeepRFMRegressor"),
-    "mlp": ("drfm.dnn:TorchMLPClassifier", None),
+    "mlp": ("drfm.mlp:TorchMLPClassifier", None),
 }
 
 
@@ -218,78 +98,6 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
-def _infer_task(y) -> str:
-    import numpy as np
-
-    if y.dtype.kind in "OUSb":
-        return "classification"
-    if y.ndim == 1 and np.all(np.equal(np.mod(y, 1), 0)) and len(np.unique(y)) <= max(2, min(50, len(y) // 5)):
-        return "classification"
-    return "regression"
-
-
-def _load_training_data(args):
-    import numpy as np
-
-    from .datasets import load
-
-    sources = sum(x is not None for x in (args.dataset, args.X, args.data))
-    if sources != 1:
-        raise UsageError("give exactly one data source: --dataset NAME, --X FILE --y FILE, or --data FILE")
-    if args.dataset:
-        data = load(args.dataset, n_train=args.n_train, random_state=args.seed)
-        return data.X_train, data.y_train, data.X_test, data.y_test, data.task, args.dataset
-    if args.X:
-        if not args.y:
-            raise UsageError("--X needs --y (the targets file)")
-        X, _ = read_array(args.X, "--X")
-        y, _ = read_array(args.y, "--y", numeric=False)
-        source = args.X
-    else:
-        table, names = read_array(args.data, "--data", numeric=False)
-        if table.ndim != 2 or table.shape[1] < 2:
-            raise UsageError(f"--data file {args.data!r} needs at least two columns (features and a target)")
-        col = args.target
-        if col is None:
-            idx = table.shape[1] - 1
-        elif names and col in names:
-            idx = names.index(col)
-        else:
-            try:
-                idx = int(col) % table.shape[1]
-            except ValueError:
-                raise UsageError(f"--target {col!r} is neither a column name of {args.data!r} nor an index") from None
-        y = table[:, idx]
-        X = np.delete(table, idx, axis=1)
-        try:
-            X = X.astype(np.float64)
-        except ValueError:
-            raise UsageError(f"--data file {args.data!r} has non-numeric feature columns") from None
-        source = args.data
-    if X.ndim == 1:
-        X = X[:, None]
-    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-    if len(X) != len(y):
-        raise UsageError(f"features have {len(X)} rows but targets have {len(y)}")
-    if y.dtype.kind in "US":
-        try:
-            y = y.astype(np.float64)
-        except ValueError:
-            pass
-    task = args.task or _infer_task(y)
-    if task == "regression" and y.dtype.kind in "OUS":
-        raise UsageError("targets are text labels; regression needs numbers (use --task classification)")
-    if not 0 <= args.test_size < 1:
-        raise UsageError(f"--test-size must be in [0, 1), got {args.test_size}")
-    if args.test_size == 0:
-        return X, y, None, None, task, source
-    from sklearn.model_selection import train_test_split
-
-    strat = y if task == "classification" and min(np.unique(y, return_counts=True)[1]) >= 2 else None
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=args.test_size, random_state=args.seed, stratify=strat)
-    return Xtr, ytr, Xte, yte, task, source
-
-
 def _model_class(name: str, task: str):
     import importlib
 
@@ -301,14 +109,15 @@ def _model_class(name: str, task: str):
 
 
 def cmd_fit(args) -> dict:
+    from ._params import plain_params
+    from .io import training_data
     from .persistence import save_model
 
-    X, y, Xte, yte, task, source = _load_training_data(args)
-    if args.task and args.task != task:
-        task = args.task
-    cls = _model_class(args.model, task)
+    data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
+                         task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed)
+    cls = _model_class(args.model, data.task)
     params = _parse_params(args.param)
-    valid = set(cls().get_params())
+    valid = set(cls().get_params(deep=True))  # nested parameters too (e.g. a Deep RFM's layer__reg)
     unknown = sorted(set(params) - valid)
     if unknown:
         raise UsageError(f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; valid: "
@@ -316,18 +125,19 @@ def cmd_fit(args) -> dict:
     defaults = {"random_state": args.seed, "verbose": args.verbose}
     if "device" in valid:
         defaults["device"] = args.device
-    model = cls(**{**defaults, **params})
+    model = cls(**defaults).set_params(**params)
     t0 = time.perf_counter()
-    model.fit(X, y)
+    model.fit(data.X, data.y)
     fit_s = time.perf_counter() - t0
-    metric = "accuracy" if task == "classification" else "r2"
-    res = {"model": cls.__name__, "task": task, "data": source, "n_train": len(y), "n_features": X.shape[1],
-           "params": {k: v for k, v in model.get_params().items() if k != "module"}, "fit_seconds": fit_s,
-           "metric": metric, "train_score": float(model.score(X, y)),
-           "n_test": 0 if yte is None else len(yte),
-           "test_score": None if yte is None else float(model.score(Xte, yte)), "saved": None}
+    metric = "accuracy" if data.task == "classification" else "r2"
+    res = {"model": cls.__name__, "task": data.task, "data": data.source, "n_train": len(data.y),
+           "n_features": data.X.shape[1], "params": plain_params(model), "fit_seconds": fit_s, "metric": metric,
+           "train_score": float(model.score(data.X, data.y)),
+           "n_test": 0 if data.y_test is None else len(data.y_test),
+           "test_score": None if data.y_test is None else float(model.score(data.X_test, data.y_test)),
+           "saved": None}
     if args.save:
-        save_model(model, args.save, metadata={"task": task, "data": source, "test_score": res["test_score"]})
+        save_model(model, args.save, metadata={"task": data.task, "data": data.source, "test_score": res["test_score"]})
         res["saved"] = str(args.save)
     return res
 
@@ -346,6 +156,7 @@ def show_fit(res: dict) -> str:
 def cmd_predict(args) -> dict:
     import numpy as np
 
+    from .io import read_array, write_array
     from .persistence import ModelFileError, load_model
 
     try:
@@ -375,17 +186,19 @@ def show_predict(res: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # compare
 def cmd_compare(args) -> dict:
-    from . import dnn
     from .datasets import load
+    from .rfm import RFMRegressor
+    from .studies import compare, comparison_table
 
     data = load(args.dataset, n_train=args.n_train, random_state=args.seed)
     if data.task != "classification":
         raise UsageError(f"dataset {args.dataset!r} is a regression set; compare needs class labels")
     mlp = {"width": args.width, "epochs": args.epochs, "lr": args.lr, "init_gain": args.init_gain,
            "loss": args.loss, "batch_size": args.batch_size, "device": args.device}
-    deep = {"feature_map": args.feature_map, "sigma": args.sigma, "bandwidth": args.bandwidth, "device": args.device}
+    deep = {"feature_map": args.feature_map, "sigma": args.sigma, "layer": RFMRegressor(args.bandwidth, iters=1),
+            "device": args.device}
     t0 = time.perf_counter()
-    report = dnn.compare(data.X_train, data.y_train, data.X_test, data.y_test, depth=args.depth, mlp_params=mlp,
+    report = compare(data.X_train, data.y_train, data.X_test, data.y_test, depth=args.depth, mlp_params=mlp,
                          deep_params=deep, measure_every=args.measure_every, random_state=args.seed,
                          verbose=args.verbose)
     report.meta.update({"dataset": args.dataset, "seconds": time.perf_counter() - t0})
@@ -399,7 +212,7 @@ def cmd_compare(args) -> dict:
             stem = Path(args.plot)
             plots.append(report.plot(stem.with_name(stem.stem + "-epochs" + stem.suffix), metrics=["nc1", "nfa_sqrt"],
                                      x="epoch", stages=["nonlinear", "weights"]))
-    return {**report.meta, "table": dnn.comparison_table(report), "summary": report.summary(),
+    return {**report.meta, "table": comparison_table(report), "summary": report.summary(),
             "linear_share": report.linear_share("nc1"), "report": report.to_dict(), "out": args.out,
             "plots": [str(p) for p in plots]}
 
@@ -430,126 +243,30 @@ def show_datasets(res: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bench
-def _suite_dir(arg: str | None) -> Path:
-    candidates = [Path(arg)] if arg else []
-    if os.environ.get("DRFM_BENCHMARKS"):
-        candidates.append(Path(os.environ["DRFM_BENCHMARKS"]))
-    candidates += [Path(__file__).resolve().parents[1] / "benchmarks", Path.cwd() / "benchmarks"]
-    for c in candidates:
-        if (c / "_harness.py").is_file():
-            return c
-    raise UsageError(
-        "benchmark suites not found: they ship with the source tree (benchmarks/); run from a checkout "
-        "or pass --suite-dir"
-    )
-
-
-def _load_suite(path: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_drfm_suite_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-RESULT_KEYS = ("suite", "kind", "model", "dataset", "n", "d", "device", "depth")
-RATIO_FIELDS = ("fit_seconds", "predict_seconds", "kernel_seconds", "peak_rss_bytes", "score", "ratio")
-
-
-def _read_results(path: str) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"results file {path!r} does not exist")
-    out = []
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError:
-        raise UsageError(f"results file {path!r} is not JSON lines text (expected the output of `drfm bench`)") from None
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"results file {path!r} line {i} is not JSON (expected the JSON lines of `drfm bench`)"
-                             ) from None
-        if not isinstance(rec, dict):
-            raise UsageError(f"results file {path!r} line {i} is not a JSON object")
-        out.append(rec)
-    return out
-
-
-def compare_results(old: list[dict], new: list[dict]) -> list[dict]:
-    """Match runs by (suite, kind, model, dataset, n, d, device, depth) and give new / old for each measured field."""
-    def key(r):
-        return tuple(r.get(k) for k in RESULT_KEYS)
-
-    before = {key(r): r for r in old if "error" not in r}
-    rows = []
-    for r in new:
-        o = before.get(key(r))
-        if o is None or "error" in r:
-            continue
-        ratios = {f: r[f] / o[f] for f in RATIO_FIELDS
-                  if isinstance(r.get(f), (int, float)) and isinstance(o.get(f), (int, float)) and o[f] != 0}
-        rows.append({**{k: r.get(k) for k in RESULT_KEYS if r.get(k) is not None}, "ratios": ratios,
-                     "old": {f: o.get(f) for f in ratios}, "new": {f: r.get(f) for f in ratios}})
-    return rows
-
-
 def cmd_bench(args) -> list[dict]:
     from tqdm.auto import tqdm
+
+    from . import bench
 
     if args.compare:
         if args.suite:
             raise UsageError("give either a SUITE to run or --compare OLD NEW, not both")
-        rows = compare_results(_read_results(args.compare[0]), _read_results(args.compare[1]))
+        rows = bench.compare_results(bench.read_results(args.compare[0]), bench.read_results(args.compare[1]))
         if not rows:
             raise UsageError("the two results files have no run in common (matched on suite, kind, model, dataset, "
                              "n, d, device)")
         return rows
     if not args.suite:
         raise UsageError("name a SUITE to run (see --help), or use --compare OLD.jsonl NEW.jsonl")
-    sdir = _suite_dir(args.suite_dir)
-    suites = sorted(p.stem for p in sdir.glob("*.py") if not p.stem.startswith("_"))
+    sdir = bench.find_suite_dir(args.suite_dir)
+    suites = bench.suite_names(sdir)
     if args.suite not in suites:
         raise UsageError(f"unknown benchmark suite {args.suite!r}; available: {', '.join(suites)}")
     suite_file = sdir / f"{args.suite}.py"
-    suite = _load_suite(suite_file)
-    todo = suite.cases(quick=args.quick, sizes=args.n, device=args.device)
-    if args.only:
-        todo = [c for c in todo if all(t.lower() in " ".join(str(c.get(k, "")) for k in ("kind", "model", "dataset"))
-                                       .lower() for t in args.only)]
-        if not todo:
-            raise UsageError(f"no case of suite {args.suite!r} matches --only {' '.join(args.only)}")
+    todo = bench.select_cases(suite_file, quick=args.quick, sizes=args.n, device=args.device, only=args.only)
     out_path = Path(args.out) if args.out else Path("bench-results") / f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    marker = "DRFM-BENCH-RESULT "
-    results = []
-    with open(out_path, "w") as fh:
-        for case in tqdm(todo, desc=f"bench {args.suite}", disable=not args.verbose, unit="case"):
-            try:
-                proc = subprocess.run(
-                    [sys.executable, str(sdir / "_harness.py"), str(suite_file), json.dumps(case)],
-                    capture_output=True, text=True, timeout=args.timeout,
-                )
-            except subprocess.TimeoutExpired:
-                # a case over the limit is a result too: record it and go on with the next case
-                rec = {**case, "error": f"timed out after {args.timeout:g} s (--timeout)", "returncode": None}
-                results.append(rec)
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                continue
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(marker)]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                rec = {**case, "error": tail[0], "returncode": proc.returncode}
-            else:
-                rec = json.loads(lines[-1][len(marker):])
-            results.append(rec)
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
+    progress = lambda cases: tqdm(cases, desc=f"bench {args.suite}", disable=not args.verbose, unit="case")  # noqa: E731
+    results = bench.run_suite(suite_file, todo, out_path, timeout=args.timeout, progress=progress)
     for rec in results:
         rec.setdefault("results_file", str(out_path))
     return results
@@ -595,11 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(sp, device=True):
+    def common(sp, device="auto", device_help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'"):
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
         sp.add_argument("--verbose", "-v", action="store_true", help="show progress bars")
         if device:
-            sp.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+            sp.add_argument("--device", default=device, help=device_help)
 
     def deep_rfm_args(sp):
         sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
@@ -663,12 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", help="a model file written by `drfm fit --save`")
     sp.add_argument("input", help="features to predict on (.npy or .csv)")
     sp.add_argument("-o", "--output", help="write predictions here (.npy or .csv; default: print them)")
-    common(sp)
-    sp.set_defaults(func=cmd_predict, show=show_predict, device="cpu")
-    for action in sp._actions:
-        if action.dest == "device":
-            action.default = "cpu"
-            action.help = "where predictions run: 'cpu' (default), 'cuda' or 'auto'"
+    common(sp, device="cpu", device_help="where predictions run: 'cpu' (default), 'cuda' or 'auto'")
+    sp.set_defaults(func=cmd_predict, show=show_predict)
 
     sp = sub.add_parser(
         "compare", help="train an MLP and a Deep RFM of the same depth; per-layer collapse by stage and the NFA",
@@ -696,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_compare, show=show_compare)
 
     sp = sub.add_parser("datasets", help="list the datasets available offline")
-    common(sp, device=False)
+    common(sp, device=None)
     sp.set_defaults(func=cmd_datasets, show=show_datasets)
 
     sp = sub.add_parser("bench", help="run a benchmark suite (each case in its own process); JSON lines out")

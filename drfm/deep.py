@@ -10,7 +10,14 @@ For each layer l = 1..depth (the seed paper's construction)::
 
 The final predictor is a Laplace kernel machine (M = I) on the last layer's output features ``X_{depth+1}`` as they
 are (not row-normalised), so ``depth=1, feature_map='none'`` is exactly an RFM with one iteration on the
-row-normalised data. Each layer's kernel machine uses the RFM machinery (solver choice, memory budget, device).
+row-normalised data.
+
+Every layer's kernel machine is a clone of one template, ``layer`` (an :class:`~drfm.rfm.RFMRegressor`; default
+``RFMRegressor(bandwidth=2.0, iters=1)``), in scikit-learn's meta-estimator style: every RFM parameter can be set per
+layer, directly or as a nested parameter (``DeepRFMClassifier(layer=RFMRegressor(bandwidth=3.0, solver_tol=1e-5))``,
+``set_params(layer__reg=1e-4)``). The template's ``iters`` are the layer's AGOP steps; the final machine is the
+template with ``iters=0``. ``device``, ``dtype``, ``memory_budget``, ``random_state`` and ``verbose`` are the Deep
+RFM's own and replace the template's.
 """
 from __future__ import annotations
 
@@ -19,17 +26,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
+from kernels import MemoryPlan, apply_sqrt_m
 from kernels.features import apply_feature_map, draw_cosine, draw_relu
 
-from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
-from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
-from .rfm import RFMRegressor, one_hot_classes, validate_classification_data
+from ._backend import make_generator, resolve_budget, resolve_device, resolve_dtype, standardization, to_tensor
+from ._engine import RFMParams, run_rfm
+from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, InvalidParameterError, NoneOK, \
+    Options, validate_params
+from ._targets import (DTYPES, decision_values, encode_regression_targets, one_hot_classes, predict_labels,
+                       r2_of_outputs, regression_output, validate_classification_data, validate_regression_data)
+from .rfm import RFMRegressor
 
-__all__ = ["DeepRFMClassifier", "DeepRFMRegressor", "Layer"]
+__all__ = ["DeepRFMClassifier", "DeepRFMRegressor", "Layer", "default_layer"]
+
+#: the parameters a Deep RFM sets on every layer's machine (they are the Deep RFM's, not the template's)
+_RUNTIME = ("device", "dtype", "memory_budget", "random_state", "verbose")
+
+
+def default_layer() -> RFMRegressor:
+    """The layer template used when ``layer=None``: one AGOP step of a Laplace machine with bandwidth 2 (rows are
+    unit norm)."""
+    return RFMRegressor(bandwidth=2.0, iters=1)
 
 
 @dataclass
@@ -39,11 +60,15 @@ class Layer:
     Attributes
     ----------
     index : 0-based depth.
-    M : (d_l, d_l) feature matrix (normalised AGOP of the layer's kernel machine).
-    sqrt_m : (d_l, d_l) its symmetric square root R_l (the "linear" map).
+    M : (d_l, d_l) feature matrix (normalised AGOP of the layer's kernel machine); (d_l,) with ``layer__diag``.
+    sqrt_m : its square root R_l (the "linear" map ``X_l R_l``).
     feature_map : 'cosine', 'relu' or 'none'; W (width, d_l) and b (width,) its random weights (None for 'none').
     train_score : R^2 of the layer's kernel machine on its training inputs against the encoded targets.
     seconds : fitting time of the layer.
+    solver : the layer machine's solver.
+    extra : ``iter_rows`` (the subset of the feature-learning solves, with ``layer__iter_sample_size``).
+    machine : the layer's kernel machine parameters (an unfitted RFMRegressor: the template as this layer ran it).
+    history : the layer machine's per-solve records (as ``RFMRegressor.history_``).
     """
 
     index: int
@@ -56,35 +81,32 @@ class Layer:
     seconds: float
     solver: str = ""
     extra: dict = field(default_factory=dict)
-
-    @property
-    def n_features_in(self) -> int:
-        return self.M.shape[0]
-
-    @property
-    def n_features_out(self) -> int:
-        return self.n_features_in if self.W is None else self.W.shape[0]
+    machine: RFMRegressor | None = None
+    history: list = field(default_factory=list)
 
 
 def _row_normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
+def _draw_map(kind, d_l, width, sigma, gen):
+    if kind == "cosine":
+        return draw_cosine(d_l, width, sigma=sigma, generator=gen)
+    if kind == "relu":
+        return draw_relu(d_l, width, generator=gen)
+    return None, None
+
+
 class _BaseDeepRFM(BaseEstimator):
     _parameter_constraints = {
         "depth": [Interval("int", 1, None, closed="left")],
+        "layer": [InstanceOf(RFMRegressor, name="an RFMRegressor (the layer template)"), NoneOK],
         "feature_map": [Options("cosine", "relu", "none")],
         "width": [Interval("int", 1, None, closed="left"), NoneOK],
         "sigma": [Interval("float", 0, None, closed="neither")],
-        "bandwidth": [Interval("float", 0, None, closed="neither")],
-        "reg": [Interval("float", 0, None, closed="left")],
-        "iters_per_layer": [Interval("int", 1, None, closed="left")],
         "normalize_rows": [BOOL],
         "standardize": [BOOL],
         "target_encoding": [Options("pm1", "onehot")],
-        "agop_sample_size": [Interval("int", 1, None, closed="left")],
-        "iter_sample_size": [Interval("int", 1, None, closed="left"), NoneOK],
-        "solver": [Options("auto", "direct", "cg", "eigenpro")],
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
@@ -96,18 +118,13 @@ class _BaseDeepRFM(BaseEstimator):
         self,
         depth=5,
         *,
+        layer=None,
         feature_map="cosine",
         width=None,
         sigma=0.05,
-        bandwidth=2.0,
-        reg=1e-3,
-        iters_per_layer=1,
         normalize_rows=True,
         standardize=True,
         target_encoding="pm1",
-        agop_sample_size=20000,
-        iter_sample_size=None,
-        solver="auto",
         device="auto",
         dtype="float32",
         memory_budget=None,
@@ -115,23 +132,30 @@ class _BaseDeepRFM(BaseEstimator):
         verbose=False,
     ):
         self.depth = depth
+        self.layer = layer
         self.feature_map = feature_map
         self.width = width
         self.sigma = sigma
-        self.bandwidth = bandwidth
-        self.reg = reg
-        self.iters_per_layer = iters_per_layer
         self.normalize_rows = normalize_rows
         self.standardize = standardize
         self.target_encoding = target_encoding
-        self.agop_sample_size = agop_sample_size
-        self.iter_sample_size = iter_sample_size
-        self.solver = solver
         self.device = device
         self.dtype = dtype
         self.memory_budget = memory_budget
         self.random_state = random_state
         self.verbose = verbose
+
+    # -- nested parameters: with layer=None the default template's parameters are exposed and settable
+    def get_params(self, deep=True):
+        params = super().get_params(deep=deep)
+        if deep and self.layer is None:
+            params.update({f"layer__{k}": v for k, v in default_layer().get_params().items()})
+        return params
+
+    def set_params(self, **params):
+        if self.layer is None and any(k.startswith("layer__") for k in params):
+            self.layer = default_layer()
+        return super().set_params(**params)
 
     # -- subclass hooks
     def _validate_xy(self, X, y):
@@ -140,54 +164,68 @@ class _BaseDeepRFM(BaseEstimator):
     def _encode(self, y) -> np.ndarray:
         raise NotImplementedError
 
-    def _kernel_machine(self, iters, seed):
-        km = RFMRegressor(
-            self.bandwidth, reg=self.reg, iters=iters, agop_sample_size=self.agop_sample_size,
-            iter_sample_size=self.iter_sample_size, solver=self.solver,
-            device=self.device_, dtype=self.dtype, memory_budget=self.memory_budget, random_state=seed,
-        )
-        km._y_ndim = 2  # targets are always (n, c) here
-        return km
+    def _template(self) -> RFMRegressor:
+        """A validated clone of the layer template."""
+        template = default_layer() if self.layer is None else clone(self.layer)
+        validate_params(template)
+        if template.iters < 1:
+            raise InvalidParameterError(
+                f"The 'layer' parameter of {type(self).__name__} must have iters >= 1 (the AGOP steps that give each "
+                f"layer its feature matrix). Got iters={template.iters!r} instead."
+            )
+        return template
+
+    def _machine(self, template, *, iters, seed, budget):
+        runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
+                       verbose=max(0, int(self.verbose) - 1))
+        return clone(template).set_params(iters=iters, **runtime)
 
     def fit(self, X, y):
         """Fit ``depth`` layers greedily, then the final kernel machine on the last layer's features."""
         validate_params(self)
+        template = self._template()
         X, y = self._validate_xy(X, y)
         Y = self._encode(y)
-        self.device_ = str(resolve_device(self.device, type(self).__name__))
+        device = resolve_device(self.device, type(self).__name__)
+        self.device_ = str(device)
         dtype = resolve_dtype(self.dtype)
+        budget = resolve_budget(self.memory_budget, device)
         gen = make_generator(self.random_state)
         self.mean_, self.scale_ = standardization(X, self.standardize)
         h = to_tensor((X - self.mean_) / self.scale_, torch.float64, torch.device("cpu"))
+        n = h.shape[0]
         layers = []
         for idx in tqdm(range(self.depth), desc=type(self).__name__, disable=not self.verbose, unit="layer"):
             t0 = time.perf_counter()
             if self.normalize_rows:
                 h = _row_normalise(h)
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-            km = self._kernel_machine(self.iters_per_layer, seed)
-            km._fit(h.numpy(), Y, Y, final_solve=False)
-            R = km.next_sqrt_m_
-            d_l = R.shape[0]
+            d_l = h.shape[1]
             width = d_l if self.width is None else self.width
-            if self.feature_map == "cosine":
-                W, b = draw_cosine(d_l, width, sigma=self.sigma, generator=gen)
-            elif self.feature_map == "relu":
-                W, b = draw_relu(d_l, width, generator=gen)
-            else:
-                W = b = None
-            z = h @ torch.as_tensor(R)
+            # what the layer holds beside its kernel machine: its input and linear stage, the new features, W
+            held = MemoryPlan(budget).add("layer input and linear stage (float64)", 2 * n * d_l * 8)
+            held.add(f"random features (width {width}, float64 and working copy)", n * width * (8 + 8))
+            held.add("feature-map weights", width * (d_l + 1) * 8)
+            held.check(f"{type(self).__name__} layer {idx}", hint=f"(n = {n}, d = {d_l}, width = {width})")
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            km = self._machine(template, iters=template.iters, seed=seed, budget=held.left())
+            state = run_rfm(h.numpy(), Y, Y, params=RFMParams.of(km), score=r2_of_outputs, device=device, dtype=dtype,
+                            budget=km.memory_budget, generator=make_generator(seed),
+                            owner=f"{type(self).__name__} layer {idx}", final_solve=False)
+            R = state.last_sqrt_m if state.last_sqrt_m is not None else (
+                np.ones(d_l) if km.diag else np.eye(d_l))
+            W, b = _draw_map(self.feature_map, d_l, width, self.sigma, gen)
+            z = apply_sqrt_m(h, torch.as_tensor(R))
             h = apply_feature_map(self.feature_map, z.to(dtype), W, b).double()
             layers.append(Layer(
-                idx, km.next_M_, R, self.feature_map, None if W is None else W.numpy(),
-                None if b is None else b.numpy(), float(km.history_[-1]["train_score"]), time.perf_counter() - t0,
-                km.solver_, {} if km.iter_rows_ is None else {"iter_rows": km.iter_rows_},
+                idx, R * R if R.ndim == 1 else R @ R.T, R, self.feature_map, None if W is None else W.numpy(),
+                None if b is None else b.numpy(), float(state.history[-1]["train_score"]),
+                time.perf_counter() - t0, state.solver,
+                {} if state.iter_rows is None else {"iter_rows": state.iter_rows}, km, state.history,
             ))
         self.layers_ = layers
         self.n_layers_ = len(layers)
-        final = self._kernel_machine(0, int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        final._fit(h.numpy(), Y, Y)
-        self.final_ = final
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        self.final_ = self._machine(template, iters=0, seed=seed, budget=budget).fit(h.numpy(), Y)
         return self
 
     # -- transforms
@@ -198,7 +236,7 @@ class _BaseDeepRFM(BaseEstimator):
         for layer in self.layers_[: upto]:
             if self.normalize_rows:
                 h = _row_normalise(h)
-            z = h @ torch.as_tensor(layer.sqrt_m)
+            z = apply_sqrt_m(h, torch.as_tensor(layer.sqrt_m))
             W = None if layer.W is None else torch.as_tensor(layer.W)
             b = None if layer.b is None else torch.as_tensor(layer.b)
             out = apply_feature_map(layer.feature_map, z.to(dtype), W, b).double()
@@ -207,7 +245,7 @@ class _BaseDeepRFM(BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return validate_data(self, X, reset=False, dtype=DTYPES)
 
     def transform(self, X, layer=None):
         """Features after layer ``layer``'s nonlinear stage (0-based; default: the last layer), as numpy."""
@@ -248,22 +286,23 @@ class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
         Random features per layer (None: the layer's input width).
     sigma : float, default=0.05
         Scale of the Cauchy frequencies of the cosine map (the published runs: 0.05 MNIST, 0.1 CIFAR-10 / SVHN).
-    bandwidth : float, default=2.0
-        Laplace bandwidth of every layer's kernel machine (rows are unit norm).
-    reg : float, default=1e-3
-    iters_per_layer : int, default=1
-        AGOP iterations per layer.
+    layer : RFMRegressor or None, default=None
+        The template of every layer's kernel machine, cloned per layer (None: ``RFMRegressor(bandwidth=2.0,
+        iters=1)``). Every RFM parameter is per layer: ``iters`` AGOP steps, ``bandwidth``, ``reg``, ``solver``,
+        ``solver_tol``, ``solver_max_iter``, ``diag``, ``centering``, ``agop_power``, ``normalize_m``,
+        ``agop_sample_size``, ``iter_sample_size`` (each layer's machine fit on a random subset of that many points;
+        its M is the AGOP over up to ``agop_sample_size`` of all points; the final machine uses all). Nested
+        parameters work as in scikit-learn: ``set_params(layer__reg=1e-4)``.
     normalize_rows, standardize : bool, default=True
         Row-normalise each layer's input; standardise the raw features (training mean / std) first.
     target_encoding : {'pm1', 'onehot'}, default='pm1'
-    agop_sample_size, iter_sample_size, solver, device, dtype, memory_budget, random_state, verbose : as in
-        :class:`RFMRegressor`. With ``iter_sample_size`` each layer's kernel machine is fit on a random subset of that
-        many points (its M is the AGOP over up to ``agop_sample_size`` of all points); the final machine uses all.
+    device, dtype, memory_budget, random_state, verbose : as in :class:`RFMRegressor`; they replace the template's
+        (the layer machines' seeds are drawn from ``random_state``).
 
     Attributes
     ----------
-    layers_ : list of :class:`Layer` (M, sqrt_m, feature-map weights, train score per layer).
-    final_ : the final kernel machine (an RFMRegressor with iters=0) on the last layer's features.
+    layers_ : list of :class:`Layer` (M, sqrt_m, feature-map weights, train score, the layer machine, per layer).
+    final_ : the final kernel machine (the template with iters=0, fitted) on the last layer's features.
     classes_, mean_, scale_, n_features_in_, device_.
     """
 
@@ -276,28 +315,24 @@ class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
 
     def decision_function(self, X):
         """Final kernel machine outputs (n, n_classes); (n,) = output[1] - output[0] for two classes."""
-        out = self._outputs(X)
-        return out[:, 1] - out[:, 0] if out.shape[1] == 2 else out
+        return decision_values(self._outputs(X))
 
     def predict(self, X):
-        out = self._outputs(X)
-        return self.classes_[np.argmax(out, axis=1)]
+        out = self._outputs(X)  # first: it checks that the model is fitted
+        return predict_labels(self.classes_, out)
 
 
 class DeepRFMRegressor(RegressorMixin, TransformerMixin, _BaseDeepRFM):
     """Deep RFM regressor (targets used as given). Parameters and attributes as :class:`DeepRFMClassifier`."""
 
     def _validate_xy(self, X, y):
-        return validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        return validate_regression_data(self, X, y)
 
     def _encode(self, y):
-        y = np.asarray(y, dtype=np.float64)
-        self._y_ndim = y.ndim
-        return y.reshape(len(y), -1)
+        return encode_regression_targets(self, y)
 
     def predict(self, X):
-        out = self._outputs(X)
-        return out[:, 0] if self._y_ndim == 1 else out
+        return regression_output(self, self._outputs(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

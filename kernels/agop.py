@@ -15,15 +15,21 @@ With ``Kt = K(B, X) / D(B, X)`` for a block of samples B (zero where the distanc
 
 two GEMMs per tile; tiles run over samples and over centres under a byte budget. ``centering`` subtracts the mean
 gradient over the whole sample (per output channel), giving a gradient covariance instead of a second moment.
+
+The feature-matrix update that follows the AGOP in RFM is :func:`feature_matrix_update`:
+``R = (A / max|A_ij|)^power`` (the data map; ``M = R R``).
 """
 from __future__ import annotations
 
 import torch
 
-from .blocked import TILE_ELEMENTS, default_memory_budget
 from .laplace import apply_sqrt_m, sq_norms
+from .linalg import eigh_workspace_bytes, psd_power
+from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
 
-__all__ = ["laplace_gradients", "laplace_agop", "duplicate_tolerance"]
+__all__ = ["laplace_gradients", "laplace_agop", "duplicate_tolerance", "feature_matrix_update",
+           "feature_matrix_workspace_bytes", "plan_agop",
+           "workspace_bytes"]
 
 
 def duplicate_tolerance(dtype: torch.dtype) -> float:
@@ -60,16 +66,18 @@ def _diag_metric(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
     return x if sqrt_m is None else x * (sqrt_m * sqrt_m)
 
 
-def _plan(n_samples, n_centres, c, d, itemsize, budget, sample_block, centre_block):
-    cd = c * d
-    if centre_block is None:
-        # the (centres x c*d) coefficient block may take at most a third of the budget
-        centre_block = max(1, min(n_centres, (budget // 3) // max(1, cd * itemsize)))
-    if sample_block is None:
-        fixed = centre_block * (cd + d + 1) * itemsize
-        per_row = (2 * centre_block + 3 * cd + 2 * d) * itemsize  # two tiles, accumulators, gradients
-        sample_block = max(1, min(n_samples, (budget - fixed) // per_row, max(256, TILE_ELEMENTS // centre_block)))
-    return int(sample_block), int(centre_block)
+def plan_agop(n_samples: int, n_centres: int, c: int, d: int, *, itemsize: int, budget: int) -> BlockPlan:
+    """Sample x centre tiles of the gradient computation: two (samples x centres) tiles, per sample row the
+    (c x d) accumulator and gradients, per centre the (c x d) coefficient row ``alpha (x) xM``."""
+    return plan_blocks(n_samples, n_centres, itemsize=itemsize, budget=budget, tile_copies=2,
+                       per_row_bytes=(2 * c * d + c + 2 * d) * itemsize, per_col_bytes=c * d * itemsize,
+                       max_row_block=max(256, TILE_ELEMENTS // max(n_centres, 1)))
+
+
+def workspace_bytes(n_samples: int, n_centres: int, c: int, d: int, *, itemsize: int) -> int:
+    """What an AGOP holds besides its tiles: the transformed samples and centres (and their ``x M``), and the
+    float64 (d x d) accumulator with the working-precision outer product of a block."""
+    return (n_samples + n_centres) * (2 * d + 1) * itemsize + d * d * (8 + itemsize)
 
 
 def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_block, coef_cache, bufs):
@@ -112,7 +120,9 @@ def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, s
     else:
         xmc, xms_all = _diag_metric(centres, sqrt_m), _diag_metric(samples, sqrt_m)
     d = xmc.shape[1]
-    sb, cb = _plan(n_s, n_c, c, d, samples.element_size(), memory_budget, sample_block, centre_block)
+    plan = plan_agop(n_s, n_c, c, d, itemsize=samples.element_size(), budget=memory_budget)
+    sb = plan.row_block if sample_block is None else int(sample_block)
+    cb = plan.col_block if centre_block is None else int(centre_block)
     zc_sq = sq_norms(zc)
     coef_cache = None
     if cb >= n_c:
@@ -211,3 +221,29 @@ def laplace_agop(
         f = sqrt_m.double()
         return ((f @ acc) * f).sum(1) if diag else f @ acc @ f.T
     return acc
+
+
+def feature_matrix_update(agop: torch.Tensor, *, power: float = 0.5, normalize: bool = True) -> torch.Tensor:
+    """The RFM feature-matrix update: the data map ``R = A^power`` of the AGOP A (divided by its largest absolute
+    entry first when ``normalize``); the effective Mahalanobis matrix is ``M = R R = A^(2 power)``.
+
+    Parameters
+    ----------
+    agop : (d, d) symmetric PSD tensor, or a diagonal (d,).
+    power : float > 0 (0.5: M is the normalised AGOP itself).
+    normalize : divide by ``max |A_ij|`` (when it is positive).
+
+    Returns
+    -------
+    float64 tensor of ``agop``'s shape (eigh in float64; see :func:`kernels.linalg.psd_power`).
+    """
+    if normalize:
+        top = float(agop.abs().max())
+        if top > 0:
+            agop = agop / top
+    return psd_power(agop, power)
+
+
+def feature_matrix_workspace_bytes(d: int, diag: bool = False) -> int:
+    """Peak bytes of :func:`feature_matrix_update` for a (d, d) AGOP (its normalised copy and the eigh)."""
+    return 3 * d * 8 if diag else d * d * 8 + eigh_workspace_bytes(d)

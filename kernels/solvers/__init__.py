@@ -1,21 +1,28 @@
 """Solvers for kernel ridge regression ``(K + reg I) x = Y``.
 
-- :func:`solve_direct`: Cholesky (small n; needs the n x n matrix).
-- :func:`solve_cg`: conjugate gradients with a Nystrom preconditioner (accurate; large n; never holds K).
-- :func:`solve_eigenpro`: EigenPro 2 preconditioned SGD (very large n, early-stopped fits).
+- :func:`solve_direct`: Cholesky (needs the n x n matrix).
+- :func:`solve_cg`: conjugate gradients with a preconditioner callable (e.g. :class:`NystromPreconditioner`).
+- :func:`solve_eigenpro`: EigenPro 2 preconditioned SGD on a :class:`NystromEigensystem`.
+- :func:`plan_solve`: which of them a system gets, why, and what it holds in memory.
+
+The iterative solvers share scipy's shape: ``solve(A, B, *, reg, x0, rtol, atol, max_iter, M, callback)``.
 """
 from ._result import ConvergenceWarning, SolveResult
 from .cg import solve_cg
 from .direct import solve_direct
 from .eigenpro import eigenpro_schedule, solve_eigenpro
-from .nystrom import NystromEigensystem, default_n_centres
+from .nystrom import NystromEigensystem, NystromPreconditioner, default_n_centres
+from .plan import SolvePlan, plan_solve
 
 __all__ = [
     "ConvergenceWarning",
     "NystromEigensystem",
+    "NystromPreconditioner",
+    "SolvePlan",
     "SolveResult",
     "default_n_centres",
     "eigenpro_schedule",
+    "plan_solve",
     "solve_cg",
     "solve_direct",
     "solve_eigenpro",

@@ -1,19 +1,20 @@
 """Preconditioned conjugate gradients for ``(K + reg I) x = Y`` with a Nystrom preconditioner.
 
-All columns of Y run together (one blocked kernel product per iteration for all of them) with per-column step
-sizes; a column stops moving once its relative residual ``||r_c|| / ||y_c||`` is below ``rtol`` (or ``||r_c||`` below
-``atol``). Scalars are accumulated in float64. Warm start with ``x0`` (e.g. the previous RFM iteration's solution).
+All columns of Y run together (one kernel product per iteration for all of them) with per-column step sizes; a column
+stops moving once its relative residual ``||r_c|| / ||y_c||`` is below ``rtol`` (or ``||r_c||`` below ``atol``).
+Scalars are accumulated in float64. Warm start with ``x0`` (e.g. the previous RFM iteration's solution). The
+preconditioner ``M`` is any callable ``M(r) -> P^{-1} r`` (e.g. :class:`~kernels.solvers.NystromPreconditioner`).
 """
 from __future__ import annotations
 
 import warnings
 
-import torch
-from tqdm.auto import tqdm
+from typing import Callable
 
-from ..blocked import KernelOperator
+import torch
+
+from ..operators import KernelOperator
 from ._result import ConvergenceWarning, SolveResult, as_columns
-from .nystrom import NystromEigensystem
 
 __all__ = ["solve_cg"]
 
@@ -23,37 +24,36 @@ def _col_dot(a, b):
 
 
 def solve_cg(
-    op: KernelOperator,
-    Y: torch.Tensor,
+    A: KernelOperator,
+    B: torch.Tensor,
     *,
     reg: float = 0.0,
     x0: torch.Tensor | None = None,
-    preconditioner: NystromEigensystem | None = None,
     rtol: float = 1e-6,
     atol: float = 0.0,
     max_iter: int | None = None,
-    callback=None,
-    verbose: bool = False,
+    M: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: Callable[[int, torch.Tensor, float], bool | None] | None = None,
 ) -> SolveResult:
     """Solve ``(K + reg I) x = Y`` by (preconditioned) conjugate gradients.
 
     Parameters
     ----------
-    op : KernelOperator for K (n x n).
-    Y : (n,) or (n, c) right-hand sides.
+    A : KernelOperator for K (n x n).
+    B : (n,) or (n, c) right-hand sides.
     reg : ridge >= 0.
-    x0 : optional warm start of Y's shape.
-    preconditioner : NystromEigensystem with its CG extension, or None for plain CG.
-    rtol, atol : stop when ``||r_c|| <= max(rtol * ||y_c||, atol)`` for every column c.
+    x0 : optional warm start of B's shape.
+    rtol, atol : stop when ``||r_c|| <= max(rtol * ||b_c||, atol)`` for every column c.
     max_iter : iteration cap (default ``max(100, n // 10)``).
-    callback : called as ``callback(k, x)`` after each iteration; returning True stops.
-    verbose : tqdm progress bar.
+    M : preconditioner, a callable ``M(r) -> P^{-1} r`` on (n, c) float64 tensors; None for plain CG.
+    callback : called as ``callback(k, x, rel_residual)`` after each iteration (the largest relative column
+        residual); returning True stops. Progress display belongs here (the core draws nothing).
 
     Returns
     -------
     SolveResult; ``residual_norms`` holds the largest relative column residual after each iteration (index 0: start).
     """
-    B, X, squeeze = as_columns(Y, x0)
+    B, X, squeeze = as_columns(B, x0)
     out_dtype = B.dtype
     if B.dtype != torch.float64:
         # mixed precision: kernel products in the working precision, every CG vector and scalar in float64. In
@@ -65,7 +65,7 @@ def solve_cg(
     bnorm = _col_dot(B, B).sqrt().clamp_min(1e-300)
 
     def apply_k(v):
-        return op.matmul(v.to(op.dtype)).to(torch.float64) if op.dtype != torch.float64 else op.matmul(v)
+        return A.matmul(v.to(A.dtype)).to(torch.float64) if A.dtype != torch.float64 else A.matmul(v)
 
     if x0 is None:
         R = B.clone()
@@ -79,7 +79,7 @@ def solve_cg(
     history = [float((rnorm / bnorm).max())]
 
     def precond(r):
-        return r.clone() if preconditioner is None else preconditioner.apply_cg_preconditioner(r, reg)
+        return r.clone() if M is None else M(r)
 
     Z = precond(R)
     P = Z.clone()
@@ -89,7 +89,6 @@ def solve_cg(
     # CG iterates is not monotone, and a capped solve must not end worse than where it has already been
     best_x, best_rn, best_k = X.clone(), rnorm.clone(), torch.zeros_like(rnorm)
     k = 0
-    bar = tqdm(total=max_iter, desc="CG", disable=not verbose, unit="it", leave=False)
     while not converged and k < max_iter:
         Q = apply_k(P)
         if reg:
@@ -107,10 +106,8 @@ def solve_cg(
             best_rn = torch.where(better, rnorm, best_rn)
             best_k = torch.where(better, torch.full_like(best_k, k), best_k)
         history.append(float((rnorm / bnorm).max()))
-        bar.update(1)
-        bar.set_postfix(rel_res=f"{history[-1]:.2e}")
         converged = bool((rnorm <= target).all())
-        if callback is not None and callback(k, X.squeeze(1) if squeeze else X):
+        if callback is not None and callback(k, X.squeeze(1) if squeeze else X, history[-1]):
             break
         if converged:
             break
@@ -119,18 +116,18 @@ def solve_cg(
         beta = torch.where(active, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
         P.mul_(beta.unsqueeze(0)).add_(Z)
         rz = rz_new
-    bar.close()
-    info = {}
+    final, returned = history[-1], None
     if not converged:
         X = best_x  # the smallest-residual iterate of each column
-        info = {"returned_iterations": [int(v) for v in best_k.tolist()],
-                "returned_relative_residual": float((best_rn / bnorm).max())}
+        returned = [int(v) for v in best_k.tolist()]
+        final = float((best_rn / bnorm).max())
         if callback is None or k >= max_iter:
             warnings.warn(
                 f"CG did not reach rtol={rtol:g} in {k} iterations (relative residual {history[-1]:.3g}); returning "
-                f"each column's smallest-residual iterate (relative residual {info['returned_relative_residual']:.3g}).",
+                f"each column's smallest-residual iterate (relative residual {final:.3g}).",
                 ConvergenceWarning,
                 stacklevel=2,
             )
     X = X.to(out_dtype)
-    return SolveResult(X.squeeze(1) if squeeze else X, k, converged, history, float(reg), "cg", info)
+    return SolveResult(X.squeeze(1) if squeeze else X, k, converged, history, float(reg), "cg",
+                       final_residual=final, returned_iterations=returned)

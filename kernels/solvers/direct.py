@@ -15,7 +15,7 @@ import torch
 
 from ._result import SolveResult
 
-__all__ = ["solve_direct", "JITTER_STEPS"]
+__all__ = ["solve_direct", "JITTER_STEPS", "workspace_bytes"]
 
 #: jitter tried after a failed factorisation, relative to the mean diagonal of K
 JITTER_STEPS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -87,3 +87,8 @@ def solve_direct(
         f"Cholesky factorisation of K + reg*I failed even with jitter {jitters[-1]:.3g}; "
         "the kernel matrix is not positive definite in this precision (try dtype='float64' or a larger reg)."
     )
+
+
+def workspace_bytes(n: int, c: int, *, itemsize: int) -> int:
+    """The n x n matrix factorised in place and the two triangular solves' (n, c) results."""
+    return n * n * itemsize + 2 * n * c * itemsize

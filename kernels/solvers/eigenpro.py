@@ -24,14 +24,16 @@ from __future__ import annotations
 import math
 import warnings
 
-import torch
-from tqdm.auto import tqdm
+from typing import Callable
 
-from ..blocked import KernelOperator
+import torch
+
+from ..memory import default_memory_budget
+from ..operators import KernelOperator
 from ._result import ConvergenceWarning, SolveResult, as_columns
 from .nystrom import NystromEigensystem
 
-__all__ = ["solve_eigenpro", "eigenpro_schedule"]
+__all__ = ["solve_eigenpro", "eigenpro_schedule", "max_batch_size"]
 
 
 def eigenpro_schedule(eigvals: torch.Tensor, *, max_batch: int, beta: float = 1.0, a: float = 0.95,
@@ -54,48 +56,47 @@ def eigenpro_schedule(eigvals: torch.Tensor, *, max_batch: int, beta: float = 1.
 
 
 def solve_eigenpro(
-    op: KernelOperator,
-    Y: torch.Tensor,
+    A: KernelOperator,
+    B: torch.Tensor,
     *,
     reg: float = 0.0,
     x0: torch.Tensor | None = None,
-    preconditioner: NystromEigensystem | None = None,
-    epochs: int = 20,
     rtol: float = 1e-3,
     atol: float = 0.0,
-    max_batch: int | None = None,
+    max_iter: int = 20,
+    M: NystromEigensystem | None = None,
+    callback: Callable[[int, torch.Tensor, float], bool | None] | None = None,
     generator: torch.Generator | None = None,
-    callback=None,
-    verbose: bool = False,
+    memory_budget: int | None = None,
 ) -> SolveResult:
     """Solve ``(K + reg I) x = Y`` approximately by EigenPro 2 iterations.
 
     Parameters
     ----------
-    op : KernelOperator for K.
-    Y : (n,) or (n, c).
+    A : KernelOperator for K.
+    B : (n,) or (n, c) right-hand sides.
     reg : ridge >= 0.
     x0 : warm start.
-    preconditioner : NystromEigensystem (built here when None).
-    epochs : maximum number of passes over the data.
     rtol, atol : stop at the end of an epoch when the epoch's batch residual ``||g|| <= max(rtol ||Y||, atol)``.
-    max_batch : memory-limited batch size (default from the operator's budget).
+    max_iter : maximum number of epochs (passes over the data).
+    M : the NystromEigensystem the preconditioner is built from (built here when None).
+    callback : ``callback(epoch, x, rel_residual)`` after each epoch; returning True stops (e.g. validation early
+        stopping, progress display).
     generator : torch.Generator for batch order.
-    callback : ``callback(epoch, x)`` after each epoch; returning True stops (e.g. validation early stopping).
+    memory_budget : bytes for a batch's kernel rows (sets the largest batch; default: a share of free memory).
 
     Returns
     -------
     SolveResult with ``n_iter`` = epochs run.
     """
-    B, X, squeeze = as_columns(Y, x0)
+    op = A
+    B, X, squeeze = as_columns(B, x0)
     n, c = B.shape
-    if preconditioner is None:
-        preconditioner = NystromEigensystem(op, generator=generator, build_extension=False)
-    pre = preconditioner
+    pre = M if M is not None else NystromEigensystem(op, generator=generator)
     s = pre.n_centres
-    if max_batch is None:
-        # a batch holds K(X_B, X) and K(X_S, X_B)
-        max_batch = max(1, min(n, op.memory_budget // (3 * op.itemsize * (n + s))))
+    # a batch holds K(X_B, X) and K(X_S, X_B)
+    max_batch = max_batch_size(n, s, itemsize=torch.empty((), dtype=op.dtype).element_size(),
+                               budget=default_memory_budget(op.device) if memory_budget is None else memory_budget)
     q, D, m, eta = eigenpro_schedule(pre.eigvals, max_batch=max_batch, max_q=max(5, s // 10))
     V = (pre.eigvecs[:, :q] / math.sqrt(s)).to(op.dtype)
     Dt = D.to(op.dtype)
@@ -112,10 +113,9 @@ def solve_eigenpro(
     history = []
     converged = False
     buf = torch.empty(m * n, dtype=op.dtype, device=op.device)
-    bar = tqdm(range(epochs), desc="EigenPro", disable=not verbose, unit="epoch", leave=False)
     ep = 0
     halvings = 0
-    for ep in bar:
+    for ep in range(max_iter):
         order = torch.randperm(n, generator=generator).to(op.device)
         x_start = X.clone()
         sq = 0.0
@@ -140,23 +140,29 @@ def solve_eigenpro(
                 break
             continue
         history.append(rel)
-        bar.set_postfix(rel_res=f"{history[-1]:.2e}")
         if math.sqrt(sq) <= target:
             converged = True
             break
-        if callback is not None and callback(ep + 1, X.squeeze(1) if squeeze else X):
+        if callback is not None and callback(ep + 1, X.squeeze(1) if squeeze else X, rel):
             break
     if halvings:
         warnings.warn(f"EigenPro: step size halved {halvings} time(s) after diverging epochs.", RuntimeWarning,
                       stacklevel=2)
     if not history:
         history.append(1.0)
-    if not converged and (callback is None or ep + 1 >= epochs):
+    if not converged and (callback is None or ep + 1 >= max_iter):
         warnings.warn(
-            f"EigenPro did not reach rtol={rtol:g} in {epochs} epochs (batch residual {history[-1]:.3g}).",
+            f"EigenPro did not reach rtol={rtol:g} in {max_iter} epochs (batch residual {history[-1]:.3g}).",
             ConvergenceWarning,
             stacklevel=2,
         )
-    res = SolveResult(X.squeeze(1) if squeeze else X, len(history), converged, history, float(reg), "eigenpro")
-    res.info = {"batch_size": m, "step": eta, "step_used": step * m, "q": q, "n_centres": s, "halvings": halvings}
-    return res
+    return SolveResult(X.squeeze(1) if squeeze else X, len(history), converged, history, float(reg), "eigenpro",
+                       final_residual=history[-1],
+                       details={"batch_size": m, "step": eta, "step_used": step * m, "q": q, "n_centres": s,
+                                "halvings": halvings})
+
+
+def max_batch_size(n: int, n_centres: int, *, itemsize: int, budget: int) -> int:
+    """The largest EigenPro batch whose kernel rows ``K(X_B, X)``, ``K(X_S, X_B)`` and their temporaries fit."""
+    return max(1, min(n, budget // (3 * itemsize * (n + n_centres))))
+

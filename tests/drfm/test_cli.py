@@ -149,8 +149,13 @@ def test_fit_regression_dataset_and_mlp(tmp_path, capsys):
     assert "TorchMLPClassifier" in capsys.readouterr().out
     from drfm.persistence import load_model, read_header
 
-    assert read_header(path)["class"] == "drfm.dnn.TorchMLPClassifier"
+    assert read_header(path)["class"] == "drfm.mlp.TorchMLPClassifier"
     assert load_model(path).network_[0].weight.device.type == "cpu"
+    # a file written before the class moved from drfm.dnn (header naming the old module) still loads
+    raw = path.read_bytes().replace(b'"drfm.mlp.TorchMLPClassifier"', b'"drfm.dnn.TorchMLPClassifier"', 1)
+    old = tmp_path / "old.pkl"
+    old.write_bytes(raw)
+    assert type(load_model(old)).__name__ == "TorchMLPClassifier"
 
 
 def _one_line_error(capsys, needle):

@@ -18,8 +18,8 @@ def test_depth1_identity_map_equals_one_iteration_rfm_on_normalised_rows():
     X = rng.standard_normal((300, 6))
     y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2]
     Xte = rng.standard_normal((50, 6))
-    deep = DeepRFMRegressor(1, feature_map="none", standardize=False, bandwidth=2.0, dtype="float64",
-                            random_state=0).fit(X, y)
+    deep = DeepRFMRegressor(1, feature_map="none", standardize=False, layer=RFMRegressor(2.0, iters=1),
+                            dtype="float64", random_state=0).fit(X, y)
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
     rfm = RFMRegressor(2.0, iters=1, dtype="float64", random_state=0).fit(unit, y)
     np.testing.assert_allclose(deep.layers_[0].M, rfm.M_, rtol=1e-8, atol=1e-12)
@@ -35,8 +35,8 @@ def test_layer_subset_m_is_agop_of_the_subset_machine():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((300, 6))
     y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2]
-    deep = DeepRFMRegressor(1, feature_map="none", standardize=False, bandwidth=2.0, dtype="float64",
-                            iter_sample_size=120, random_state=0).fit(X, y)
+    deep = DeepRFMRegressor(1, feature_map="none", standardize=False, dtype="float64",
+                            layer=RFMRegressor(2.0, iters=1, iter_sample_size=120), random_state=0).fit(X, y)
     rows = deep.layers_[0].extra["iter_rows"]
     assert len(rows) == 120
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
@@ -82,6 +82,49 @@ def test_collapse_forms_with_depth_and_report(digits):
     feats = m.layer_features(digits.X_train)
     assert vals[(2, "linear")] == pytest.approx(nc1(feats[2]["linear"], digits.y_train))
     assert len(rep.rows) == 5 * 3 * 2
+
+
+def test_every_rfm_parameter_reaches_each_layer_machine(digits):
+    m = DeepRFMClassifier(3, feature_map="relu", width=30, random_state=0)
+    m.set_params(layer__solver="cg", layer__solver_tol=1e-7, layer__agop_sample_size=123, layer__diag=True)
+    assert m.get_params()["layer__solver_tol"] == 1e-7 and m.layer.agop_sample_size == 123
+    m.fit(digits.X_train, digits.y_train)
+    for layer in m.layers_:
+        km = layer.machine
+        assert (km.solver, km.solver_tol, km.agop_sample_size, km.diag) == ("cg", 1e-7, 123, True)
+        # and they took effect: CG to 1e-7, the AGOP over 123 rows, a diagonal M per layer
+        rec = layer.history[0]
+        assert rec["solver"] == "cg" and rec["solver_converged"] and rec["solver_residual"] <= 1e-7
+        assert rec["agop_rows"] == 123
+        assert layer.M.ndim == 1 and layer.M.shape == (layer.sqrt_m.shape[0],)
+    # the template given is not modified by fitting, and the final machine is the template with iters=0
+    assert m.layer.iters == 1 and m.final_.iters == 0 and m.final_.solver == "cg"
+    # the diagonal linear stage is X_l * r (elementwise)
+    feats = m.layer_features(digits.X_test[:20])
+    np.testing.assert_allclose(feats[0]["linear"], feats[0]["input"] * m.layers_[0].sqrt_m)
+
+
+def test_nested_parameters_and_template_errors():
+    from sklearn.base import clone
+
+    m = DeepRFMClassifier(2)
+    params = m.get_params(deep=True)
+    assert params["layer"] is None and params["layer__bandwidth"] == 2.0 and params["layer__iters"] == 1
+    c = clone(m.set_params(layer__reg=0.5))
+    assert c.layer.reg == 0.5 and c.layer is not m.layer
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="The 'layer' parameter of DeepRFMClassifier must have iters >= 1"):
+        DeepRFMClassifier(2, layer=RFMRegressor(iters=0)).fit(X, y)
+    with pytest.raises(ValueError, match="The 'layer' parameter of DeepRFMClassifier must be an RFMRegressor"):
+        DeepRFMClassifier(2, layer="rfm").fit(X, y)
+    with pytest.raises(ValueError, match="The 'reg' parameter of RFMRegressor"):
+        DeepRFMClassifier(2, layer=RFMRegressor(reg=-1.0)).fit(X, y)
+
+
+def test_layer_features_budget_is_checked_before_fitting():
+    X, y = np.random.default_rng(0).normal(size=(200, 5)), np.arange(200) % 2
+    with pytest.raises(ValueError, match=r"layer 0 needs at least .* memory_budget is 64.0 MiB .*width 50000"):
+        DeepRFMClassifier(2, width=50000, memory_budget=64 * 2**20).fit(X, y)
 
 
 DEEP = [DeepRFMClassifier(2, width=64, sigma=0.5, random_state=0), DeepRFMRegressor(2, feature_map="relu", width=8, random_state=0)]

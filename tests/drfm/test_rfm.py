@@ -199,9 +199,9 @@ def test_auto_solver_choice_and_reason():
 
 
 def test_auto_solver_mid_size_uses_cg_on_the_stored_matrix(monkeypatch):
-    import drfm.rfm as rfm_mod
+    import kernels.solvers.plan as plan_mod
 
-    monkeypatch.setattr(rfm_mod, "AUTO_DIRECT_MAX_N", 1000)  # make n = 1500 "mid-size"
+    monkeypatch.setattr(plan_mod, "AUTO_DIRECT_MAX_N", 1000)  # make n = 1500 "mid-size"
     X, y = lowrank(1500, d=8, seed=2)
     Xte, yte = lowrank(500, d=8, seed=3)
     direct = RFMRegressor(iters=2, solver="direct", random_state=0, dtype="float64").fit(X, y)
@@ -230,26 +230,3 @@ def test_eigenpro_rfm_does_not_diverge_when_m_sharpens():
         m = RFMRegressor(iters=3, solver="eigenpro", solver_tol=1e-2, solver_max_iter=5, random_state=0).fit(X, y)
     assert all(h["solver_residual"] < 1.0 for h in m.history_)
     assert m.score(Xte, yte) > 0.8
-
-
-def test_compact_factor_preserves_distances_and_drops_null_directions():
-    from drfm.rfm import compact_factor
-
-    rng = np.random.default_rng(0)
-    G = rng.standard_normal((10, 3))
-    R = torch.tensor(sym_sqrt_psd(G @ G.T))  # rank 3
-    F = compact_factor(R)
-    assert F.shape == (10, 3)
-    x = torch.tensor(rng.standard_normal((50, 10)))
-    np.testing.assert_allclose((x @ F).norm(dim=1), (x @ R).norm(dim=1), rtol=1e-10)
-    np.testing.assert_allclose(F @ F.T, R @ R, atol=1e-10)  # the same M = R^2
-    full = torch.tensor(sym_sqrt_psd(G @ G.T + np.eye(10)))
-    assert compact_factor(full) is full
-    assert compact_factor(None) is None
-    diag = torch.ones(4)
-    assert compact_factor(diag) is diag
-
-
-def sym_sqrt_psd(A):
-    w, V = np.linalg.eigh(A)
-    return (V * np.sqrt(np.clip(w, 0, None))) @ V.T

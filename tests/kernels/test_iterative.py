@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import (DenseKernelOperator, KernelOperator, NystromEigensystem, laplace_kernel, solve_cg,
-                     solve_eigenpro)
-from kernels.blocked import _stored_matmul
+from kernels import (BlockedKernel, NystromPreconditioner, StoredKernel, laplace_kernel,
+                     solve_cg, solve_eigenpro)
+from kernels.operators import _stored_matmul
 from kernels.solvers import ConvergenceWarning, eigenpro_schedule
 from tests.conftest import DEVICES
 
@@ -32,7 +32,7 @@ def _numpy_solve(x, y, reg, bandwidth):
 
 def test_operator_matches_dense_product():
     x, y = _data(n=700)
-    op = KernelOperator(x, bandwidth=3.0, memory_budget=3 * 8 * 90**2)
+    op = BlockedKernel(x, bandwidth=3.0, memory_budget=3 * 8 * 90**2)
     assert op.tile < 700
     dense = laplace_kernel(x, x, bandwidth=3.0)
     dense.diagonal().fill_(1.0)
@@ -47,8 +47,8 @@ def test_stored_operator_matches_blocked_operator(c):
         700, c, generator=g, dtype=torch.float64)
     r = torch.tensor([[1.0, 0.3, 0.0, 0.0], [0.3, 2.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]],
                      dtype=torch.float64)
-    blocked = KernelOperator(x, bandwidth=3.0, sqrt_m=r, memory_budget=3 * 8 * 90**2)
-    stored = DenseKernelOperator(x, bandwidth=3.0, sqrt_m=r)
+    blocked = BlockedKernel(x, bandwidth=3.0, sqrt_m=r, memory_budget=3 * 8 * 90**2)
+    stored = StoredKernel(x, bandwidth=3.0, sqrt_m=r)
     ref = blocked.matmul(v)
     np.testing.assert_allclose(stored.matmul(v).numpy(), ref.numpy(), rtol=1e-12, atol=1e-10)
     out = torch.empty_like(v)
@@ -68,8 +68,8 @@ def test_stored_matmul_layouts_equal_plain_product():
 
 def test_stored_operator_blocks_are_copies_and_out_is_checked():
     x, _ = _data(n=300, d=3)
-    blocked = KernelOperator(x, bandwidth=2.0)
-    stored = DenseKernelOperator(x, bandwidth=2.0)
+    blocked = BlockedKernel(x, bandwidth=2.0)
+    stored = StoredKernel(x, bandwidth=2.0)
     rows, cols = torch.tensor([5, 1, 200]), torch.tensor([7, 299, 0, 3])
     np.testing.assert_allclose(stored.block(rows, cols).numpy(), blocked.block(rows, cols).numpy(), rtol=1e-12)
     for r, c in ((slice(3, 40), cols), (rows, slice(10, 20)), (slice(5, 9), slice(0, 300))):
@@ -83,7 +83,7 @@ def test_stored_operator_blocks_are_copies_and_out_is_checked():
     buf = torch.empty(3, 4, dtype=torch.float64)
     assert stored.block(rows, cols, out=buf) is buf
     with pytest.raises(ValueError, match="out must be a \\(300, 300\\) torch.float64"):
-        DenseKernelOperator(x, bandwidth=2.0, out=torch.empty(300, 299, dtype=torch.float64))
+        StoredKernel(x, bandwidth=2.0, out=torch.empty(300, 299, dtype=torch.float64))
 
 
 def test_cg_on_a_float32_operator_runs_its_vectors_in_float64():
@@ -93,9 +93,9 @@ def test_cg_on_a_float32_operator_runs_its_vectors_in_float64():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3000, 2, generator=g)
     y = torch.sin(3 * x[:, :1]) * x[:, 1:]
-    op = DenseKernelOperator(x, bandwidth=10.0)
-    pre = NystromEigensystem(op, generator=torch.Generator().manual_seed(0))
-    res = solve_cg(op, y, reg=1e-3, preconditioner=pre, rtol=1e-6, max_iter=2000)
+    op = StoredKernel(x, bandwidth=10.0)
+    pre = NystromPreconditioner(op, reg=1e-3, generator=torch.Generator().manual_seed(0))
+    res = solve_cg(op, y, reg=1e-3, M=pre, rtol=1e-6, max_iter=2000)
     assert res.converged and res.x.dtype == torch.float32 and res.residual_norms[-1] <= 1e-6
     # the coefficients themselves are ill-determined here; the residual and the fitted values are not
     K, yy, xx = op.K.double().numpy(), y.double().numpy(), res.x.double().numpy()
@@ -105,14 +105,14 @@ def test_cg_on_a_float32_operator_runs_its_vectors_in_float64():
     np.testing.assert_allclose(K @ xx, K @ ref, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("operator", [KernelOperator, DenseKernelOperator])
+@pytest.mark.parametrize("operator", [BlockedKernel, StoredKernel])
 @pytest.mark.parametrize("reg", [1e-3, 0.0])
 def test_pcg_matches_direct(reg, operator):
     x, y = _data(n=2000)
     ref, K = _numpy_solve(x, y, reg, 10.0)
     op = operator(x, bandwidth=10.0)  # blocked products, or the stored matrix
-    pre = NystromEigensystem(op, n_centres=500, generator=torch.Generator().manual_seed(0))
-    res = solve_cg(op, y, reg=reg, preconditioner=pre, rtol=1e-7)
+    pre = NystromPreconditioner(op, reg=reg, n_centres=500, generator=torch.Generator().manual_seed(0))
+    res = solve_cg(op, y, reg=reg, M=pre, rtol=1e-7)
     assert res.converged and res.method == "cg"
     assert res.residual_norms[-1] <= 1e-7
     # relative residual of the returned x, computed independently
@@ -125,9 +125,9 @@ def test_pcg_matches_direct(reg, operator):
 
 def test_preconditioning_reduces_iterations():
     x, y = _data(n=2000, d=5)
-    op = KernelOperator(x, bandwidth=10.0)
-    pre = NystromEigensystem(op, n_centres=500, generator=torch.Generator().manual_seed(0))
-    with_p = solve_cg(op, y, reg=1e-3, preconditioner=pre, rtol=1e-6)
+    op = BlockedKernel(x, bandwidth=10.0)
+    pre = NystromPreconditioner(op, reg=1e-3, n_centres=500, generator=torch.Generator().manual_seed(0))
+    with_p = solve_cg(op, y, reg=1e-3, M=pre, rtol=1e-6)
     plain = solve_cg(op, y, reg=1e-3, rtol=1e-6, max_iter=3000)
     assert with_p.converged and plain.converged
     assert with_p.n_iter < plain.n_iter / 2
@@ -140,24 +140,24 @@ def test_warm_start_needs_fewer_iterations():
     r2 = r1.clone()
     r2[0, 0] = 1.05
     g = torch.Generator().manual_seed(0)
-    op1 = KernelOperator(x, bandwidth=5.0, sqrt_m=r1)
-    first = solve_cg(op1, y, reg=1e-3, preconditioner=NystromEigensystem(op1, generator=g), rtol=1e-6)
-    op2 = KernelOperator(x, bandwidth=5.0, sqrt_m=r2)
-    pre2 = NystromEigensystem(op2, generator=g)
-    cold = solve_cg(op2, y, reg=1e-3, preconditioner=pre2, rtol=1e-6)
-    warm = solve_cg(op2, y, reg=1e-3, preconditioner=pre2, rtol=1e-6, x0=first.x)
+    op1 = BlockedKernel(x, bandwidth=5.0, sqrt_m=r1)
+    first = solve_cg(op1, y, reg=1e-3, M=NystromPreconditioner(op1, reg=1e-3, generator=g), rtol=1e-6)
+    op2 = BlockedKernel(x, bandwidth=5.0, sqrt_m=r2)
+    pre2 = NystromPreconditioner(op2, reg=1e-3, generator=g)
+    cold = solve_cg(op2, y, reg=1e-3, M=pre2, rtol=1e-6)
+    warm = solve_cg(op2, y, reg=1e-3, M=pre2, rtol=1e-6, x0=first.x)
     assert cold.converged and warm.converged
     assert warm.n_iter < cold.n_iter
     np.testing.assert_allclose(warm.x.numpy(), cold.x.numpy(), rtol=1e-4, atol=1e-4 * cold.x.abs().max().item())
 
 
-@pytest.mark.parametrize("operator", [KernelOperator, DenseKernelOperator])
+@pytest.mark.parametrize("operator", [BlockedKernel, StoredKernel])
 @pytest.mark.parametrize("reg", [1e-3, 0.0])
 def test_eigenpro_reaches_its_tolerance_and_matches_direct_predictions(reg, operator):
     x, y = _data(n=2000)
     ref, K = _numpy_solve(x, y, reg, 10.0)
     op = operator(x, bandwidth=10.0)
-    res = solve_eigenpro(op, y, reg=reg, rtol=1e-2, epochs=40, generator=torch.Generator().manual_seed(0))
+    res = solve_eigenpro(op, y, reg=reg, rtol=1e-2, max_iter=40, generator=torch.Generator().manual_seed(0))
     assert res.converged and res.residual_norms[-1] <= 1e-2
     # the stated tolerance is on the residual; predictions on the training points agree at that level
     pred, pred_ref = K @ res.x.numpy(), K @ ref
@@ -168,13 +168,13 @@ def test_eigenpro_reaches_its_tolerance_and_matches_direct_predictions(reg, oper
 @pytest.mark.parametrize("kind", ["unit", "raw", "dup"])
 def test_eigenpro_step_size_does_not_diverge(kind):
     x, y = _data(n=1500, d=8, kind=kind)
-    op = KernelOperator(x, bandwidth=2.0 if kind == "unit" else 10.0)
+    op = BlockedKernel(x, bandwidth=2.0 if kind == "unit" else 10.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        res = solve_eigenpro(op, y, reg=1e-3, rtol=1e-8, epochs=6, generator=torch.Generator().manual_seed(1))
+        res = solve_eigenpro(op, y, reg=1e-3, rtol=1e-8, max_iter=6, generator=torch.Generator().manual_seed(1))
     assert bool(torch.isfinite(res.x).all())
     assert res.residual_norms[-1] < res.residual_norms[0] <= 1.5
-    assert res.info["q"] >= 1 and res.info["batch_size"] >= 1 and res.info["step"] > 0
+    assert res.details["q"] >= 1 and res.details["batch_size"] >= 1 and res.details["step"] > 0
 
 
 def test_eigenpro_schedule_formulas():
@@ -190,7 +190,7 @@ def test_eigenpro_schedule_formulas():
 
 def test_cg_warns_when_not_converged():
     x, y = _data(n=500)
-    op = KernelOperator(x, bandwidth=10.0)
+    op = BlockedKernel(x, bandwidth=10.0)
     with pytest.warns(ConvergenceWarning, match="did not reach"):
         res = solve_cg(op, y, reg=0.0, rtol=1e-12, max_iter=2)
     assert not res.converged and res.n_iter == 2
@@ -200,8 +200,8 @@ def test_cg_warns_when_not_converged():
 def test_cg_float32_device(device):
     x, y = _data(n=1500, dtype=torch.float32)
     ref, _ = _numpy_solve(x, y, 1e-2, 10.0)
-    op = KernelOperator(x.to(device), bandwidth=10.0)
-    res = solve_cg(op, y.to(device), reg=1e-2, preconditioner=NystromEigensystem(op), rtol=1e-5)
+    op = BlockedKernel(x.to(device), bandwidth=10.0)
+    res = solve_cg(op, y.to(device), reg=1e-2, M=NystromPreconditioner(op, reg=1e-2), rtol=1e-5)
     assert res.converged
     np.testing.assert_allclose(res.x.cpu().double().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
@@ -209,10 +209,10 @@ def test_cg_float32_device(device):
 def test_capped_cg_returns_each_columns_smallest_residual_iterate():
     x, y = _data(n=1500, d=3)
     K = laplace_kernel(x, x, bandwidth=10.0).numpy()
-    op = KernelOperator(x, bandwidth=10.0)
+    op = BlockedKernel(x, bandwidth=10.0)
     seen = []
     with pytest.warns(ConvergenceWarning, match="smallest-residual iterate"):
-        res = solve_cg(op, y, reg=0.0, rtol=1e-12, max_iter=12, callback=lambda k, X: seen.append(X.clone()) and False)
+        res = solve_cg(op, y, reg=0.0, rtol=1e-12, max_iter=12, callback=lambda k, X, r: seen.append(X.clone()) and False)
     assert not res.converged and res.n_iter == 12 and len(seen) == 12
 
     def true_rel(X):  # independent: the dense float64 residual of each column
@@ -222,5 +222,5 @@ def test_capped_cg_returns_each_columns_smallest_residual_iterate():
     per_iter = np.vstack([start] + [true_rel(X) for X in seen])
     got = true_rel(res.x)
     np.testing.assert_allclose(got, per_iter.min(0), rtol=1e-6)
-    assert res.info["returned_relative_residual"] == pytest.approx(per_iter.min(0).max(), rel=1e-6)
-    assert all(0 <= k <= 12 for k in res.info["returned_iterations"])
+    assert res.final_residual == pytest.approx(per_iter.min(0).max(), rel=1e-6)
+    assert all(0 <= k <= 12 for k in res.returned_iterations)

@@ -1,0 +1,321 @@
+"""The RFM loop, written once: used by :class:`~drfm.rfm.RFMRegressor` / :class:`~drfm.rfm.RFMClassifier` and by
+every Deep RFM layer.
+
+::
+
+    M <- I
+    repeat iters times:
+        alpha <- (K_M + reg I)^{-1} Y                  (on a random subset of rows with iter_sample_size)
+        R <- feature_matrix_update(AGOP of K_M(., X) alpha)   ;  M <- R R
+    alpha <- (K_M + reg I)^{-1} Y   with the final M   (on all rows; skipped for a Deep RFM layer)
+
+Each phase (the subset solves, the solve on all rows) gets a :class:`~kernels.solvers.SolvePlan`: the solver, the
+reason, and what it holds in memory; the fit's own allocations (data, the d x d feature matrices and their
+eigendecomposition, the AGOP's accumulators) are added to every phase's plan and checked against the budget before
+any heavy work. Kernel tiles and AGOP blocks stream through what is left.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, Points, StoredKernel, SolvePlan,
+                     compact_factor, feature_matrix_update, kernel_matmul, laplace_agop, plan_solve,
+                     solve_cg, solve_direct, solve_eigenpro)
+from kernels.agop import feature_matrix_workspace_bytes
+from kernels.agop import workspace_bytes as agop_workspace_bytes
+from kernels.laplace import laplace_kernel_transformed
+
+from ._backend import to_tensor
+
+__all__ = ["RFMParams", "RFMState", "run_rfm"]
+
+logger = logging.getLogger("drfm.rfm")
+
+#: iterative solves estimate the training score on this many random rows (an exact score costs a pass over K)
+SCORE_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class RFMParams:
+    """The hyperparameters of the RFM loop (an RFM estimator's parameters, validated)."""
+
+    bandwidth: float
+    reg: float
+    iters: int
+    diag: bool
+    centering: bool
+    agop_power: float
+    normalize_m: bool
+    agop_sample_size: int
+    iter_sample_size: int | None
+    validation_fraction: float | None
+    solver: str
+    solver_tol: float
+    solver_max_iter: int | None
+    verbose: bool | int
+
+    @classmethod
+    def of(cls, estimator) -> "RFMParams":
+        params = estimator.get_params(deep=False)
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass
+class RFMState:
+    """What a run of the loop leaves: the kept iterate and the record of every solve.
+
+    ``sqrt_m`` (float64 numpy; None for M = I) is the data map R of the kept iterate, ``factor`` its compact factor
+    in the working dtype (None for M = I), ``alpha`` / ``rows`` the kept solve's coefficients and the training rows
+    it used (None: all), ``last_sqrt_m`` the newest R (what a Deep RFM layer passes on), ``iter_rows`` the subset of
+    the feature-learning solves (indices into X; None without a subset).
+    """
+
+    sqrt_m: np.ndarray | None
+    factor: torch.Tensor | None
+    alpha: torch.Tensor
+    X_fit: torch.Tensor
+    best_iter: int
+    history: list[dict]
+    solver: str
+    last_sqrt_m: np.ndarray | None
+    iter_rows: np.ndarray | None
+    plans: dict[str, SolvePlan] = field(default_factory=dict)
+
+
+def _validation_split(n, fraction, gen):
+    if fraction is None:
+        return np.arange(n), None
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n - n_val < 1:
+        raise ValueError(
+            f"validation_fraction={fraction} leaves {n_val} validation and {n - n_val} training samples out of "
+            f"n_samples={n}; both must be at least 1."
+        )
+    perm = torch.randperm(n, generator=gen).numpy()
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _n_solves(iters: int, has_subset: bool, final_solve: bool, all_direct: bool) -> int:
+    """How many solves :func:`_schedule` yields."""
+    if not final_solve:
+        return max(iters, 1)
+    return iters + 1 + (1 if has_subset and not all_direct else 0)
+
+
+def _schedule(iters: int, has_subset: bool, final_solve: bool, all_direct: bool):
+    """The solves, lazily: (phase 'sub' or 'all', whether an AGOP step follows). ``iters`` costs nothing up front."""
+    for _ in range(iters):
+        yield ("sub" if has_subset else "all"), True
+    if final_solve:
+        if has_subset and not all_direct:
+            # one more subset solve with the final M: its coefficients start the iterative solve on all rows
+            yield "sub", False
+        yield "all", False
+    elif iters == 0:
+        yield "all", False
+
+
+def _fit_items(plan: SolvePlan, *, n_train, n_val, n_agop, n_rows, d, c, itemsize, diag):
+    """The fit's own allocations beside the solve: data, the feature matrices and their update, the AGOP."""
+    mem = plan.memory
+    mem.add("training and validation data", (n_train + n_val) * d * itemsize + n_train * c * itemsize)
+    mem.add("feature-matrix update (eigendecomposition)", feature_matrix_workspace_bytes(d, diag))
+    mem.add("feature matrices (R, its factor, M_)", (d if diag else d * d) * (2 * itemsize + 2 * 8))
+    mem.add("AGOP accumulators", agop_workspace_bytes(n_agop, n_rows, c, d, itemsize=itemsize))
+    return plan
+
+
+def _solve_direct(pts, Y_rows, y_rows, K, p, score_fn):
+    """Cholesky in the n x n buffer ``K``; the training score is exact (``K alpha = Y - reg alpha``)."""
+    Z, z_sq = pts.z, pts.z_sq
+
+    def build(out):
+        laplace_kernel_transformed(Z, Z, bandwidth=p.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
+
+    build(K)
+    sol = solve_direct(K, Y_rows, reg=float(p.reg), overwrite_k=True, rebuild=build)
+    # K alpha = Y - reg_used * alpha: training outputs come for free
+    train_out = (Y_rows - sol.reg_used * sol.x).cpu().double().numpy()
+    return sol, score_fn(train_out, y_rows)
+
+
+def _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score_fn, alpha, cap):
+    """CG or EigenPro on the stored matrix (in ``K``) or on blocked products, warm-started from ``alpha``."""
+    inner, progress = _inner_progress(p.verbose, plan.solver, cap)
+    if plan.store:
+        op = StoredKernel(pts, bandwidth=p.bandwidth, out=K)
+    else:
+        op = BlockedKernel(pts, bandwidth=p.bandwidth, memory_budget=work_budget)
+    eig = NystromEigensystem(op, n_centres=plan.n_centres, generator=gen)
+    if plan.solver == "cg":
+        pre = NystromPreconditioner(op, reg=float(p.reg), eigensystem=eig, rank=plan.rank, memory_budget=work_budget)
+        sol = solve_cg(op, Y_rows, reg=float(p.reg), x0=alpha, rtol=p.solver_tol, max_iter=cap, M=pre,
+                       callback=progress)
+        del pre
+    else:
+        sol = solve_eigenpro(op, Y_rows, reg=float(p.reg), x0=alpha, rtol=p.solver_tol, max_iter=cap or 10, M=eig,
+                             callback=progress, generator=gen, memory_budget=work_budget)
+    if inner is not None:
+        inner.close()
+    # the training score is estimated on a fixed random subset (an exact one costs a pass)
+    n_rows = len(pts)
+    score_idx = torch.randperm(n_rows, generator=gen)[: min(n_rows, SCORE_ROWS)].sort().values.to(pts.z.device)
+    train_out = kernel_matmul(pts.z[score_idx], pts, sol.x, bandwidth=p.bandwidth, memory_budget=work_budget)
+    del op, eig  # release the Nystrom system before the AGOP and the next iteration allocate
+    return sol, score_fn(train_out.cpu().double().numpy(), y_rows[score_idx.cpu().numpy()])
+
+
+def _inner_progress(verbose, solver, cap):
+    """A progress bar over the iterations of one iterative solve (``verbose > 1``), fed by the solver's callback."""
+    if not (verbose and verbose > 1):
+        return None, None
+    bar = tqdm(total=cap, desc=solver, unit="it", leave=False)
+
+    def callback(k, x, rel_residual):
+        bar.update(1)
+        bar.set_postfix(rel_res=f"{rel_residual:.2e}")
+        return False
+
+    return bar, callback
+
+
+def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callable[[np.ndarray, object], float],
+            device: torch.device, dtype: torch.dtype, budget: int, generator: torch.Generator, owner: str,
+            final_solve: bool = True) -> RFMState:
+    """Run the RFM loop on validated arrays.
+
+    Parameters
+    ----------
+    X : (n, d) features; y : (n,) labels or targets (what ``score`` compares against); Y : (n, c) encoded targets.
+    params : the loop's hyperparameters.
+    score : ``score(outputs (m, c), y_true (m,)) -> float`` (R^2, accuracy, ...).
+    device, dtype, budget, generator : where and in what precision, under how many bytes, with which random draws.
+    owner : the estimator's name, for messages.
+    final_solve : solve once more on all rows with the final M (False for a Deep RFM layer: the loop then ends with
+        its last AGOP step, and ``last_sqrt_m`` holds the new data map).
+    """
+    p = params
+    n, d = X.shape
+    c = Y.shape[1]
+    gen = generator
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    tr, va = _validation_split(n, p.validation_fraction, gen)
+    n_tr, n_val = len(tr), 0 if va is None else len(va)
+
+    # feature-learning solves (those followed by an AGOP step) may run on a random subset of the training rows;
+    # the final solve always uses all of them
+    sub = None
+    if p.iter_sample_size is not None and p.iter_sample_size < n_tr and p.iters > 0:
+        sub = torch.randperm(n_tr, generator=gen)[: p.iter_sample_size].sort().values.to(device)
+    n_agop = min(p.agop_sample_size, n_tr)
+    sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
+    plans = {}
+    for phase, rows in sizes.items():
+        plan = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=p.solver,
+                          reg=float(p.reg), owner=owner)
+        _fit_items(plan, n_train=n_tr, n_val=n_val, n_agop=n_agop, n_rows=rows, d=d, c=c, itemsize=itemsize,
+                   diag=p.diag)
+        plan.memory.check(owner, hint=f"(n = {rows} rows, d = {d} features)")
+        plans[phase] = plan
+        logger.info("%s: solver %s for %s rows (%s)", owner, plan.solver, phase, plan.reason)
+    work_budget = min(plan.work_budget() for plan in plans.values())
+
+    Xt = to_tensor(X[tr], dtype, device)
+    Yt = to_tensor(Y[tr], dtype, device)
+    Xv = to_tensor(X[va], dtype, device) if va is not None else None
+    y_tr = y[tr]
+    y_va = y[va] if va is not None else None
+
+    K = None
+    sqrt_m = factor = None  # R (d, d) or (d,) in the working dtype and its compact factor used for distances
+    alpha = None
+    best = None
+    history = []
+    shape = (p.iters, sub is not None, final_solve, plans["all"].solver == "direct")
+    bar = tqdm(enumerate(_schedule(*shape)), total=_n_solves(*shape), desc=owner, disable=not p.verbose,
+               unit="solve")
+    for t, (phase, agop_step) in bar:
+        t0 = time.perf_counter()
+        rows = sub if phase == "sub" else None
+        plan = plans[phase]
+        X_rows = Xt if rows is None else Xt[rows]
+        Y_rows = Yt if rows is None else Yt[rows]
+        y_rows = y_tr if rows is None else y_tr[rows.cpu().numpy()]
+        n_rows = X_rows.shape[0]
+        if alpha is not None and alpha.shape[0] != n_rows:
+            # from the subset to all rows: the subset's coefficients (zero elsewhere) predict exactly as the subset's
+            # kernel machine, a good start for the full system (a warm start worse than zero is dropped)
+            full = torch.zeros((n_rows, c), dtype=dtype, device=device)
+            full[sub] = alpha
+            alpha = full
+        pts = Points.of(X_rows, factor)
+        if plan.holds_matrix and (K is None or K.shape[0] != n_rows):
+            # one n x n buffer, reused by every solve on the same rows (direct: factorised in place; stored CG)
+            K = None
+            K = torch.empty((n_rows, n_rows), dtype=dtype, device=device)
+        if plan.solver == "direct":
+            sol, train_score = _solve_direct(pts, Y_rows, y_rows, K, p, score)
+        else:
+            if not plan.store:
+                K = None  # a stored matrix of another phase is not needed any more
+            # with a subset, the cap is the time budget of the solve on all rows; the subset solves, which drive M,
+            # run to solver_tol (a capped subset solve measurably degraded M at n = 50000)
+            cap = None if phase == "sub" else p.solver_max_iter
+            sol, train_score = _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score, alpha, cap)
+        alpha = sol.x
+        if not bool(torch.isfinite(alpha).all()):
+            raise ValueError(
+                "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
+                "(try a larger bandwidth, a larger reg or dtype='float64')."
+            )
+        rec = {
+            "iter": t,
+            "n_rows": n_rows,
+            "solver": sol.method,
+            "solver_reason": plan.reason,
+            "solver_iters": sol.n_iter,
+            "solver_converged": sol.converged,
+            "solver_residual": sol.final_residual,
+            "reg_used": sol.reg_used,
+            "train_score": train_score,
+            "val_score": None,
+            "agop_rows": n_agop if agop_step else None,
+        }
+        if Xv is not None:
+            val_out = kernel_matmul(Xv, pts, alpha, bandwidth=p.bandwidth, sqrt_m=factor, memory_budget=work_budget)
+            rec["val_score"] = score(val_out.cpu().double().numpy(), y_va)
+        key = rec["val_score"]
+        if best is None or key is None or key > best[0]:
+            best = (key, t, sqrt_m, factor, alpha, rows)
+        if agop_step:
+            # the AGOP of the predictor (centres: the solve's rows) over a sample of all training rows
+            idx = torch.randperm(n_tr, generator=gen)[:n_agop].to(device) if n_agop < n_tr else slice(None)
+            agop = laplace_agop(Xt[idx], X_rows, alpha, bandwidth=p.bandwidth, sqrt_m=factor, diag=p.diag,
+                                centering=p.centering, memory_budget=work_budget)
+            sqrt_m = feature_matrix_update(agop, power=p.agop_power, normalize=p.normalize_m).to(dtype)
+            factor = compact_factor(sqrt_m)
+        rec["seconds"] = time.perf_counter() - t0
+        history.append(rec)
+        bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if key is None else f"{key:.4f}")
+        logger.info("RFM iteration %d: %s", t, rec)
+    del K
+    _, best_t, best_r, best_factor, best_alpha, best_rows = best
+    return RFMState(
+        sqrt_m=None if best_r is None else best_r.double().cpu().numpy(),
+        factor=best_factor,
+        alpha=best_alpha,
+        X_fit=Xt if best_rows is None else Xt[best_rows],
+        best_iter=best_t,
+        history=history,
+        solver=plans["all"].solver if final_solve or sub is None else plans["sub"].solver,
+        last_sqrt_m=None if sqrt_m is None else sqrt_m.double().cpu().numpy(),
+        iter_rows=None if sub is None else tr[sub.cpu().numpy()],
+        plans=plans,
+    )

@@ -1,0 +1,72 @@
+"""Targets: validation, encoding, classes, and the shape of outputs -- shared by every drfm estimator."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+__all__ = ["accuracy_of_outputs", "decision_values", "encode_regression_targets", "one_hot_classes",
+           "predict_labels", "r2_of_outputs", "regression_output", "validate_classification_data",
+           "validate_regression_data"]
+
+DTYPES = [np.float64, np.float32]
+
+
+def validate_classification_data(estimator, X, y):
+    """``validate_data`` for a classifier's fit, plus the classification-target check."""
+    X, y = validate_data(estimator, X, y, dtype=DTYPES)
+    check_classification_targets(y)
+    return X, y
+
+
+def validate_regression_data(estimator, X, y):
+    """``validate_data`` for a regressor's fit (numeric, possibly multi-output targets)."""
+    return validate_data(estimator, X, y, multi_output=True, y_numeric=True, dtype=DTYPES)
+
+
+def one_hot_classes(y, owner: str):
+    """Sorted class labels and the (n, K) one-hot target matrix; at least two classes are required."""
+    classes, idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{owner} needs samples of at least 2 classes in the data, but the data contain only "
+            f"one class: {classes[0].item()!r}."
+        )
+    Y = np.zeros((len(y), len(classes)))
+    Y[np.arange(len(y)), idx] = 1.0
+    return classes, Y
+
+
+def encode_regression_targets(estimator, y) -> np.ndarray:
+    """(n, c) float targets; remembers on the estimator whether ``y`` was 1-D (``_y_ndim``) for the output shape."""
+    y = np.asarray(y, dtype=np.float64)
+    estimator._y_ndim = y.ndim
+    return y.reshape(len(y), -1)
+
+
+def regression_output(estimator, out: np.ndarray) -> np.ndarray:
+    """(n,) or (n, c) like the ``y`` given to fit."""
+    return out[:, 0] if estimator._y_ndim == 1 else out
+
+
+def decision_values(out: np.ndarray) -> np.ndarray:
+    """Per-class outputs (n, K); for two classes the (n,) score of ``classes_[1]`` minus ``classes_[0]``."""
+    return out[:, 1] - out[:, 0] if out.shape[1] == 2 else out
+
+
+def predict_labels(classes: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The class with the largest output."""
+    return classes[np.argmax(out, axis=1)]
+
+
+def r2_of_outputs(outputs: np.ndarray, y_true) -> float:
+    return float(r2_score(np.asarray(y_true, dtype=np.float64).reshape(outputs.shape), outputs))
+
+
+def accuracy_of_outputs(classes: np.ndarray):
+    """A ``score(outputs, labels)`` function: accuracy of the argmax class."""
+    def score(outputs: np.ndarray, y_true) -> float:
+        return float(accuracy_score(y_true, predict_labels(classes, outputs)))
+
+    return score

@@ -1,0 +1,237 @@
+"""The trained-network estimator: a ReLU MLP trained with torch, instrumented for neural collapse and the Neural
+Feature Ansatz (the analysis itself is :mod:`drfm.nets`, for any Sequential)."""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
+from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
+from ._targets import DTYPES, decision_values, one_hot_classes, predict_labels, validate_classification_data
+from .collapse import METRICS, CollapseReport
+from .nets import _EvalMode, _input_tensor, build_mlp, layer_blocks, layer_features, mlp_collapse_report, nfa_report
+
+__all__ = ["TorchMLPClassifier"]
+
+
+class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
+    """A ReLU MLP trained with torch, instrumented for neural collapse and the Neural Feature Ansatz.
+
+    Defaults follow the seed paper's setup: 5 hidden layers of 512 units, no biases, Xavier-uniform initialisation
+    with gain 0.1 (small initialisation: the feature-learning regime), Adam with learning rate 5e-5, MSE loss against
+    +-1 one-hot targets, batch size 128, 250 epochs (about 2.5 minutes for 4000 MNIST digits on a 2-core CPU; with these
+    settings the loss plateaus for ~100 epochs before the network starts to fit).
+
+    Parameters
+    ----------
+    depth, width : int, default=5, 512
+        Hidden Linear+ReLU layers and their width (ignored when ``module`` is given).
+    init_gain : float, default=0.1
+        Gain of the Xavier-uniform initialisation.
+    bias : bool, default=False
+    loss : {'mse', 'cross_entropy'}, default='mse'
+        MSE against ``2 * onehot - 1`` (the paper) or cross-entropy on the logits.
+    lr : float, default=5e-5
+        Adam learning rate.
+    epochs, batch_size : int, default=250, 128
+    measure_every : int or None, default=None
+        Record collapse metrics and NFA correlations on the training data at initialisation, every ``measure_every``
+        epochs and at the end, as rows with an ``epoch`` column in ``dynamics_``.
+    measure_metrics : tuple of str, default=('nc1', 'nc2')
+    agop_sample_size : int, default=1000
+        Training samples the network AGOP averages over at each snapshot.
+    module : torch.nn.Sequential or None
+        A network of your own (Linear layers and elementwise activations, output width = number of classes); it is
+        copied and trained from its current weights. None builds :func:`build_mlp`.
+    standardize : bool, default=False
+        Standardise features with the training mean / std before the network.
+    device, dtype, random_state, verbose : as in the RFM estimators.
+
+    Attributes
+    ----------
+    network_ : the trained ``torch.nn.Sequential`` (on ``device_``).
+    initial_state_ : its ``state_dict`` at initialisation (CPU copies).
+    history_ : list of dicts (epoch, train_loss, train_accuracy, seconds).
+    dynamics_ : :class:`~drfm.collapse.CollapseReport` with per-epoch rows (``measure_every`` set), else empty.
+    classes_, n_features_in_, device_.
+    """
+
+    _parameter_constraints = {
+        "depth": [Interval("int", 1, None, closed="left")],
+        "width": [Interval("int", 1, None, closed="left")],
+        "init_gain": [Interval("float", 0, None, closed="neither")],
+        "bias": [BOOL],
+        "loss": [Options("mse", "cross_entropy")],
+        "lr": [Interval("float", 0, None, closed="neither")],
+        "epochs": [Interval("int", 0, None, closed="left")],
+        "batch_size": [Interval("int", 1, None, closed="left")],
+        "measure_every": [Interval("int", 1, None, closed="left"), NoneOK],
+        "measure_metrics": [InstanceOf(tuple, list, name="a tuple of metric names")],
+        "agop_sample_size": [Interval("int", 1, None, closed="left")],
+        "module": [InstanceOf(nn.Sequential, name="a torch.nn.Sequential"), NoneOK],
+        "standardize": [BOOL],
+        "device": [DeviceString()],
+        "dtype": [Options("float32", "float64")],
+        "random_state": RANDOM_STATE,
+        "verbose": [BOOL, Interval("int", 0, None, closed="left")],
+    }
+
+    def __init__(self, depth=5, width=512, *, init_gain=0.1, bias=False, loss="mse", lr=5e-5, epochs=250,
+                 batch_size=128, measure_every=None, measure_metrics=("nc1", "nc2"), agop_sample_size=1000,
+                 module=None, standardize=False, device="auto", dtype="float32", random_state=None, verbose=False):
+        self.depth = depth
+        self.width = width
+        self.init_gain = init_gain
+        self.bias = bias
+        self.loss = loss
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.measure_every = measure_every
+        self.measure_metrics = measure_metrics
+        self.agop_sample_size = agop_sample_size
+        self.module = module
+        self.standardize = standardize
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- helpers
+    def _prepare(self, X):
+        """Validated, standardised float64 features for the fitted network."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=DTYPES)
+        return (X - self.mean_) / self.scale_
+
+    def network_view(self, X):
+        """``(network_, X standardised as in training, initial_state_)``: what :mod:`drfm.nets` analyses."""
+        return self.network_, self._prepare(X), self.initial_state_
+
+    def __getstate__(self):
+        """Pickled state with every tensor on the CPU (a model fitted on a GPU loads on a machine without one)."""
+        state = self.__dict__.copy()
+        for key in ("network_", "module"):
+            if isinstance(state.get(key), nn.Module):
+                state[key] = copy.deepcopy(state[key]).cpu()
+        if state.get("initial_state_") is not None:
+            state["initial_state_"] = {k: v.detach().cpu() for k, v in state["initial_state_"].items()}
+        return state
+
+    def _move_to(self, device: torch.device):
+        """Run predictions on ``device`` (used when a saved model is loaded)."""
+        self.device_ = str(device)
+        if hasattr(self, "network_"):
+            self.network_ = self.network_.to(device)
+        return self
+
+    def _snapshot(self, X, y, epoch, gen):
+        mlp_collapse_report(self.network_, X, y, metrics=tuple(self.measure_metrics), epoch=epoch,
+                            report=self.dynamics_)
+        nfa_report(self.network_, X, epoch=epoch, report=self.dynamics_, initial=self.initial_state_,
+                   sample_size=self.agop_sample_size, generator=gen)
+
+    def fit(self, X, y):
+        """Train the network (deterministic under ``random_state``)."""
+        validate_params(self)
+        unknown = [m for m in self.measure_metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"The 'measure_metrics' parameter of {type(self).__name__} names unknown metrics "
+                             f"{unknown}; available: {', '.join(METRICS)}")
+        X, y = validate_classification_data(self, X, y)
+        self.classes_, Y = one_hot_classes(y, type(self).__name__)
+        labels = Y.argmax(1)
+        device = resolve_device(self.device, type(self).__name__)
+        self.device_ = str(device)
+        dtype = resolve_dtype(self.dtype)
+        gen = make_generator(self.random_state)
+        # snapshots draw their AGOP subsamples from their own generator: measuring does not change the training
+        snap_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        self.mean_, self.scale_ = standardization(X, self.standardize)
+        Xs = (X - self.mean_) / self.scale_
+        K = len(self.classes_)
+        if self.module is not None:
+            net = copy.deepcopy(self.module).cpu()
+            blocks = layer_blocks(net)
+            if blocks[0].linear.in_features != X.shape[1] or blocks[-1].linear.out_features != K:
+                raise ValueError(
+                    f"The 'module' parameter of {type(self).__name__} maps {blocks[0].linear.in_features} inputs to "
+                    f"{blocks[-1].linear.out_features} outputs, but the data have {X.shape[1]} features and {K} "
+                    f"classes")
+        else:
+            net = build_mlp(X.shape[1], K, depth=self.depth, width=self.width, init_gain=self.init_gain,
+                            bias=self.bias, generator=gen)
+        self.initial_state_ = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net = net.to(device=device, dtype=dtype)
+        self.network_ = net
+        x = to_tensor(Xs, dtype, device)
+        if self.loss == "mse":
+            target = to_tensor(2.0 * Y - 1.0, dtype, device)
+            loss_fn = nn.MSELoss()
+        else:
+            target = torch.as_tensor(labels, device=device)
+            loss_fn = nn.CrossEntropyLoss()
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        self.history_ = []
+        self.dynamics_ = CollapseReport(meta={"model": "mlp", "n_samples": len(y)})
+        measure = self.measure_every is not None
+        if measure:
+            self._snapshot(Xs, y, 0, snap_gen)
+        n = x.shape[0]
+        bar = tqdm(range(1, self.epochs + 1), desc=type(self).__name__, disable=not self.verbose, unit="epoch")
+        for epoch in bar:
+            t0 = time.perf_counter()
+            net.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            total = 0.0
+            for s in range(0, n, self.batch_size):
+                idx = perm[s: s + self.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(net(x[idx]), target[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            train_loss = total / n
+            if not np.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower 'lr'")
+            with torch.no_grad(), _EvalMode(net):
+                acc = float((net(x).argmax(1).cpu().numpy() == labels).mean())
+            self.history_.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": acc,
+                                  "seconds": time.perf_counter() - t0})
+            bar.set_postfix(loss=f"{train_loss:.3g}", acc=f"{acc:.3f}")
+            if measure and (epoch % self.measure_every == 0 or epoch == self.epochs):
+                self._snapshot(Xs, y, epoch, snap_gen)
+        net.eval()
+        return self
+
+    def _outputs(self, X) -> np.ndarray:
+        X = self._prepare(X)
+        x = _input_tensor(self.network_, X)
+        with torch.no_grad(), _EvalMode(self.network_):
+            out = torch.cat([self.network_(x[s: s + 8192]) for s in range(0, x.shape[0], 8192)]).double().cpu()
+        return out.numpy()
+
+    def decision_function(self, X):
+        """Network outputs (n, n_classes); (n,) = output[1] - output[0] for two classes."""
+        return decision_values(self._outputs(X))
+
+    def predict(self, X):
+        out = self._outputs(X)  # first: it checks that the model is fitted
+        return predict_labels(self.classes_, out)
+
+    def layer_features(self, X):
+        """Per Linear layer ``{"input", "linear", "nonlinear"}`` features, as in Deep RFM (see :func:`layer_features`)."""
+        return layer_features(self, X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,144 @@
+"""Studies: experiments built from the estimators and the instruments -- a Deep RFM collapse study, the demo, and
+a trained MLP beside a Deep RFM of the same depth (:func:`compare`, :func:`comparison_table`)."""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+
+from ._backend import make_generator
+from ._params import plain_params
+from .collapse import CollapseReport, collapse_report
+from .mlp import TorchMLPClassifier
+from .nets import mlp_collapse_report, nfa_report
+
+__all__ = ["collapse_study", "compare", "comparison_table", "demo", "effective_rank"]
+
+
+def effective_rank(eigvals) -> float:
+    """Participation ratio ``(sum w)^2 / sum w^2`` of non-negative eigenvalues (0 for all zeros)."""
+    w = np.asarray(eigvals, dtype=np.float64)
+    return float(w.sum() ** 2 / (w**2).sum()) if w.any() else 0.0
+
+
+def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.05, bandwidth=2.0, device="auto",
+                   seed=0, verbose=False, n_train=None, metrics=("nc1", "nc2")) -> CollapseReport:
+    """Fit a Deep RFM on a named dataset and report its collapse metrics per layer and stage (test accuracy and fit
+    time in ``meta``)."""
+    from .datasets import load
+    from .deep import DeepRFMClassifier
+    from .rfm import RFMRegressor
+
+    data = load(dataset, n_train=n_train, random_state=seed)
+    if data.task != "classification":
+        raise ValueError(f"dataset {dataset!r} is a regression set; collapse needs class labels")
+    model = DeepRFMClassifier(depth, layer=RFMRegressor(bandwidth, iters=1), feature_map=feature_map, width=width,
+                              sigma=sigma, device=device, random_state=seed, verbose=verbose)
+    t0 = time.perf_counter()
+    model.fit(data.X_train, data.y_train)
+    fit_s = time.perf_counter() - t0
+    acc = model.score(data.X_test, data.y_test)
+    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics)
+    report.meta.update({"dataset": dataset, "feature_map": feature_map, "test_accuracy": float(acc),
+                        "fit_seconds": fit_s, "n_train": len(data.y_train), "n_test": len(data.y_test)})
+    return report
+
+
+def demo(*, iters=5, depth=8, device="auto", seed=0, verbose=False) -> dict:
+    """An RFM classifier on scikit-learn's digits (accuracy, fit time, the learned AGOP's spectrum) and a Deep RFM
+    collapse study on the same data."""
+    from .datasets import load
+    from .rfm import RFMClassifier
+
+    data = load("digits", random_state=seed)
+    model = RFMClassifier(iters=iters, device=device, random_state=seed, verbose=verbose)
+    t0 = time.perf_counter()
+    model.fit(data.X_train, data.y_train)
+    fit_s = time.perf_counter() - t0
+    acc = model.score(data.X_test, data.y_test)
+    eig = np.linalg.eigvalsh(model.M_)[::-1]
+    report = collapse_study("digits", depth=depth, feature_map="relu", device=device, seed=seed, verbose=verbose)
+    return {
+        "dataset": "digits",
+        "n_train": len(data.y_train),
+        "n_test": len(data.y_test),
+        "test_accuracy": float(acc),
+        "fit_seconds": fit_s,
+        "device": model.device_,
+        "iters": iters,
+        "train_accuracy_per_iter": [h["train_score"] for h in model.history_],
+        "top_agop_eigenvalues": [float(v) for v in eig[:8]],
+        "agop_effective_rank": effective_rank(eig),
+        "deep_rfm": {**report.meta, "table": report.to_markdown(), "summary": report.summary(),
+                     "report": report.to_dict()},
+    }
+
+
+def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dict | None = None,
+            deep_params: dict | None = None, metrics=("nc1", "nc2"), measure_every: int | None = None,
+            random_state=0, verbose=False) -> CollapseReport:
+    """Train an MLP with ``depth`` hidden layers and a Deep RFM of depth ``depth`` on the same data; one report with
+    both models' per-layer, per-stage collapse rows, the MLP's NFA rows (trained and at initialisation), the MLP's
+    per-epoch rows (``measure_every``), and test accuracy / seconds in ``meta``."""
+    from .deep import DeepRFMClassifier
+
+    mlp = TorchMLPClassifier(depth, **{"random_state": random_state, "verbose": verbose,
+                                       "measure_every": measure_every, **(mlp_params or {})})
+    deep = DeepRFMClassifier(depth, **{"random_state": random_state, "verbose": verbose, **(deep_params or {})})
+    t0 = time.perf_counter()
+    deep.fit(X_train, y_train)
+    deep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mlp.fit(X_train, y_train)
+    mlp_s = time.perf_counter() - t0
+    report = collapse_report(deep, X_train, y_train, metrics=metrics, model_name="deep_rfm")
+    report = report + mlp_collapse_report(mlp, X_train, y_train, metrics=metrics)
+    gen = make_generator(random_state)
+    report = report + nfa_report(mlp, X_train, sample_size=mlp.agop_sample_size, generator=gen)
+    init_net = copy.deepcopy(mlp.network_)
+    init_net.load_state_dict(mlp.initial_state_)
+    init_rows = nfa_report(init_net, mlp.network_view(X_train)[1], sample_size=mlp.agop_sample_size,
+                           generator=gen)
+    for r in init_rows.rows:
+        r["model"] = "mlp_init"
+    report = report + init_rows + mlp.dynamics_
+    report.meta = {
+        "depth": depth, "n_train": len(y_train), "n_test": len(y_test),
+        "deep_rfm": {"test_accuracy": float(deep.score(X_test, y_test)), "fit_seconds": deep_s,
+                     "params": plain_params(deep, drop=("verbose",))},
+        "mlp": {"test_accuracy": float(mlp.score(X_test, y_test)), "fit_seconds": mlp_s,
+                "train_accuracy": mlp.history_[-1]["train_accuracy"] if mlp.history_ else None,
+                "final_train_loss": mlp.history_[-1]["train_loss"] if mlp.history_ else None,
+                "params": plain_params(mlp, drop=("verbose",))},
+    }
+    return report
+
+
+def comparison_table(report: CollapseReport, metric: str = "nc1") -> str:
+    """Markdown: per layer, ``metric`` at each stage for Deep RFM and the MLP, the change of log10 ``metric`` in each
+    model's linear and nonlinear stage (negative = collapse), and the MLP's NFA correlation corr(W^T W, AGOP^{1/2})
+    (trained; with the initial weights subtracted; at initialisation)."""
+    def by(model, stage, layer, m=metric):
+        for r in report.rows:
+            if (r["model"], r["stage"], r["layer"], r["metric"]) == (model, stage, layer, m) and "epoch" not in r:
+                return r["value"]
+        return None
+
+    shares = {(s["model"], s["layer"]): s for s in report.linear_share(metric)}
+    layers = sorted({r["layer"] for r in report.rows if r["model"] in ("deep_rfm", "mlp") and "epoch" not in r})
+    fmt = lambda v: "" if v is None else f"{v:.3g}"  # noqa: E731
+    head = ("| layer | RFM input | RFM linear | RFM nonlinear | RFM Δlog10 lin / nonlin | MLP input | MLP linear (SVᵀh) | "
+            "MLP nonlinear | MLP Δlog10 lin / nonlin | NFA corr(WᵀW, AGOP^½) | NFA (W−W₀) | NFA at init |")
+    lines = [head, "|---" * 12 + "|"]
+    for layer in layers:
+        cells = [str(layer)]
+        for model in ("deep_rfm", "mlp"):
+            cells += [fmt(by(model, s, layer)) for s in ("input", "linear", "nonlinear")]
+            sh = shares.get((model, layer))
+            cells.append("" if sh is None else
+                         f"{-sh['linear_log10_reduction']:+.2f} / {-sh['nonlinear_log10_reduction']:+.2f}")
+        cells += [fmt(by("mlp", "weights", layer, "nfa_sqrt")), fmt(by("mlp", "weights", layer, "nfa_sqrt_delta")),
+                  fmt(by("mlp_init", "weights", layer, "nfa_sqrt"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
