@@ -10,9 +10,10 @@ every Deep RFM layer.
     alpha <- (K_M + reg I)^{-1} Y   with the final M   (on all rows; skipped for a Deep RFM layer)
 
 Each phase (the subset solves, the solve on all rows) gets a :class:`~kernels.solvers.SolvePlan`: the solver, the
-reason, and what it holds in memory; the fit's own allocations (data, the d x d feature matrices and their
-eigendecomposition, the AGOP's accumulators) are added to every phase's plan and checked against the budget before
-any heavy work. Kernel tiles and AGOP blocks stream through what is left.
+reason, and what it holds in memory, including the fit's own allocations (data, the d x d feature matrices and their
+eigendecomposition, the AGOP's centres and accumulators), all checked against the budget before any heavy work (a
+clear ``ValueError`` names the largest items when nothing fits). Kernel tiles and AGOP blocks stream through what is
+left.
 """
 from __future__ import annotations
 
@@ -122,14 +123,20 @@ def _schedule(iters: int, has_subset: bool, final_solve: bool, all_direct: bool)
         yield "all", False
 
 
-def _fit_items(plan: SolvePlan, *, n_train, n_val, n_agop, n_rows, d, c, itemsize, diag):
-    """The fit's own allocations beside the solve: data, the feature matrices and their update, the AGOP."""
-    mem = plan.memory
-    mem.add("training and validation data", (n_train + n_val) * d * itemsize + n_train * c * itemsize)
-    mem.add("feature-matrix update (eigendecomposition)", feature_matrix_workspace_bytes(d, diag))
-    mem.add("feature matrices (R, its factor, M_)", (d if diag else d * d) * (2 * itemsize + 2 * 8))
-    mem.add("AGOP accumulators", agop_workspace_bytes(n_agop, n_rows, c, d, itemsize=itemsize))
-    return plan
+def _fit_items(*, n_train, n_val, n_sub, n_agop, n_rows, d, c, itemsize, diag) -> dict[str, int]:
+    """The fit's own allocations beside a solve of ``n_rows`` rows: its data (and the subset's copy), the AGOP's
+    sample rows, transformed centres and accumulators, and the d x d feature matrices with their update."""
+    items = {"training data": (n_train + n_val) * d * itemsize + n_train * c * itemsize}
+    if n_sub:
+        items["subset rows"] = n_sub * (d + c) * itemsize
+    if n_agop < n_train:
+        items["AGOP sample rows"] = n_agop * d * itemsize
+    # the centres are passed to the AGOP already transformed, except with a diagonal factor (two copies)
+    items["AGOP centres and accumulators"] = agop_workspace_bytes(n_rows, d, itemsize=itemsize,
+                                                                 copies=2 if diag else 0)
+    items["feature-matrix update (eigendecomposition)"] = feature_matrix_workspace_bytes(d, diag)
+    items["feature matrices (R, its factor, M_)"] = (d if diag else d * d) * (2 * itemsize + 2 * 8)
+    return items
 
 
 def _solve_direct(pts, Y_rows, y_rows, K, p, score_fn):
@@ -218,11 +225,10 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
     plans = {}
     for phase, rows in sizes.items():
+        reserved = _fit_items(n_train=n_tr, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
+                              n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
         plan = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=p.solver,
-                          reg=float(p.reg), owner=owner)
-        _fit_items(plan, n_train=n_tr, n_val=n_val, n_agop=n_agop, n_rows=rows, d=d, c=c, itemsize=itemsize,
-                   diag=p.diag)
-        plan.memory.check(owner, hint=f"(n = {rows} rows, d = {d} features)")
+                          reg=float(p.reg), owner=owner, reserved=reserved)
         plans[phase] = plan
         logger.info("%s: solver %s for %s rows (%s)", owner, plan.solver, phase, plan.reason)
     work_budget = min(plan.work_budget() for plan in plans.values())
@@ -297,8 +303,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         if agop_step:
             # the AGOP of the predictor (centres: the solve's rows) over a sample of all training rows
             idx = torch.randperm(n_tr, generator=gen)[:n_agop].to(device) if n_agop < n_tr else slice(None)
-            agop = laplace_agop(Xt[idx], X_rows, alpha, bandwidth=p.bandwidth, sqrt_m=factor, diag=p.diag,
-                                centering=p.centering, memory_budget=work_budget)
+            agop = laplace_agop(Xt[idx], X_rows if p.diag else pts, alpha, bandwidth=p.bandwidth, sqrt_m=factor,
+                                diag=p.diag, centering=p.centering, memory_budget=work_budget)
             sqrt_m = feature_matrix_update(agop, power=p.agop_power, normalize=p.normalize_m).to(dtype)
             factor = compact_factor(sqrt_m)
         rec["seconds"] = time.perf_counter() - t0

@@ -26,6 +26,7 @@ import torch
 from .laplace import apply_sqrt_m, sq_norms
 from .linalg import eigh_workspace_bytes, psd_power
 from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
+from .operators import Points
 
 __all__ = ["laplace_gradients", "laplace_agop", "duplicate_tolerance", "feature_matrix_update",
            "feature_matrix_workspace_bytes", "plan_agop",
@@ -74,10 +75,11 @@ def plan_agop(n_samples: int, n_centres: int, c: int, d: int, *, itemsize: int, 
                        max_row_block=max(256, TILE_ELEMENTS // max(n_centres, 1)))
 
 
-def workspace_bytes(n_samples: int, n_centres: int, c: int, d: int, *, itemsize: int) -> int:
-    """What an AGOP holds besides its tiles: the transformed samples and centres (and their ``x M``), and the
-    float64 (d x d) accumulator with the working-precision outer product of a block."""
-    return (n_samples + n_centres) * (2 * d + 1) * itemsize + d * d * (8 + itemsize)
+def workspace_bytes(n_centres: int, d: int, *, itemsize: int, copies: int = 2) -> int:
+    """What an AGOP holds besides its tiles (:func:`plan_agop`): ``copies`` transformed copies of the centres (2 for a
+    diagonal factor: ``x R`` and ``x M``; 0 when the centres are passed as Points) and the float64 (d x d)
+    accumulator with a block's outer product (working precision and its float64 copy)."""
+    return copies * n_centres * (d + 1) * itemsize + d * d * (16 + itemsize)
 
 
 def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_block, coef_cache, bufs):
@@ -113,27 +115,31 @@ def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, s
         memory_budget = default_memory_budget(samples.device)
     n_s = samples.shape[0]
     n_c, c = alpha.shape
-    zc = apply_sqrt_m(centres, sqrt_m)
-    zs_all = apply_sqrt_m(samples, sqrt_m)
-    if _in_factor_space(sqrt_m):
-        xmc, xms_all = zc, zs_all
+    factor = _in_factor_space(sqrt_m)
+    if isinstance(centres, Points):  # already transformed by a matrix factor (or M = I): no copy
+        if sqrt_m is not None and not factor:
+            raise ValueError("centres given as Points need a matrix factor sqrt_m (or None); pass raw centres with a "
+                             "diagonal factor")
+        zc, zc_sq, xmc = centres.z, centres.z_sq, centres.z
     else:
-        xmc, xms_all = _diag_metric(centres, sqrt_m), _diag_metric(samples, sqrt_m)
+        zc = apply_sqrt_m(centres, sqrt_m)
+        zc_sq = sq_norms(zc)
+        xmc = zc if factor else _diag_metric(centres, sqrt_m)
     d = xmc.shape[1]
     plan = plan_agop(n_s, n_c, c, d, itemsize=samples.element_size(), budget=memory_budget)
     sb = plan.row_block if sample_block is None else int(sample_block)
     cb = plan.col_block if centre_block is None else int(centre_block)
-    zc_sq = sq_norms(zc)
     coef_cache = None
     if cb >= n_c:
         coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
     size = min(sb, n_s) * min(cb, n_c)
     bufs = [torch.empty(size, dtype=samples.dtype, device=samples.device) for _ in range(2)]
     for i in range(0, n_s, sb):
-        zs = zs_all[i : i + sb]
-        yield _block_gradients(
-            zs, sq_norms(zs), xms_all[i : i + sb], zc, zc_sq, xmc, alpha, bandwidth, cb, coef_cache, bufs
-        )
+        # samples are transformed block by block (only the centres are held transformed)
+        xs = samples[i : i + sb]
+        zs = apply_sqrt_m(xs, sqrt_m)
+        xms = zs if factor else _diag_metric(xs, sqrt_m)
+        yield _block_gradients(zs, sq_norms(zs), xms, zc, zc_sq, xmc, alpha, bandwidth, cb, coef_cache, bufs)
 
 
 def laplace_gradients(
@@ -184,7 +190,8 @@ def laplace_agop(
     Parameters
     ----------
     samples : (s, d) tensor, points the average runs over (training points or a random subset).
-    centres : (n, d) tensor, kernel centres.
+    centres : (n, d) tensor, kernel centres; or :class:`~kernels.operators.Points` already transformed by the matrix
+        factor ``sqrt_m`` (or untransformed with ``sqrt_m=None``), which saves a copy.
     alpha : (n,) or (n, c) tensor of dual coefficients.
     bandwidth : float, L.
     sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T``.

@@ -25,8 +25,10 @@ __all__ = ["NystromEigensystem", "NystromPreconditioner", "default_n_centres", "
 #: eigenpairs kept for the CG preconditioner when the memory budget allows it
 DEFAULT_RANK = 500
 
-#: rows of the n x q basis promoted to float64 at a time when it is applied to float64 vectors (at most 32 MB)
-_PROMOTE_ELEMENTS = 4 * 2**20
+#: rows of the n x q basis promoted to float64 at a time when it is applied to float64 vectors (at most 8 MB)
+_PROMOTE_ELEMENTS = 2**20
+#: elements of the row chunk of ``C W`` computed at a time while the basis is built
+_BUILD_ELEMENTS = 4 * 2**20
 
 
 def default_n_centres(n: int, device: torch.device | str | None = None) -> int:
@@ -118,7 +120,7 @@ class NystromPreconditioner:
         W = (V / sig2.sqrt()).to(op.dtype)
         # U = C W, in row chunks (W may have fewer columns than C: keep the leading ones)
         r = W.shape[1]
-        chunk = max(1, min(n, _PROMOTE_ELEMENTS // max(1, q)))
+        chunk = max(1, min(n, _BUILD_ELEMENTS // max(1, q)))
         for i in range(0, n, chunk):
             C[i : i + chunk, :r] = C[i : i + chunk] @ W
         self.U = C[:, :r] if r == q else C[:, :r].contiguous()
@@ -126,10 +128,11 @@ class NystromPreconditioner:
 
     @staticmethod
     def workspace_bytes(n: int, *, n_centres: int, rank: int, itemsize: int) -> int:
-        """The n x q basis, the eigen-system it is built from, and (in a working precision below float64) the chunk
-        of the basis promoted to float64 when it is applied to CG's vectors."""
+        """The n x q basis, the eigen-system it is built from, and the larger of the row chunk used while building
+        the basis and (in a working precision below float64) the chunk promoted to float64 when it is applied."""
         promote = _PROMOTE_ELEMENTS * 8 if itemsize < 8 else 0
-        return n * rank * itemsize + NystromEigensystem.workspace_bytes(n_centres) + promote
+        build = min(n * rank, _BUILD_ELEMENTS) * itemsize
+        return n * rank * itemsize + NystromEigensystem.workspace_bytes(n_centres) + max(promote, build)
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""

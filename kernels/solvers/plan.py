@@ -68,88 +68,93 @@ class SolvePlan:
         return self.memory.left()
 
 
-def _direct_bytes(n, d, c, itemsize):
-    """The n x n matrix (factorised in place) plus the transformed data, targets and solution."""
-    return direct_workspace_bytes(n, c, itemsize=itemsize) + 3 * n * (d + c) * itemsize
+def _solve_items(solver, n, d, c, itemsize, s=0, q=0, store=False) -> dict[str, int]:
+    """What a solve of n rows holds, item by item (from the components' ``workspace_bytes``)."""
+    items = {"transformed rows": Points.workspace_bytes(n, d, itemsize)}
+    if solver == "direct":
+        items["kernel matrix (Cholesky in place) and solution"] = direct_workspace_bytes(n, c, itemsize=itemsize)
+        return items
+    items["iterative solver vectors"] = iterative_vectors_bytes(n, c)
+    items["Nystrom preconditioner"] = NystromPreconditioner.workspace_bytes(n, n_centres=s, rank=q, itemsize=itemsize)
+    if store:
+        items["stored kernel matrix"] = StoredKernel.workspace_bytes(n, c, itemsize=itemsize)
+    return items
 
 
-def _iterative_bytes(n, d, c, itemsize, s, q):
-    """Data (raw + transformed), CG's float64 vectors, the Nystrom basis and eigen-system, a minimal tile."""
-    return (2 * n * d * itemsize + iterative_vectors_bytes(n, c)
-            + NystromPreconditioner.workspace_bytes(n, n_centres=s, rank=q, itemsize=itemsize) + MIN_WORK_BYTES)
+def _ledger(budget, reserved, items) -> MemoryPlan:
+    plan = MemoryPlan(budget)
+    for name, nbytes in {**(reserved or {}), **items}.items():
+        plan.add(name, nbytes)
+    return plan
 
 
-def _nystrom_size(n, d, c, itemsize, budget, device):
-    """(s, q): the default Nystrom system, shrunk (halving both) only while it leaves no room at all for tiles."""
+def _default_nystrom(n, device):
     s = default_n_centres(n, device)
-    q = min(s, DEFAULT_RANK)
-    while _iterative_bytes(n, d, c, itemsize, s, q) > budget and s > _MIN_CENTRES:
-        s, q = max(_MIN_CENTRES, s // 2), max(min(_MIN_RANK, s - 1), q // 2)
-    return s, q
+    return s, min(s, DEFAULT_RANK)
 
 
 def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.device | str, budget: int,
-               requested: str = "auto", reg: float = 1e-3, owner: str = "the solve") -> SolvePlan:
+               requested: str = "auto", reg: float = 1e-3, owner: str = "the solve",
+               reserved: dict[str, int] | None = None) -> SolvePlan:
     """Choose the solver for an n-row system with d (transformed) features and c right-hand sides; say why.
 
+    ``reserved``: what the caller holds beside the solve (named byte counts: its data, the AGOP, ...); it is part of
+    the plan, and the Nystrom system is shrunk (halving centres and rank) until everything plus a minimal tile fits.
     Raises a ``ValueError`` that says what fits when nothing does (the direct solver: the largest n; otherwise the
     number of samples the iterative solver could take).
     """
     if requested not in SOLVERS:
         raise ValueError(f"requested must be one of {SOLVERS}, got {requested!r}")
     itemsize = torch.empty((), dtype=dtype).element_size()
-    direct = _direct_bytes(n, d, c, itemsize)
-    s, q = _nystrom_size(n, d, c, itemsize, budget, device)
-    iterative = _iterative_bytes(n, d, c, itemsize, s, q)
+    fixed = sum((reserved or {}).values())
+    direct = _ledger(budget, reserved, _solve_items("direct", n, d, c, itemsize))
     if requested == "direct":
-        if direct > budget:
-            per = 3 * (d + c) * itemsize
-            n_max = int((-per + math.sqrt(per**2 + 4 * itemsize * budget)) / (2 * itemsize))
+        if not direct.fits(MIN_WORK_BYTES):
+            per = (d + 1 + 2 * c) * itemsize
+            room = max(budget - fixed - MIN_WORK_BYTES, 0)
+            n_max = int((-per + math.sqrt(per**2 + 4 * itemsize * room)) / (2 * itemsize))
             raise ValueError(
-                f"{owner} with solver='direct' needs {format_bytes(direct)} for the {n} x {n} kernel matrix, but "
-                f"memory_budget is {format_bytes(budget)}; under this budget the direct solver fits at most {n_max} "
-                "training samples. Use solver='cg' or 'eigenpro' (or 'auto'), or a larger memory_budget."
+                f"{owner} with solver='direct' needs {format_bytes(direct.total)} for the {n} x {n} kernel matrix "
+                f"and the rest of the fit, but memory_budget is {format_bytes(budget)}; under this budget the direct "
+                f"solver fits at most {n_max} training samples. Use solver='cg' or 'eigenpro' (or 'auto'), or a "
+                "larger memory_budget."
             )
-        return _direct_plan(n, d, c, itemsize, budget, "forced by solver='direct'")
-    if requested == "auto" and direct <= budget:
+        return SolvePlan("direct", "forced by solver='direct'", False, 0, 0, direct)
+    if requested == "auto" and direct.fits(MIN_WORK_BYTES):
+        size = format_bytes(n * n * itemsize)
         if n <= AUTO_DIRECT_MAX_N:
-            return _direct_plan(n, d, c, itemsize, budget,
-                                f"n={n} <= {AUTO_DIRECT_MAX_N} and the n x n matrix ({format_bytes(direct)}) fits "
-                                "the budget")
+            return SolvePlan("direct", f"n={n} <= {AUTO_DIRECT_MAX_N} and the n x n matrix ({size}) fits the budget",
+                             False, 0, 0, direct)
         if reg < AUTO_CG_MIN_REG:
-            return _direct_plan(n, d, c, itemsize, budget,
-                                f"the n x n matrix ({format_bytes(direct)}) fits the budget and reg={reg:g} < "
-                                f"{AUTO_CG_MIN_REG:g} (CG converges slowly as reg -> 0)")
-    if iterative > budget:
-        per_n = (2 * d + q) * itemsize + 8 * c * 8
-        fixed = NystromPreconditioner.workspace_bytes(0, n_centres=s, rank=q, itemsize=itemsize)
+            return SolvePlan("direct", f"the n x n matrix ({size}) fits the budget and reg={reg:g} < "
+                                       f"{AUTO_CG_MIN_REG:g} (CG converges slowly as reg -> 0)", False, 0, 0, direct)
+    s, q = _default_nystrom(n, device)
+    iterative = _ledger(budget, reserved, _solve_items("cg", n, d, c, itemsize, s, q))
+    while not iterative.fits(MIN_WORK_BYTES) and s > _MIN_CENTRES:
+        s, q = max(_MIN_CENTRES, s // 2), max(min(_MIN_RANK, s - 1), q // 2)
+        iterative = _ledger(budget, reserved, _solve_items("cg", n, d, c, itemsize, s, q))
+    if not iterative.fits(MIN_WORK_BYTES):
+        per_n = (d + 1 + q) * itemsize + 8 * c * 8
+        room = budget - fixed - MIN_WORK_BYTES - NystromPreconditioner.workspace_bytes(0, n_centres=s, rank=q,
+                                                                                       itemsize=itemsize)
         raise ValueError(
             f"{owner} cannot fit {n} training samples under memory_budget={format_bytes(budget)}: even the "
-            f"iterative solver needs {format_bytes(iterative)} (data, solver vectors, Nystrom basis); about "
-            f"{max(0, int((budget - fixed) // per_n))} samples would fit. Pass a larger memory_budget."
+            f"iterative solver needs {format_bytes(iterative.total)} (data, solver vectors, Nystrom basis; largest "
+            f"items: {iterative.describe(3)}); about {max(0, int(room // per_n))} samples would fit. Pass a larger "
+            "memory_budget."
         )
     if requested in ("cg", "eigenpro"):
         solver, reason = requested, f"forced by solver={requested!r}"
     else:
-        why = "the n x n matrix does not fit the budget" if direct > budget else f"n={n} > {AUTO_DIRECT_MAX_N}"
+        why = "the n x n matrix does not fit the budget" if not direct.fits(MIN_WORK_BYTES) else f"n={n} > {AUTO_DIRECT_MAX_N}"
         solver, reason = "cg", f"{why}: Nystrom-preconditioned CG, warm-started across iterations"
-    memory = MemoryPlan(budget).add("data and transformed data", 2 * n * d * itemsize)
-    memory.add("iterative solver vectors", iterative_vectors_bytes(n, c))
-    memory.add("Nystrom preconditioner", NystromPreconditioner.workspace_bytes(n, n_centres=s, rank=q,
-                                                                                itemsize=itemsize))
-    stored = StoredKernel.workspace_bytes(n, c, itemsize=itemsize) + Points.workspace_bytes(n, d, itemsize)
-    store = direct + iterative <= budget
+    stored = _ledger(budget, reserved, _solve_items(solver, n, d, c, itemsize, s, q, store=True))
+    store = stored.fits(MIN_WORK_BYTES)
     if store:
-        memory.add("stored kernel matrix", stored)
+        iterative = stored
         reason += "; the n x n kernel matrix fits the budget and is stored (one GEMM per product)"
     else:
         reason += "; kernel products recomputed in blocks (the n x n matrix does not fit the budget)"
-    if (s, q) != (default_n_centres(n, device), min(default_n_centres(n, device), DEFAULT_RANK)):
+    if (s, q) != _default_nystrom(n, device):
         reason += f"; Nystrom system reduced to {s} centres, rank {q} to fit the budget"
-    return SolvePlan(solver, reason, store, s, q, memory)
-
-
-def _direct_plan(n, d, c, itemsize, budget, reason):
-    memory = MemoryPlan(budget).add("kernel matrix (Cholesky in place)", direct_workspace_bytes(n, c, itemsize=itemsize))
-    memory.add("data, targets, solution", 3 * n * (d + c) * itemsize)
-    return SolvePlan("direct", reason, False, 0, 0, memory)
+    return SolvePlan(solver, reason, store, s, q, iterative)

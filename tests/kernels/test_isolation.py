@@ -12,10 +12,11 @@ def test_kernels_is_this_projects_package():
     assert Path(kernels.__file__).resolve().is_relative_to(ROOT / "kernels")
 
 
-def test_kernels_does_not_import_sklearn_or_drfm():
+def test_kernels_does_not_import_sklearn_drfm_or_tqdm():
+    # the numerical core is torch (and numpy) only and draws no progress bars: long loops take callbacks
     code = (
         "import sys, kernels, kernels.solvers, kernels._reference;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'drfm')];"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'drfm', 'tqdm')];"
         "print(','.join(bad)); sys.exit(1 if bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -27,3 +28,4 @@ def test_kernels_sources_do_not_mention_sklearn_or_drfm_imports():
         text = path.read_text()
         assert "import sklearn" not in text and "from sklearn" not in text, path
         assert "import drfm" not in text and "from drfm" not in text, path
+        assert "tqdm" not in text, path
