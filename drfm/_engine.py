@@ -193,6 +193,98 @@ def _inner_progress(verbose, solver, cap):
     return bar, callback
 
 
+def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner):
+    """A SolvePlan per phase ('all' rows, and 'sub' with a subset), each with the fit's own items reserved."""
+    plans = {}
+    for phase, rows in sizes.items():
+        reserved = _fit_items(n_train=n_train, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
+                              n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
+        plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=p.solver,
+                                  reg=float(p.reg), owner=owner, reserved=reserved)
+        logger.info("%s: solver %s for %s rows (%s)", owner, plans[phase].solver, phase, plans[phase].reason)
+    return plans
+
+
+class _Loop:
+    """The state the RFM loop carries from solve to solve, and one step of it (:meth:`step`)."""
+
+    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, score, gen, work_budget, n_agop):
+        self.p, self.plans, self.score, self.gen, self.work_budget = p, plans, score, gen, work_budget
+        self.Xt, self.Yt, self.y_tr, self.Xv, self.y_va, self.sub, self.n_agop = Xt, Yt, y_tr, Xv, y_va, sub, n_agop
+        self.K = None  # one n x n buffer, reused by every solve on the same rows (direct: factorised in place)
+        self.sqrt_m = self.factor = None  # R (d, d) or (d,) in the working dtype, and its compact factor
+        self.alpha = None
+        self.best = None  # (validation score, iteration, R, factor, alpha, rows) of the kept iterate
+        self.history = []
+
+    def _warm_start(self, n_rows):
+        """From the subset to all rows: the subset's coefficients (zero elsewhere) predict exactly as the subset's
+        kernel machine, a good start for the full system (a warm start worse than zero is dropped by the solver)."""
+        if self.alpha is not None and self.alpha.shape[0] != n_rows:
+            full = torch.zeros((n_rows, self.alpha.shape[1]), dtype=self.alpha.dtype, device=self.alpha.device)
+            full[self.sub] = self.alpha
+            self.alpha = full
+
+    def _solve(self, plan, phase, pts, Y_rows, y_rows):
+        n_rows = len(pts)
+        if plan.holds_matrix and (self.K is None or self.K.shape[0] != n_rows):
+            self.K = None
+            self.K = torch.empty((n_rows, n_rows), dtype=pts.z.dtype, device=pts.z.device)
+        if plan.solver == "direct":
+            return _solve_direct(pts, Y_rows, y_rows, self.K, self.p, self.score)
+        if not plan.store:
+            self.K = None  # a stored matrix of another phase is not needed any more
+        # with a subset, the cap is the time budget of the solve on all rows; the subset solves, which drive M, run
+        # to solver_tol (a capped subset solve measurably degraded M at n = 50000)
+        cap = None if phase == "sub" else self.p.solver_max_iter
+        return _solve_iterative(plan, pts, Y_rows, y_rows, self.K, self.p, self.gen, self.work_budget, self.score,
+                                self.alpha, cap)
+
+    def _feature_step(self, X_rows, pts):
+        """The AGOP of the predictor (centres: the solve's rows) over a sample of all training rows, and the new M."""
+        p, n_tr = self.p, self.Xt.shape[0]
+        idx = torch.randperm(n_tr, generator=self.gen)[: self.n_agop].to(X_rows.device) if self.n_agop < n_tr \
+            else slice(None)
+        agop = laplace_agop(self.Xt[idx], X_rows if p.diag else pts, self.alpha, bandwidth=p.bandwidth,
+                            sqrt_m=self.factor, diag=p.diag, centering=p.centering, memory_budget=self.work_budget)
+        self.sqrt_m = feature_matrix_update(agop, power=p.agop_power, normalize=p.normalize_m).to(X_rows.dtype)
+        self.factor = compact_factor(self.sqrt_m)
+
+    def step(self, t, phase, agop_step) -> dict:
+        """One solve (and, when ``agop_step``, the feature-matrix update after it); returns its history record."""
+        t0 = time.perf_counter()
+        p, plan = self.p, self.plans[phase]
+        rows = self.sub if phase == "sub" else None
+        X_rows = self.Xt if rows is None else self.Xt[rows]
+        Y_rows = self.Yt if rows is None else self.Yt[rows]
+        y_rows = self.y_tr if rows is None else self.y_tr[rows.cpu().numpy()]
+        self._warm_start(X_rows.shape[0])
+        pts = Points.of(X_rows, self.factor)
+        sol, train_score = self._solve(plan, phase, pts, Y_rows, y_rows)
+        self.alpha = sol.x
+        if not bool(torch.isfinite(self.alpha).all()):
+            raise ValueError(
+                "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
+                "(try a larger bandwidth, a larger reg or dtype='float64')."
+            )
+        rec = {"iter": t, "n_rows": X_rows.shape[0], "solver": sol.method, "solver_reason": plan.reason,
+               "solver_iters": sol.n_iter, "solver_converged": sol.converged, "solver_residual": sol.final_residual,
+               "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
+               "agop_rows": self.n_agop if agop_step else None}
+        if self.Xv is not None:
+            val_out = kernel_matmul(self.Xv, pts, self.alpha, bandwidth=p.bandwidth, sqrt_m=self.factor,
+                                    memory_budget=self.work_budget)
+            rec["val_score"] = self.score(val_out.cpu().double().numpy(), self.y_va)
+        key = rec["val_score"]
+        if self.best is None or key is None or key > self.best[0]:
+            self.best = (key, t, self.sqrt_m, self.factor, self.alpha, rows)
+        if agop_step:
+            self._feature_step(X_rows, pts)
+        rec["seconds"] = time.perf_counter() - t0
+        self.history.append(rec)
+        return rec
+
+
 def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callable[[np.ndarray, object], float],
             device: torch.device, dtype: torch.dtype, budget: int, generator: torch.Generator, owner: str,
             final_solve: bool = True) -> RFMState:
@@ -208,14 +300,11 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     final_solve : solve once more on all rows with the final M (False for a Deep RFM layer: the loop then ends with
         its last AGOP step, and ``last_sqrt_m`` holds the new data map).
     """
-    p = params
+    p, gen = params, generator
     n, d = X.shape
     c = Y.shape[1]
-    gen = generator
-    itemsize = torch.empty((), dtype=dtype).element_size()
     tr, va = _validation_split(n, p.validation_fraction, gen)
-    n_tr, n_val = len(tr), 0 if va is None else len(va)
-
+    n_tr = len(tr)
     # feature-learning solves (those followed by an AGOP step) may run on a random subset of the training rows;
     # the final solve always uses all of them
     sub = None
@@ -223,105 +312,31 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         sub = torch.randperm(n_tr, generator=gen)[: p.iter_sample_size].sort().values.to(device)
     n_agop = min(p.agop_sample_size, n_tr)
     sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
-    plans = {}
-    for phase, rows in sizes.items():
-        reserved = _fit_items(n_train=n_tr, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
-                              n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
-        plan = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=p.solver,
-                          reg=float(p.reg), owner=owner, reserved=reserved)
-        plans[phase] = plan
-        logger.info("%s: solver %s for %s rows (%s)", owner, plan.solver, phase, plan.reason)
-    work_budget = min(plan.work_budget() for plan in plans.values())
-
-    Xt = to_tensor(X[tr], dtype, device)
-    Yt = to_tensor(Y[tr], dtype, device)
-    Xv = to_tensor(X[va], dtype, device) if va is not None else None
-    y_tr = y[tr]
-    y_va = y[va] if va is not None else None
-
-    K = None
-    sqrt_m = factor = None  # R (d, d) or (d,) in the working dtype and its compact factor used for distances
-    alpha = None
-    best = None
-    history = []
+    plans = _plan_phases(sizes, n_train=n_tr, n_val=0 if va is None else len(va), n_agop=n_agop, d=d, c=c,
+                         itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype, device=device,
+                         budget=budget, owner=owner)
+    loop = _Loop(p, plans, to_tensor(X[tr], dtype, device), to_tensor(Y[tr], dtype, device), y[tr],
+                 None if va is None else to_tensor(X[va], dtype, device), None if va is None else y[va], sub,
+                 score=score, gen=gen, work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop)
     shape = (p.iters, sub is not None, final_solve, plans["all"].solver == "direct")
     bar = tqdm(enumerate(_schedule(*shape)), total=_n_solves(*shape), desc=owner, disable=not p.verbose,
                unit="solve")
     for t, (phase, agop_step) in bar:
-        t0 = time.perf_counter()
-        rows = sub if phase == "sub" else None
-        plan = plans[phase]
-        X_rows = Xt if rows is None else Xt[rows]
-        Y_rows = Yt if rows is None else Yt[rows]
-        y_rows = y_tr if rows is None else y_tr[rows.cpu().numpy()]
-        n_rows = X_rows.shape[0]
-        if alpha is not None and alpha.shape[0] != n_rows:
-            # from the subset to all rows: the subset's coefficients (zero elsewhere) predict exactly as the subset's
-            # kernel machine, a good start for the full system (a warm start worse than zero is dropped)
-            full = torch.zeros((n_rows, c), dtype=dtype, device=device)
-            full[sub] = alpha
-            alpha = full
-        pts = Points.of(X_rows, factor)
-        if plan.holds_matrix and (K is None or K.shape[0] != n_rows):
-            # one n x n buffer, reused by every solve on the same rows (direct: factorised in place; stored CG)
-            K = None
-            K = torch.empty((n_rows, n_rows), dtype=dtype, device=device)
-        if plan.solver == "direct":
-            sol, train_score = _solve_direct(pts, Y_rows, y_rows, K, p, score)
-        else:
-            if not plan.store:
-                K = None  # a stored matrix of another phase is not needed any more
-            # with a subset, the cap is the time budget of the solve on all rows; the subset solves, which drive M,
-            # run to solver_tol (a capped subset solve measurably degraded M at n = 50000)
-            cap = None if phase == "sub" else p.solver_max_iter
-            sol, train_score = _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score, alpha, cap)
-        alpha = sol.x
-        if not bool(torch.isfinite(alpha).all()):
-            raise ValueError(
-                "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
-                "(try a larger bandwidth, a larger reg or dtype='float64')."
-            )
-        rec = {
-            "iter": t,
-            "n_rows": n_rows,
-            "solver": sol.method,
-            "solver_reason": plan.reason,
-            "solver_iters": sol.n_iter,
-            "solver_converged": sol.converged,
-            "solver_residual": sol.final_residual,
-            "reg_used": sol.reg_used,
-            "train_score": train_score,
-            "val_score": None,
-            "agop_rows": n_agop if agop_step else None,
-        }
-        if Xv is not None:
-            val_out = kernel_matmul(Xv, pts, alpha, bandwidth=p.bandwidth, sqrt_m=factor, memory_budget=work_budget)
-            rec["val_score"] = score(val_out.cpu().double().numpy(), y_va)
-        key = rec["val_score"]
-        if best is None or key is None or key > best[0]:
-            best = (key, t, sqrt_m, factor, alpha, rows)
-        if agop_step:
-            # the AGOP of the predictor (centres: the solve's rows) over a sample of all training rows
-            idx = torch.randperm(n_tr, generator=gen)[:n_agop].to(device) if n_agop < n_tr else slice(None)
-            agop = laplace_agop(Xt[idx], X_rows if p.diag else pts, alpha, bandwidth=p.bandwidth, sqrt_m=factor,
-                                diag=p.diag, centering=p.centering, memory_budget=work_budget)
-            sqrt_m = feature_matrix_update(agop, power=p.agop_power, normalize=p.normalize_m).to(dtype)
-            factor = compact_factor(sqrt_m)
-        rec["seconds"] = time.perf_counter() - t0
-        history.append(rec)
-        bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if key is None else f"{key:.4f}")
+        rec = loop.step(t, phase, agop_step)
+        bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if rec["val_score"] is None
+                        else f"{rec['val_score']:.4f}")
         logger.info("RFM iteration %d: %s", t, rec)
-    del K
-    _, best_t, best_r, best_factor, best_alpha, best_rows = best
+    loop.K = None
+    _, best_t, best_r, best_factor, best_alpha, best_rows = loop.best
     return RFMState(
         sqrt_m=None if best_r is None else best_r.double().cpu().numpy(),
         factor=best_factor,
         alpha=best_alpha,
-        X_fit=Xt if best_rows is None else Xt[best_rows],
+        X_fit=loop.Xt if best_rows is None else loop.Xt[best_rows],
         best_iter=best_t,
-        history=history,
+        history=loop.history,
         solver=plans["all"].solver if final_solve or sub is None else plans["sub"].solver,
-        last_sqrt_m=None if sqrt_m is None else sqrt_m.double().cpu().numpy(),
+        last_sqrt_m=None if loop.sqrt_m is None else loop.sqrt_m.double().cpu().numpy(),
         iter_rows=None if sub is None else tr[sub.cpu().numpy()],
         plans=plans,
     )
