@@ -5,7 +5,7 @@ Peers measured in the same run: scikit-learn ``KernelRidge`` (same L2 Laplace ke
 ``MLPClassifier`` (2 x 256 ReLU, Adam, early stopping off) and the public ``xrfm`` package (optional: recorded as
 skipped when it is not installed; ``pip install xrfm``).
 
-Cases are declared in ``CASES``; ``drfm bench rfm`` runs each one in its own process (see ``_harness.py``).
+Cases are declared in ``CASES``; ``drfm bench rfm`` runs each one in its own process (see ``drfm.bench``).
 Targets (foundation issue, 2-core CPU): low-rank n=12800 fit <= 50 s with test R^2 >= 0.99; 10-class n=16000
 fit <= 150 s with accuracy >= 0.80; kernel build within 1.5x of GEMM + exp.
 """

@@ -3,7 +3,7 @@
 For each layer l = 1..depth (the seed paper's construction)::
 
     X_l <- X_l / ||X_l||_row                       stage "input"
-    fit Laplace kernel ridge on (X_l, Y) (M = I, bandwidth L), iters_per_layer AGOP steps
+    fit Laplace kernel ridge on (X_l, Y) (M = I, bandwidth L), layer.iters AGOP steps (the layer template)
     M_l <- AGOP / max entry ;  R_l <- M_l^{1/2}    (eigh in float64, negative eigenvalues clipped)
     Z_l <- X_l R_l                                 stage "linear"
     X_{l+1} <- Phi_l(Z_l)                          stage "nonlinear" (cosine / ReLU random features, or identity)

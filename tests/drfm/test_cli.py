@@ -251,3 +251,19 @@ def test_help_texts(capsys):
         assert out.startswith("usage: drfm " + cmd)
         if cmd == "predict":
             assert "trust" in out
+
+
+@pytest.mark.parametrize("name", ["2026-11-24-rfm-cpu2core.jsonl", "2026-11-24-solvers-cpu2core.jsonl",
+                                  "2026-11-24-compare-cpu2core.jsonl"])
+def test_committed_reference_results_compare(name, tmp_path, capsys):
+    # the reference results ship with the repository (not ignored), and --compare reads them: a file against a copy
+    # of its first record with doubled fit time gives ratio 2 on that run and matches nothing else
+    ref = ROOT / "benchmarks" / "results" / name
+    records = [json.loads(line) for line in ref.read_text().splitlines() if line.strip()]
+    assert records and all("env" in r for r in records if "error" not in r and "skipped" not in r)
+    first = next(r for r in records if "fit_seconds" in r)
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({**first, "fit_seconds": 2 * first["fit_seconds"]}) + "\n")
+    assert main(["bench", "--compare", str(ref), str(new), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["ratios"]["fit_seconds"] == pytest.approx(2.0)
