@@ -5,12 +5,11 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from kernels.memory import default_memory_budget, format_bytes
+from kernels.memory import default_memory_budget
 
 from ._params import InvalidParameterError
 
-__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "format_bytes",
-           "standardization"]  # format_bytes: re-exported from kernels.memory
+__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "standardization"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

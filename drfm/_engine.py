@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, Points, StoredKernel, SolvePlan,
-                     compact_factor, feature_matrix_update, kernel_matmul, laplace_agop, plan_solve,
-                     solve_cg, solve_direct, solve_eigenpro)
+from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, Points, StoredKernel, compact_factor,
+                     feature_matrix_update, kernel_matmul, laplace_agop, plan_solve, solve_cg, solve_direct,
+                     solve_eigenpro)
 from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
 from kernels.laplace import laplace_kernel_transformed
@@ -87,7 +87,6 @@ class RFMState:
     solver: str
     last_sqrt_m: np.ndarray | None
     iter_rows: np.ndarray | None
-    plans: dict[str, SolvePlan] = field(default_factory=dict)
 
 
 def _validation_split(n, fraction, gen):
@@ -338,5 +337,4 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         solver=plans["all"].solver if final_solve or sub is None else plans["sub"].solver,
         last_sqrt_m=None if loop.sqrt_m is None else loop.sqrt_m.double().cpu().numpy(),
         iter_rows=None if sub is None else tr[sub.cpu().numpy()],
-        plans=plans,
     )

@@ -43,10 +43,6 @@ from .rfm import RFMRegressor
 
 __all__ = ["DeepRFMClassifier", "DeepRFMRegressor", "Layer", "default_layer"]
 
-#: the parameters a Deep RFM sets on every layer's machine (they are the Deep RFM's, not the template's)
-_RUNTIME = ("device", "dtype", "memory_budget", "random_state", "verbose")
-
-
 def default_layer() -> RFMRegressor:
     """The layer template used when ``layer=None``: one AGOP step of a Laplace machine with bandwidth 2 (rows are
     unit norm)."""
@@ -176,6 +172,7 @@ class _BaseDeepRFM(BaseEstimator):
         return template
 
     def _machine(self, template, *, iters, seed, budget):
+        """A clone of the template with this Deep RFM's device, dtype, budget, a drawn seed and quieter verbosity."""
         runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
                        verbose=max(0, int(self.verbose) - 1))
         return clone(template).set_params(iters=iters, **runtime)

@@ -89,11 +89,6 @@ class BlockedKernel:
         self.tile = square_tile(self.n, itemsize=self.z.element_size(), budget=budget)
         self.n_products = 0
 
-    @staticmethod
-    def workspace_bytes(n: int, *, itemsize: int, budget: int) -> int:
-        """Bytes one product holds besides its input and output: a square tile and its temporaries."""
-        return 3 * square_tile(n, itemsize=itemsize, budget=budget) ** 2 * itemsize
-
     def block(self, rows, cols=None, out=None) -> torch.Tensor:
         """Dense kernel block ``K[rows, cols]`` (index tensors or slices; ``cols=None`` means all points)."""
         zr = self.z[rows]

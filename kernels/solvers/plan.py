@@ -146,7 +146,8 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
     if requested in ("cg", "eigenpro"):
         solver, reason = requested, f"forced by solver={requested!r}"
     else:
-        why = "the n x n matrix does not fit the budget" if not direct.fits(MIN_WORK_BYTES) else f"n={n} > {AUTO_DIRECT_MAX_N}"
+        fits = direct.fits(MIN_WORK_BYTES)
+        why = f"n={n} > {AUTO_DIRECT_MAX_N}" if fits else "the n x n matrix does not fit the budget"
         solver, reason = "cg", f"{why}: Nystrom-preconditioned CG, warm-started across iterations"
     stored = _ledger(budget, reserved, _solve_items(solver, n, d, c, itemsize, s, q, store=True))
     store = stored.fits(MIN_WORK_BYTES)
