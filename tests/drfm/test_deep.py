@@ -135,3 +135,14 @@ DEEP = [DeepRFMClassifier(2, width=64, sigma=0.5, random_state=0), DeepRFMRegres
 })
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_every_estimator_imports_from_drfm():
+    import drfm
+    from drfm import dnn
+    from drfm.mlp import TorchMLPClassifier
+
+    assert drfm.DeepRFMClassifier is DeepRFMClassifier and drfm.DeepRFMRegressor is DeepRFMRegressor
+    assert drfm.TorchMLPClassifier is TorchMLPClassifier is dnn.TorchMLPClassifier
+    assert {"RFMRegressor", "RFMClassifier", "DeepRFMClassifier", "DeepRFMRegressor", "TorchMLPClassifier"} <= set(
+        drfm.__all__)
