@@ -110,7 +110,7 @@ class DeviceString:
 
 
 BOOL = InstanceOf(bool, np.bool_, name="an instance of 'bool'")
-RANDOM_STATE = [InstanceOf(numbers.Integral, name="an int"), InstanceOf(np.random.RandomState), NoneOK]
+RANDOM_STATE = [Interval("int", 0, 2**32 - 1, closed="both"), InstanceOf(np.random.RandomState), NoneOK]
 
 
 def validate_params(estimator) -> None:

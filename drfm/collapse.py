@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 
+#: net log10 reductions at or below this many decades (2.3% of the metric) count as no net change
+MIN_NET_LOG10 = 0.01
+
+
 def _prep(features, labels):
     H = np.asarray(features, dtype=np.float64)
     if H.ndim != 2:
@@ -215,27 +219,29 @@ class CollapseReport:
     def linear_share(self, metric: str = "nc1", *, model=None) -> list[dict]:
         """Per layer: the log10 reduction of ``metric`` in the linear stage (input -> linear) and in the nonlinear
         stage (linear -> nonlinear), and the linear stage's share of the total reduction (None when the layer does
-        not reduce the metric overall)."""
+        not reduce the metric by more than ``MIN_NET_LOG10`` decades overall: a share of a tiny net change is
+        meaningless). Layers with a missing, zero or infinite stage value are left out."""
         out = []
         models = sorted({r["model"] for r in self.rows}) if model is None else [model]
         for mdl in models:
             by = {(r["layer"], r["stage"]): r["value"] for r in self.values(metric, model=mdl) if "epoch" not in r}
             for layer in sorted({k[0] for k in by}):
                 a, b, c = (by.get((layer, s)) for s in ("input", "linear", "nonlinear"))
-                if None in (a, b, c) or min(a, b, c) <= 0:
-                    continue
+                if None in (a, b, c) or min(a, b, c) <= 0 or not all(map(math.isfinite, (a, b, c))):
+                    continue  # a stage missing, zero or infinite (a dead layer): no log change to share
                 lin, nonlin = math.log10(a / b), math.log10(b / c)
                 total = lin + nonlin
                 out.append({"model": mdl, "layer": layer, "metric": metric, "linear_log10_reduction": lin,
                             "nonlinear_log10_reduction": nonlin,
-                            "linear_share": lin / total if total > 0 else None})
+                            "linear_share": lin / total if total > MIN_NET_LOG10 else None})
         return out
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "linear_share": self.linear_share(), "meta": self.meta}
 
     def to_json(self, path=None, **kw) -> str:
-        text = json.dumps(self.to_dict(), **kw)
+        """Standard JSON (non-finite values, e.g. NC1 of a dead layer, are written as null)."""
+        text = json.dumps(_finite_or_none(self.to_dict()), allow_nan=False, **kw)
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text)
@@ -281,12 +287,18 @@ class CollapseReport:
             lin = sum(s["linear_log10_reduction"] for s in shares)
             non = sum(s["nonlinear_log10_reduction"] for s in shares)
             total = lin + non
-            if lin > 0 and non <= 0:
+            if total <= MIN_NET_LOG10:
+                verdict = f"there was no net collapse ({metric} did not fall)"
+            elif lin > 0 and non <= 0:
                 verdict = "all of the net collapse happened in the linear stages (the nonlinear stages undid part of it)"
-            elif total > 0:
-                verdict = f"the linear stages carried {100 * lin / total:.0f}% of the net collapse"
+            elif lin <= 0:
+                verdict = "all of the net collapse happened in the nonlinear stages (the linear stages undid part of it)"
             else:
-                verdict = "there was no net collapse"
+                verdict = f"the linear stages carried {100 * lin / total:.0f}% of the net collapse"
+            left_out = sorted({r["layer"] for r in rows} - {s["layer"] for s in shares})
+            if left_out:
+                verdict += (f"; layer(s) {', '.join(map(str, left_out))} left out of the sums (a stage missing or "
+                            "with a zero or infinite value, e.g. a dead layer)")
             parts.append(
                 f"{mdl}: {metric} went from {first['value']:.3g} (layer {first['layer']} {first['stage']}) to "
                 f"{last['value']:.3g} (layer {last['layer']} {last['stage']}). Summed over layers, the linear stages "
@@ -339,6 +351,16 @@ class CollapseReport:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 def check_metrics(metrics) -> None:

@@ -247,6 +247,8 @@ class _BaseDeepRFM(BaseEstimator):
     def transform(self, X, layer=None):
         """Features after layer ``layer``'s nonlinear stage (0-based; default: the last layer), as numpy."""
         X = self._check_X(X)
+        if layer is not None and (isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer))):
+            raise TypeError(f"layer must be an int (0-based layer index) or None, got {layer!r}")
         upto = self.n_layers_ if layer is None else int(layer) + 1
         if not 1 <= upto <= self.n_layers_:
             raise ValueError(f"layer must be in [0, {self.n_layers_ - 1}], got {layer!r}")

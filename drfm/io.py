@@ -49,7 +49,7 @@ def read_array(path: str, what: str, *, numeric: bool = True):
                 return False
 
         names = None
-        if not all(is_number(v) for v in rows[0]) and len(rows) > 1 and all(is_number(v) for v in rows[1]):
+        if _has_header(rows, is_number):
             names, rows = [v.strip() for v in rows[0]], rows[1:]
         widths = {len(r) for r in rows}
         if len(widths) != 1:
@@ -67,6 +67,17 @@ def read_array(path: str, what: str, *, numeric: bool = True):
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise DataFileError(f"{what} file {path!r} must hold a non-empty 1-D or 2-D array, got shape {arr.shape}")
     return arr, names
+
+
+def _has_header(rows, is_number) -> bool:
+    """The first row is a header when some column is numeric in every later row but not in the first (text label
+    columns and other text columns do not decide either way)."""
+    if len(rows) < 2:
+        return False
+    for j, first in enumerate(rows[0]):
+        if not is_number(first) and all(j < len(r) and is_number(r[j]) for r in rows[1:]):
+            return True
+    return False
 
 
 def write_array(arr, path: str | None) -> str | None:
@@ -135,9 +146,14 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
             idx = names.index(col)
         else:
             try:
-                idx = int(col) % table.shape[1]
+                idx = int(col)
             except ValueError:
                 raise DataFileError(f"--target {col!r} is neither a column name of {data!r} nor an index") from None
+            ncols = table.shape[1]
+            if not -ncols <= idx < ncols:
+                raise DataFileError(f"--target {col!r} is out of range: {data!r} has {ncols} columns (indices 0 to "
+                                    f"{ncols - 1}, or -1 for the last)")
+            idx %= ncols
         y = table[:, idx]
         X = np.delete(table, idx, axis=1)
         try:
