@@ -9,7 +9,8 @@ from kernels.memory import default_memory_budget
 
 from ._params import InvalidParameterError
 
-__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "standardization"]
+__all__ = ["resolve_device", "resolve_dtype", "make_generator", "resolve_budget", "to_tensor", "finite_tensor",
+           "standardization"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -62,3 +63,15 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
 
 def to_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), device=device).to(dtype)
+
+
+def finite_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device, what: str = "X") -> torch.Tensor:
+    """:func:`to_tensor`, refusing values that overflow the working precision (finite input becoming inf)."""
+    t = to_tensor(a, dtype, device)
+    if not bool(torch.isfinite(t).all()):
+        big = float(np.max(np.abs(a)))
+        raise ValueError(
+            f"{what} has values beyond the {str(dtype).replace('torch.', '')} range (largest |value| {big:.3g}): "
+            "standardise the data, or use dtype='float64'."
+        )
+    return t

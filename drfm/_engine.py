@@ -33,7 +33,7 @@ from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
 from kernels.laplace import laplace_kernel_transformed
 
-from ._backend import to_tensor
+from ._backend import finite_tensor
 
 __all__ = ["RFMParams", "RFMState", "run_rfm"]
 
@@ -207,8 +207,8 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
 class _Loop:
     """The state the RFM loop carries from solve to solve, and one step of it (:meth:`step`)."""
 
-    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, score, gen, work_budget, n_agop):
-        self.p, self.plans, self.score, self.gen, self.work_budget = p, plans, score, gen, work_budget
+    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, score, gen, work_budget, n_agop, owner):
+        self.p, self.plans, self.score, self.gen, self.work_budget, self.owner = p, plans, score, gen, work_budget, owner
         self.Xt, self.Yt, self.y_tr, self.Xv, self.y_va, self.sub, self.n_agop = Xt, Yt, y_tr, Xv, y_va, sub, n_agop
         self.K = None  # one n x n buffer, reused by every solve on the same rows (direct: factorised in place)
         self.sqrt_m = self.factor = None  # R (d, d) or (d,) in the working dtype, and its compact factor
@@ -246,7 +246,18 @@ class _Loop:
             else slice(None)
         agop = laplace_agop(self.Xt[idx], X_rows if p.diag else pts, self.alpha, bandwidth=p.bandwidth,
                             sqrt_m=self.factor, diag=p.diag, centering=p.centering, memory_budget=self.work_budget)
-        self.sqrt_m = feature_matrix_update(agop, power=p.agop_power, normalize=p.normalize_m).to(X_rows.dtype)
+        if not bool(torch.isfinite(agop).all()):
+            raise ValueError(
+                f"{self.owner}: the AGOP is not finite (it overflowed): the targets or features are badly scaled "
+                f"(largest |y| {float(self.Yt.abs().max()):.3g}); standardise them, or use dtype='float64'."
+            )
+        r = feature_matrix_update(agop, power=p.agop_power, normalize=p.normalize_m)
+        self.sqrt_m = r.to(X_rows.dtype)
+        if not bool(torch.isfinite(self.sqrt_m).all()):
+            raise ValueError(
+                f"The 'agop_power' parameter of {self.owner} is too large for this AGOP: AGOP^{p.agop_power:g} "
+                f"overflows {str(X_rows.dtype).replace('torch.', '')} (largest entry {float(r.abs().max()):.3g})."
+            )
         self.factor = compact_factor(self.sqrt_m)
 
     def step(self, t, phase, agop_step) -> dict:
@@ -314,9 +325,10 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     plans = _plan_phases(sizes, n_train=n_tr, n_val=0 if va is None else len(va), n_agop=n_agop, d=d, c=c,
                          itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype, device=device,
                          budget=budget, owner=owner)
-    loop = _Loop(p, plans, to_tensor(X[tr], dtype, device), to_tensor(Y[tr], dtype, device), y[tr],
-                 None if va is None else to_tensor(X[va], dtype, device), None if va is None else y[va], sub,
-                 score=score, gen=gen, work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop)
+    loop = _Loop(p, plans, finite_tensor(X[tr], dtype, device), finite_tensor(Y[tr], dtype, device, "y"), y[tr],
+                 None if va is None else finite_tensor(X[va], dtype, device), None if va is None else y[va], sub,
+                 score=score, gen=gen, work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop,
+                 owner=owner)
     shape = (p.iters, sub is not None, final_solve, plans["all"].solver == "direct")
     bar = tqdm(enumerate(_schedule(*shape)), total=_n_solves(*shape), desc=owner, disable=not p.verbose,
                unit="solve")

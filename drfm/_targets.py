@@ -15,6 +15,13 @@ DTYPES = [np.float64, np.float32]
 
 def validate_classification_data(estimator, X, y):
     """``validate_data`` for a classifier's fit, plus the classification-target check."""
+    y_arr = np.asarray(y) if not hasattr(y, "dtype") else y
+    if getattr(y_arr, "dtype", None) is not None and y_arr.dtype == object:
+        kinds = {"text" if isinstance(v, (str, bytes)) else "number" if isinstance(v, (int, float, np.number))
+                 else type(v).__name__ for v in np.ravel(y_arr)}
+        if len(kinds) > 1:
+            raise ValueError(f"y mixes label types ({', '.join(sorted(kinds))}); give every label the same type "
+                             "(e.g. all strings)")
     X, y = validate_data(estimator, X, y, dtype=DTYPES)
     check_classification_targets(y)
     return X, y

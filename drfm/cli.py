@@ -110,9 +110,10 @@ def _model_class(name: str, task: str):
 
 def cmd_fit(args) -> dict:
     from ._params import plain_params
-    from .io import training_data
+    from .io import check_output_path, training_data
     from .persistence import save_model
 
+    check_output_path(args.save, "--save")  # before the data are read and the model is fitted
     data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
                          task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed)
     cls = _model_class(args.model, data.task)
@@ -156,8 +157,10 @@ def show_fit(res: dict) -> str:
 def cmd_predict(args) -> dict:
     import numpy as np
 
-    from .io import read_array, write_array
+    from .io import check_output_path, read_array, write_array
     from .persistence import ModelFileError, load_model
+
+    check_output_path(args.output, "output file", (".npy", ".csv", ".txt"))
 
     try:
         model = load_model(args.model, device=args.device)

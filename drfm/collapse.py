@@ -49,6 +49,9 @@ def _prep(features, labels):
     labels = np.asarray(labels)
     if labels.shape != (H.shape[0],):
         raise ValueError(f"labels must have shape ({H.shape[0]},) to match features, got {labels.shape}")
+    if labels.dtype.kind == "f" and np.isnan(labels).any() or labels.dtype.kind == "O" and any(
+            isinstance(v, float) and v != v for v in labels):
+        raise ValueError("labels contain NaN: every sample needs a class")
     if not np.isfinite(H).all():
         raise ValueError("features contain NaN or infinity")
     classes, idx = np.unique(labels, return_inverse=True)
@@ -92,6 +95,8 @@ def nc1_papyan(features, labels, *, global_mean: str = "classes", rcond: float =
     """Papyan et al.'s ``tr(Sigma_W Sigma_B^+) / K``, with the pseudo-inverse on the span of the centred means."""
     H, means, mu_g, idx, K = class_means(features, labels, global_mean=global_mean)
     Mc = means - mu_g  # (K, p); Sigma_B = Mc^T Mc / K
+    if not np.any(Mc):
+        return math.inf  # all class means coincide: Sigma_B = 0, no collapse (as nc1 is inf there)
     _, sv, Vt = np.linalg.svd(Mc, full_matrices=False)
     keep = sv > rcond * max(sv.max(), 1e-300)
     sv, Vt = sv[keep], Vt[keep]
@@ -138,17 +143,25 @@ def nc3(features, labels, classifier, *, global_mean: str = "classes") -> float:
     if W.shape != means.shape:
         raise ValueError(f"classifier must have shape {means.shape} (classes x features), got {W.shape}")
     Mc = means - mu_g
+    if not np.any(W):
+        raise ValueError("classifier is all zeros: NC3 (the distance between normalised classifier and means) is "
+                         "undefined")
+    if not np.any(Mc):
+        return math.inf  # all class means coincide: no direction to align with (as nc1 is inf there)
     return float(np.sum((W / np.linalg.norm(W) - Mc / np.linalg.norm(Mc)) ** 2))
 
 
 def nc4(features, labels, predictions) -> float:
     """Fraction of points whose nearest-class-mean label differs from the model's prediction."""
     H, means, _, _, _ = class_means(features, labels)
+    predictions = np.asarray(predictions)
+    if predictions.shape != (H.shape[0],):
+        raise ValueError(f"predictions must have shape ({H.shape[0]},) to match features, got {predictions.shape}")
     classes = np.unique(np.asarray(labels))
     # squared distances by GEMM, (N, K)
     d2 = (H**2).sum(1)[:, None] - 2.0 * H @ means.T + (means**2).sum(1)[None, :]
     ncc = classes[np.argmin(d2, axis=1)]
-    return float(np.mean(ncc != np.asarray(predictions)))
+    return float(np.mean(ncc != predictions))
 
 
 def cdnv(features, labels) -> float:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataFileError", "TrainingData", "infer_task", "read_array", "training_data", "write_array"]
+__all__ = ["DataFileError", "TrainingData", "check_output_path", "infer_task", "read_array", "training_data",
+           "write_array"]
 
 
 class DataFileError(ValueError):
@@ -22,7 +23,7 @@ def read_array(path: str, what: str, *, numeric: bool = True):
     """
     p = Path(path)
     if not p.is_file():
-        raise DataFileError(f"{what} file {path!r} does not exist")
+        raise DataFileError(f"{what} file {path!r} {'is a directory' if p.is_dir() else 'does not exist'}")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:
@@ -78,6 +79,19 @@ def _has_header(rows, is_number) -> bool:
         if not is_number(first) and all(j < len(r) and is_number(r[j]) for r in rows[1:]):
             return True
     return False
+
+
+def check_output_path(path: str | None, what: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Before any work: ``path`` can be written (not a directory, its folder exists, a known suffix)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise DataFileError(f"{what} {path!r} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise DataFileError(f"{what} {path!r}: the folder {str(p.parent)!r} does not exist")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise DataFileError(f"{what} {path!r} must be {' or '.join(suffixes)}")
 
 
 def write_array(arr, path: str | None) -> str | None:

@@ -12,13 +12,31 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from tqdm.auto import tqdm
 
+from kernels.memory import available_memory, format_bytes
+
 from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
 from ._targets import DTYPES, decision_values, one_hot_classes, predict_labels, validate_classification_data
 from .collapse import METRICS, CollapseReport
 from .nets import _EvalMode, _input_tensor, build_mlp, layer_blocks, layer_features, mlp_collapse_report, nfa_report
 
-__all__ = ["TorchMLPClassifier"]
+__all__ = ["TorchMLPClassifier", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(FloatingPointError, ValueError):
+    """Training produced a non-finite loss (a ``FloatingPointError``, and a ``ValueError`` for bad settings)."""
+
+
+def _network_bytes(sizes, *, bias, itemsize) -> int:
+    """Weights, gradients and Adam's two moments in the working dtype, plus the float32 initial copy."""
+    params = sum(a * b + (b if bias else 0) for a, b in zip(sizes[:-1], sizes[1:]))
+    return params * (4 * itemsize + 4)
+
+
+def _layer_rng_seed(gen: torch.Generator) -> int:
+    """A seed for the random layers (Dropout) derived from the fit's generator without drawing from it (so the
+    weights and batch order are the same with and without such layers)."""
+    return (gen.initial_seed() * 2654435761 + 97) % 2**63
 
 
 class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
@@ -166,6 +184,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                     f"{blocks[-1].linear.out_features} outputs, but the data have {X.shape[1]} features and {K} "
                     f"classes")
         else:
+            self._check_memory([X.shape[1]] + [self.width] * self.depth + [K], dtype, device, len(y))
             net = build_mlp(X.shape[1], K, depth=self.depth, width=self.width, init_gain=self.init_gain,
                             bias=self.bias, generator=gen)
         self.initial_state_ = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -184,7 +203,32 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         measure = self.measure_every is not None
         if measure:
             self._snapshot(Xs, y, 0, snap_gen)
+        # Dropout and other random layers draw from torch's global RNG: train inside a fork of it, seeded from
+        # random_state (the caller's global RNG state is restored afterwards)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.default_generator.manual_seed(_layer_rng_seed(gen))
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(_layer_rng_seed(gen))
+            self._train(net, x, target, labels, loss_fn, opt, gen, Xs, y, snap_gen, measure)
+        net.eval()
+        return self
+
+    def _check_memory(self, sizes, dtype, device, n):
+        """Refuse a network whose weights, gradients and optimiser state do not fit the memory available."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        need = _network_bytes(sizes, bias=self.bias, itemsize=itemsize) + 4 * n * max(sizes) * itemsize
+        have = available_memory(device)
+        if need > have:
+            raise ValueError(
+                f"The 'width' parameter of {type(self).__name__} (width={self.width}, depth={self.depth}) gives a "
+                f"network that needs {format_bytes(need)} for its weights, gradients and Adam state, but "
+                f"{format_bytes(have)} are available on {device}. Use a smaller width or depth."
+            )
+
+    def _train(self, net, x, target, labels, loss_fn, opt, gen, Xs, y, snap_gen, measure):
         n = x.shape[0]
+        device = x.device
         bar = tqdm(range(1, self.epochs + 1), desc=type(self).__name__, disable=not self.verbose, unit="epoch")
         for epoch in bar:
             t0 = time.perf_counter()
@@ -200,7 +244,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                 total += float(loss.detach()) * len(idx)
             train_loss = total / n
             if not np.isfinite(train_loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower 'lr'")
+                raise TrainingDivergedError(f"training diverged at epoch {epoch} (loss {train_loss}); lower 'lr'")
             with torch.no_grad(), _EvalMode(net):
                 acc = float((net(x).argmax(1).cpu().numpy() == labels).mean())
             self.history_.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": acc,
@@ -208,8 +252,6 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             bar.set_postfix(loss=f"{train_loss:.3g}", acc=f"{acc:.3f}")
             if measure and (epoch % self.measure_every == 0 or epoch == self.epochs):
                 self._snapshot(Xs, y, epoch, snap_gen)
-        net.eval()
-        return self
 
     def _outputs(self, X) -> np.ndarray:
         X = self._prepare(X)

@@ -100,11 +100,12 @@ def layer_blocks(net) -> list[_Block]:
 def build_mlp(d_in: int, n_out: int, *, depth: int = 5, width: int = 512, init_gain: float = 0.1, bias: bool = False,
               generator: torch.Generator | None = None) -> nn.Sequential:
     """``depth`` hidden Linear+ReLU layers of ``width`` units and a Linear output layer, Xavier-uniform initialised
-    with gain ``init_gain`` (drawn from ``generator`` on the CPU; biases, if any, start at zero)."""
+    with gain ``init_gain`` (drawn from ``generator`` on the CPU; biases, if any, start at zero; torch's global RNG is
+    not used)."""
     sizes = [d_in] + [width] * depth + [n_out]
     mods: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        lin = nn.Linear(a, b, bias=bias)
+        lin = torch.nn.utils.skip_init(nn.Linear, a, b, bias=bias)  # no default init: torch's global RNG untouched
         bound = init_gain * np.sqrt(6.0 / (a + b))
         with torch.no_grad():
             lin.weight.uniform_(-bound, bound, generator=generator)
@@ -146,6 +147,8 @@ def _input_tensor(net, X, name="X"):
         raise ValueError(f"{name} has {x.shape[1]} features but the network's first Linear layer expects {d_in}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinity")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has no rows")
     return x
 
 
@@ -238,6 +241,7 @@ def network_agop(model, X, layer: int, *, batch_size: int = 256, sample_size: in
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     x = _input_tensor(net, X)
+    _check_sample_size(sample_size)
     if sample_size is not None and sample_size < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=generator)[:sample_size].to(x.device)
         x = x[idx]
@@ -258,6 +262,25 @@ def network_agop(model, X, layer: int, *, batch_size: int = 256, sample_size: in
             J = J.reshape(J.shape[0], -1, d).double()
             agop += torch.einsum("bkd,bke->de", J, J)
     return (agop / x.shape[0]).cpu().numpy()
+
+
+def _check_sample_size(sample_size):
+    if sample_size is not None and (isinstance(sample_size, (bool, np.bool_))
+                                    or not isinstance(sample_size, (int, np.integer)) or sample_size < 1):
+        raise ValueError(f"sample_size must be a positive int or None, got {sample_size!r}")
+
+
+def _initial_weight(state, block) -> np.ndarray:
+    """The initial weight of ``block`` from a state dict, checked against the network's weight."""
+    key = f"{block.start}.weight"
+    if key not in state:
+        raise ValueError(f"initial has no weight for Linear layer {block.index} (state_dict key {key!r}); pass the "
+                         "network at initialisation or its state_dict")
+    w = state[key].detach().double().cpu().numpy()
+    if w.shape != tuple(block.linear.weight.shape):
+        raise ValueError(f"initial weight of Linear layer {block.index} has shape {w.shape}, but the network's is "
+                         f"{tuple(block.linear.weight.shape)}")
+    return w
 
 
 def pearson(A, B) -> float:
@@ -292,8 +315,12 @@ def nfa_correlations(model, X, *, initial=None, layers=None, batch_size: int = 2
     init_weights = None
     if initial is not None:
         state = initial.state_dict() if isinstance(initial, nn.Module) else initial
-        init_weights = [state[f"{b.start}.weight"].detach().double().cpu().numpy() for b in blocks]
+        init_weights = [_initial_weight(state, b) for b in blocks]
+    if layers is not None and not all(isinstance(i, (int, np.integer)) and 0 <= i < len(blocks) for i in layers):
+        raise ValueError(f"layers must be indices in [0, {len(blocks) - 1}] (the network has {len(blocks)} Linear "
+                         f"layers), got {list(layers)}")
     x = _input_tensor(net, X)
+    _check_sample_size(sample_size)
     if sample_size is not None and sample_size < x.shape[0]:  # one subsample shared by every layer
         x = x[torch.randperm(x.shape[0], generator=generator)[:sample_size].to(x.device)]
     out = []

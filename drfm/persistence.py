@@ -85,6 +85,8 @@ def save_model(model, path, *, metadata: dict | None = None) -> Path:
 def read_header(path) -> dict:
     """The JSON header of a model file (nothing is unpickled); ``ModelFileError`` if it is not a drfm model."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"model file {str(path)!r} is a directory")
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     with open(path, "rb") as fh:

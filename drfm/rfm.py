@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from kernels import Points, kernel_matmul, laplace_agop
 from kernels.solvers.plan import SOLVERS
 
-from ._backend import make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
+from ._backend import finite_tensor, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
 from ._engine import RFMParams, run_rfm
 from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
 from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, one_hot_classes,
@@ -163,7 +163,7 @@ class _BaseRFM(BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=DTYPES)
         tc = self._tensors()
-        xt = to_tensor(X, tc["dtype"], tc["device"])
+        xt = finite_tensor(X, tc["dtype"], tc["device"])
         out = kernel_matmul(xt, tc["centres"], tc["alpha"], bandwidth=self.bandwidth, sqrt_m=tc["r"],
                             memory_budget=resolve_budget(self.memory_budget, tc["device"]))
         return out.cpu().double().numpy()
@@ -180,7 +180,7 @@ class _BaseRFM(BaseEstimator):
             xs = tc["x"][: self.agop_sample_size]
         else:
             X = validate_data(self, X, reset=False, dtype=DTYPES)
-            xs = to_tensor(X, tc["dtype"], tc["device"])
+            xs = finite_tensor(X, tc["dtype"], tc["device"])
         a = laplace_agop(
             xs, tc["x"], tc["alpha"], bandwidth=self.bandwidth, sqrt_m=tc["r"],
             diag=self.diag if diag is None else diag, centering=self.centering if centering is None else centering,

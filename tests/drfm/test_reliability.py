@@ -99,3 +99,155 @@ def test_negative_random_state_names_the_parameter():
     X = np.random.default_rng(0).normal(size=(30, 3))
     with pytest.raises(ValueError, match="The 'random_state' parameter of RFMRegressor"):
         RFMRegressor(random_state=-1).fit(X, X[:, 0])
+
+
+# 4. no raw torch errors: overflowing AGOPs and powers are ValueErrors naming the cause
+def test_overflowing_agop_and_power_are_value_errors():
+    from drfm import RFMRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = X[:, 0] * X[:, 1]
+    with pytest.raises(ValueError, match="AGOP .*not finite.*badly scaled"):
+        RFMRegressor(iters=1).fit(X, y * 1e19)
+    with pytest.raises(ValueError, match="The 'agop_power' parameter of RFMRegressor"):
+        RFMRegressor(iters=2, agop_power=1e6).fit(X, y)
+
+
+# 5. inputs beyond the working precision are an error, not NaN or class 0
+def test_inputs_beyond_float32_range():
+    from drfm import RFMClassifier, RFMRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    reg = RFMRegressor(iters=1).fit(X, X[:, 0])
+    clf = RFMClassifier(iters=1).fit(X, X[:, 0] > 0)
+    for model in (reg, clf):
+        with pytest.raises(ValueError, match="beyond the float32 range.*dtype='float64'"):
+            model.predict(X[:2] * 1e39)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        RFMRegressor(iters=1).fit(X * 1e39, X[:, 0])
+    # float64 takes them (finite there)
+    assert np.isfinite(RFMRegressor(iters=0, dtype="float64", bandwidth=1e40).fit(X * 1e39, X[:, 0]).predict(
+        X[:2] * 1e39)).all()
+
+
+# 4. the MLP's weights are planned against the memory available before anything is allocated
+def test_mlp_that_cannot_fit_in_memory_is_refused_before_allocating():
+    from drfm import TorchMLPClassifier
+
+    X, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="The 'width' parameter of TorchMLPClassifier.*needs .*weights"):
+        TorchMLPClassifier(1, 10**9, epochs=1).fit(X, y)
+
+
+# 4. divergence is a ValueError too (the CLI reports it in one line)
+def test_diverged_training_is_a_value_error(tmp_path, capsys):
+    from drfm import TorchMLPClassifier
+
+    X, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="diverged.*lower 'lr'"):
+        TorchMLPClassifier(1, 8, lr=1e30, init_gain=1e6, epochs=3).fit(X * 1e30, y)
+    with pytest.raises(FloatingPointError):  # still the documented class
+        TorchMLPClassifier(1, 8, lr=1e30, init_gain=1e6, epochs=3).fit(X * 1e30, y)
+
+
+# 4. output paths are checked before any fitting; a directory is named as one
+def test_cli_checks_output_paths_before_fitting(tmp_path, capsys):
+    adir = tmp_path / "adir"
+    adir.mkdir()
+    for argv, needle in (
+        (["fit", "--dataset", "digits", "--save", str(adir)], "is a directory"),
+        (["fit", "--dataset", "digits", "--save", str(tmp_path / "missing" / "m.pkl")], "does not exist"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    model = tmp_path / "m.pkl"
+    assert main(["fit", "--dataset", "digits", "--param", "iters=0", "--save", str(model)]) == 0
+    capsys.readouterr()
+    X = np.random.default_rng(0).normal(size=(3, 64))
+    np.save(tmp_path / "x.npy", X)
+    out_dir = tmp_path / "out.csv"
+    out_dir.mkdir()
+    for argv, needle in (
+        (["predict", str(model), str(tmp_path / "x.npy"), "-o", str(out_dir)], "is a directory"),
+        (["predict", str(model), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.txtx")], "must be .npy or .csv"),
+        (["predict", str(adir), str(tmp_path / "x.npy")], "is a directory"),
+        (["predict", str(model), str(adir)], "is a directory"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+
+
+# 5. network AGOP of nothing, and collapse metrics that would be NaN or wrong
+def test_network_agop_needs_samples():
+    from drfm import dnn
+
+    net = dnn.build_mlp(4, 2, depth=1, width=8)
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(ValueError, match="X has no rows"):
+        dnn.network_agop(net, np.zeros((0, 4)), 0)
+    with pytest.raises(ValueError, match="sample_size must be a positive int"):
+        dnn.network_agop(net, X, 0, sample_size=0)
+
+
+def test_collapse_metrics_undefined_cases():
+    from drfm.collapse import nc1, nc1_papyan, nc3, nc4
+
+    rng = np.random.default_rng(0)
+    H, labels = rng.normal(size=(60, 3)), np.arange(60) % 3
+    with pytest.raises(ValueError, match="classifier is all zeros"):
+        nc3(H, labels, np.zeros((3, 3)))
+    # every class has mean exactly 1 (deviations of +-0.5, exact in binary), with spread within the classes
+    same = 1.0 + 0.5 * np.where((np.arange(60) // 3) % 2 == 0, 1.0, -1.0)[:, None] * np.array([1.0, -1.0, 1.0])
+    assert nc1(same, labels) == math.inf and nc1_papyan(same, labels) == math.inf
+    with pytest.raises(ValueError, match="labels contain NaN"):
+        nc1(H, np.where(labels == 0, np.nan, labels))
+    with pytest.raises(ValueError, match="predictions must have shape \\(60,\\)"):
+        nc4(H, labels, np.array([0]))
+
+
+# 8. mixed label types get a message saying so
+def test_mixed_label_types():
+    from drfm import RFMClassifier
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match="y mixes label types"):
+        RFMClassifier(iters=1).fit(X, np.array([1, "a"] * 20, dtype=object))
+
+
+# 7. the MLP never touches torch's global RNG and is deterministic with Dropout
+def test_mlp_global_rng_and_dropout_determinism():
+    import torch
+    from torch import nn
+
+    from drfm import TorchMLPClassifier
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.arange(60) % 2
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2))
+    for kw in ({"module": net}, {"depth": 1, "width": 8, "bias": True}):
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        a = TorchMLPClassifier(epochs=3, lr=1e-2, random_state=0, **kw).fit(X, y)
+        assert torch.equal(torch.rand(3), expected)
+        b = TorchMLPClassifier(epochs=3, lr=1e-2, random_state=0, **kw).fit(X, y)
+        np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
+
+
+# 8. nfa_correlations: bad layers or initial weights name the argument
+def test_nfa_correlations_argument_errors():
+    from drfm import dnn
+
+    net = dnn.build_mlp(4, 2, depth=1, width=8)
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(ValueError, match="layers must be indices in \\[0, 1\\]"):
+        dnn.nfa_correlations(net, X, layers=[5])
+    with pytest.raises(ValueError, match="initial has no weight for Linear layer 0"):
+        dnn.nfa_correlations(net, X, initial={})
+    bad = {k: v[:, :2] if v.dim() == 2 else v for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="initial weight of Linear layer 0 has shape"):
+        dnn.nfa_correlations(net, X, initial=bad)
