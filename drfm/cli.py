@@ -227,6 +227,7 @@ def show_compare(res: dict) -> str:
             f"  MLP        test accuracy {m['test_accuracy']:.4f}   fit {m['fit_seconds']:.1f} s "
             f"(train accuracy {m['train_accuracy']:.4f})")
     tail = "".join(f"\n{k}: {v}" for k, v in (("out", res.get("out")), ("plots", ", ".join(res["plots"]))) if v)
+    tail += "".join(f"\nwarning: {w}" for w in res.get("warnings", []))
     return f"{head}\n\nNC1 per layer and stage (Δlog10: change of log10 NC1 in the linear / nonlinear stage; negative = collapse)\n" \
            f"{res['table']}\n\n{res['summary']}{tail}"
 

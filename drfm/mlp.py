@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from tqdm.auto import tqdm
@@ -78,6 +80,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     initial_state_ : its ``state_dict`` at initialisation (CPU copies).
     history_ : list of dicts (epoch, train_loss, train_accuracy, seconds).
     dynamics_ : :class:`~drfm.collapse.CollapseReport` with per-epoch rows (``measure_every`` set), else empty.
+    at_chance_ : whether training ended no better than predicting the largest class (+ 0.05 accuracy); a
+        ``ConvergenceWarning`` says so.
     classes_, n_features_in_, device_.
     """
 
@@ -212,7 +216,20 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                     torch.cuda.manual_seed(_layer_rng_seed(gen))
             self._train(net, x, target, labels, loss_fn, opt, gen, Xs, y, snap_gen, measure)
         net.eval()
+        self._check_learned(labels)
         return self
+
+    def _check_learned(self, labels):
+        """``at_chance_``: whether training ended no better than predicting the largest class (+ 0.05); warns."""
+        chance = float(np.bincount(labels).max() / len(labels))
+        acc = self.history_[-1]["train_accuracy"] if self.history_ else None
+        self.at_chance_ = acc is not None and acc <= chance + 0.05
+        if self.at_chance_:
+            warnings.warn(
+                f"{type(self).__name__} ended at chance level: train accuracy {acc:.3f} after {self.epochs} epochs, "
+                f"while always predicting the largest class scores {chance:.3f}. The network did not learn: with a "
+                f"small initialisation (init_gain={self.init_gain:g}) and lr={self.lr:g}, small data need more epochs "
+                "or a larger lr.", ConvergenceWarning, stacklevel=3)
 
     def _check_memory(self, sizes, dtype, device, n):
         """Refuse a network whose weights, gradients and optimiser state do not fit the memory available."""

@@ -110,7 +110,10 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
         "mlp": {"test_accuracy": float(mlp.score(X_test, y_test)), "fit_seconds": mlp_s,
                 "train_accuracy": mlp.history_[-1]["train_accuracy"] if mlp.history_ else None,
                 "final_train_loss": mlp.history_[-1]["train_loss"] if mlp.history_ else None,
-                "params": plain_params(mlp, drop=("verbose",))},
+                "params": plain_params(mlp, drop=("verbose",)), "at_chance": bool(mlp.at_chance_)},
+        "warnings": [] if not mlp.at_chance_ else [
+            f"the MLP ended at chance level (train accuracy {mlp.history_[-1]['train_accuracy']:.3f}): its collapse "
+            "metrics and NFA correlations describe a network that did not learn"],
     }
     return report
 

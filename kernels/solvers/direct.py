@@ -52,6 +52,9 @@ def solve_direct(
     Y2 = Y.unsqueeze(1) if squeeze else Y
     if Y2.shape[0] != K.shape[0]:
         raise ValueError(f"Y has {Y2.shape[0]} rows but K is {K.shape[0]} x {K.shape[0]}")
+    if not bool(torch.isfinite(K).all()):
+        raise ValueError("K has non-finite entries (NaN or infinity): the kernel matrix cannot be factorised; check "
+                         "the inputs and the bandwidth for overflow")
     work = K if overwrite_k else K.clone()
     mean_diag = float(work.diagonal().mean()) if work.shape[0] else 1.0
     info = torch.empty((), dtype=torch.int32, device=K.device)

@@ -251,3 +251,39 @@ def test_nfa_correlations_argument_errors():
     bad = {k: v[:, :2] if v.dim() == 2 else v for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match="initial weight of Linear layer 0 has shape"):
         dnn.nfa_correlations(net, X, initial=bad)
+
+
+# 8. a non-finite kernel matrix is named as such (not a silent NaN solution or "jitter nan")
+def test_direct_solve_refuses_a_non_finite_matrix():
+    import torch
+
+    from kernels import solve_direct
+
+    K = torch.eye(4, dtype=torch.float64)
+    K[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="K has non-finite entries"):
+        solve_direct(K, torch.ones(4, dtype=torch.float64), reg=1e-3)
+
+
+# 11. a network that ends at chance level says so, and the comparison report carries it
+def test_mlp_at_chance_warns_and_compare_reports_it():
+    from sklearn.exceptions import ConvergenceWarning
+
+    from drfm import TorchMLPClassifier, dnn
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.warns(ConvergenceWarning, match="chance level"):
+        m = TorchMLPClassifier(2, 16, epochs=1, lr=1e-6, random_state=0).fit(X, y)
+    assert m.at_chance_
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        good = TorchMLPClassifier(2, 16, epochs=30, lr=1e-2, random_state=0).fit(X, y)
+    assert not good.at_chance_
+    with pytest.warns(ConvergenceWarning):
+        rep = dnn.compare(X[:150], y[:150], X[150:], y[150:], depth=2,
+                          mlp_params=dict(width=16, epochs=1, lr=1e-6), deep_params=dict(width=16))
+    assert rep.meta["mlp"]["at_chance"] and "chance" in rep.meta["warnings"][0]
