@@ -150,7 +150,7 @@ def show_fit(res: dict) -> str:
     if res["test_score"] is not None:
         lines.append(f"  test {res['metric']:<7} {res['test_score']:.4f}  ({res['n_test']} held out)")
     if res["saved"]:
-        lines.append(f"  saved to     {res['saved']}  (a pickle: load it only from a trusted source)")
+        lines.append(f"  saved to     {res['saved']}  (drfm model format 2: loading it runs no code)")
     return "\n".join(lines)
 
 
@@ -163,7 +163,7 @@ def cmd_predict(args) -> dict:
     check_output_path(args.output, "output file", (".npy", ".csv", ".txt"))
 
     try:
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     except (ModelFileError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     X, _ = read_array(args.input, "input")
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--test-size", type=float, default=0.2,
                     help="fraction held out to score files (default 0.2; 0 = none); datasets keep their split")
     sp.add_argument("--n-train", type=int, default=None, help="with --dataset: training points")
-    sp.add_argument("--save", help="write the fitted model here (a pickle; load only from trusted sources)")
+    sp.add_argument("--save", help="write the fitted model here (drfm model format 2: arrays and JSON, no pickle)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (split and model)")
     common(sp)
     sp.set_defaults(func=cmd_fit, show=show_fit)
@@ -379,11 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "predict", help="predict with a saved model on a .npy/.csv file",
         description="Load a model saved by `drfm fit --save` and predict on INPUT (.npy or .csv, one row per "
-                    "sample). Model files are pickles: only load files from sources you trust (the drfm header is "
-                    "checked first, so other files are refused without being unpickled).")
+                    "sample). Model files (format 2) hold arrays and JSON and cannot run code when loaded; format 1 "
+                    "files from earlier drfm versions are pickles and are refused unless --allow-pickle says you "
+                    "trust their source.")
     sp.add_argument("model", help="a model file written by `drfm fit --save`")
     sp.add_argument("input", help="features to predict on (.npy or .csv)")
     sp.add_argument("-o", "--output", help="write predictions here (.npy or .csv; default: print them)")
+    sp.add_argument("--allow-pickle", action="store_true",
+                    help="also load format 1 model files (pickles from earlier drfm versions, which can run code "
+                         "when loaded): only for files from a source you trust")
     common(sp, device="cpu", device_help="where predictions run: 'cpu' (default), 'cuda' or 'auto'")
     sp.set_defaults(func=cmd_predict, show=show_predict)
 
