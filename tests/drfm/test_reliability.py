@@ -287,3 +287,43 @@ def test_mlp_at_chance_warns_and_compare_reports_it():
         rep = dnn.compare(X[:150], y[:150], X[150:], y[150:], depth=2,
                           mlp_params=dict(width=16, epochs=1, lr=1e-6), deep_params=dict(width=16))
     assert rep.meta["mlp"]["at_chance"] and "chance" in rep.meta["warnings"][0]
+
+
+# 9. the preprocessing of a named dataset travels in the model file; CSV columns are matched by name
+def test_predict_applies_the_datasets_preprocessing(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    from drfm.persistence import load_model, read_header
+
+    model_path = tmp_path / "digits.drfm"
+    assert main(["fit", "--dataset", "digits", "--param", "iters=1", "--save", str(model_path)]) == 0
+    capsys.readouterr()
+    assert read_header(model_path)["input_scale"] == 16.0
+    raw = load_digits()
+    np.save(tmp_path / "raw.npy", raw.data[:200])
+    assert main(["predict", str(model_path), str(tmp_path / "raw.npy"), "-o", str(tmp_path / "p.npy"),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "divided by 16" in res["preprocessing"]
+    pred = np.load(tmp_path / "p.npy")
+    np.testing.assert_array_equal(pred, load_model(model_path).predict(raw.data[:200] / 16.0))
+    assert np.mean(pred == raw.target[:200]) > 0.9
+
+
+def test_predict_matches_csv_columns_by_name(tmp_path, capsys):
+    path = _table(tmp_path / "table.csv")
+    model = tmp_path / "m.drfm"
+    assert main(["fit", "--data", str(path), "--target", "label", "--param", "iters=1", "--save", str(model)]) == 0
+    capsys.readouterr()
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    order = [3, 0, 2, 1]  # features in another order, the label column dropped
+    (tmp_path / "shuffled.csv").write_text("\n".join(",".join(r[j] for j in order) for r in rows) + "\n")
+    (tmp_path / "plain.csv").write_text("\n".join(",".join(r[:4]) for r in rows) + "\n")
+    assert main(["predict", str(model), str(tmp_path / "plain.csv"), "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["predictions"]
+    assert main(["predict", str(model), str(tmp_path / "shuffled.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"] == expected
+    (tmp_path / "missing.csv").write_text("\n".join(",".join(r[:3]) for r in rows) + "\n")
+    assert main(["predict", str(model), str(tmp_path / "missing.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks the column(s) d" in err and len(err.strip().splitlines()) == 1
