@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -31,23 +32,68 @@ from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, P
                      solve_eigenpro)
 from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
-from kernels.laplace import laplace_kernel_transformed
+from kernels.laplace import laplace_kernel_transformed, sq_distances
 
 from ._backend import finite_tensor
 
-__all__ = ["RFMParams", "RFMState", "run_rfm"]
+__all__ = ["KernelScaleWarning", "RFMParams", "RFMState", "run_rfm"]
 
 logger = logging.getLogger("drfm.rfm")
 
 #: iterative solves estimate the training score on this many random rows (an exact score costs a pass over K)
 SCORE_ROWS = 2000
 
+#: rows (evenly spaced, no random draw) whose pairwise distances measure the kernel's scale at each solve
+SCALE_ROWS = 1000
+#: the median distance over the bandwidth beyond which the kernel matrix is nearly the identity (k < 5e-5 at the
+#: median pair), and below which it is nearly constant (k > 0.999)
+IDENTITY_RATIO, CONSTANT_RATIO = 10.0, 1e-3
+
+
+class KernelScaleWarning(UserWarning):
+    """The kernel matrix is nearly the identity or nearly constant: the bandwidth does not suit the data's scale."""
+
+
+def median_distance(pts: Points) -> float:
+    """Median pairwise distance (in the current metric) among up to SCALE_ROWS evenly spaced rows; 0 for one row."""
+    n = len(pts)
+    if n < 2:
+        return 0.0
+    idx = torch.linspace(0, n - 1, min(n, SCALE_ROWS), device=pts.z.device).round().long().unique()
+    z = pts.z[idx].double()
+    d = sq_distances(z, z).sqrt_()
+    iu = torch.triu_indices(len(idx), len(idx), 1, device=z.device)
+    return float(d[iu[0], iu[1]].median())
+
+
+def _kernel_bandwidth(p, pts, owner, warned: set) -> float:
+    """The bandwidth of this solve (``'median'``: the median pairwise distance now), and a KernelScaleWarning
+    (once per fit and kind) when the kernel matrix is nearly the identity or nearly constant."""
+    med = median_distance(pts)
+    if p.bandwidth == "median":
+        if med <= 0:
+            return 1.0
+        return med
+    L = float(p.bandwidth)
+    ratio = med / L
+    kind = "identity" if ratio > IDENTITY_RATIO else "constant" if 0 < ratio < CONSTANT_RATIO else None
+    if kind and kind not in warned:
+        warned.add(kind)
+        what = ("nearly the identity: every point is far from every other, so the fit interpolates and predicts "
+                "about 0 away from the training points" if kind == "identity" else
+                "nearly constant: every point looks alike, so predictions barely depend on the input")
+        warnings.warn(
+            f"{owner}: with bandwidth={L:g} and a median distance of {med:.3g} between training points (in the "
+            f"current metric) the kernel matrix is {what}. Scale the features (e.g. StandardScaler) or set the "
+            "bandwidth relative to the data: bandwidth='median'.", KernelScaleWarning, stacklevel=4)
+    return L
+
 
 @dataclass(frozen=True)
 class RFMParams:
     """The hyperparameters of the RFM loop (an RFM estimator's parameters, validated)."""
 
-    bandwidth: float
+    bandwidth: float | str
     reg: float
     iters: int
     diag: bool
@@ -73,13 +119,14 @@ class RFMState:
     """What a run of the loop leaves: the kept iterate and the record of every solve.
 
     ``sqrt_m`` (float64 numpy; None for M = I) is the data map R of the kept iterate, ``factor`` its compact factor
-    in the working dtype (None for M = I), ``alpha`` / ``rows`` the kept solve's coefficients and the training rows
+    in the working dtype (None for M = I), ``bandwidth`` the kernel bandwidth its solve used, ``alpha`` / ``rows`` the kept solve's coefficients and the training rows
     it used (None: all), ``last_sqrt_m`` the newest R (what a Deep RFM layer passes on), ``iter_rows`` the subset of
     the feature-learning solves (indices into X; None without a subset).
     """
 
     sqrt_m: np.ndarray | None
     factor: torch.Tensor | None
+    bandwidth: float
     alpha: torch.Tensor
     X_fit: torch.Tensor
     best_iter: int
@@ -213,8 +260,9 @@ class _Loop:
         self.K = None  # one n x n buffer, reused by every solve on the same rows (direct: factorised in place)
         self.sqrt_m = self.factor = None  # R (d, d) or (d,) in the working dtype, and its compact factor
         self.alpha = None
-        self.best = None  # (validation score, iteration, R, factor, alpha, rows) of the kept iterate
+        self.best = None  # (validation score, iteration, R, factor, alpha, rows, bandwidth) of the kept iterate
         self.history = []
+        self.warned = set()
 
     def _warm_start(self, n_rows):
         """From the subset to all rows: the subset's coefficients (zero elsewhere) predict exactly as the subset's
@@ -224,24 +272,24 @@ class _Loop:
             full[self.sub] = self.alpha
             self.alpha = full
 
-    def _solve(self, plan, phase, pts, Y_rows, y_rows):
+    def _solve(self, plan, phase, pts, Y_rows, y_rows, p):
         n_rows = len(pts)
         if plan.holds_matrix and (self.K is None or self.K.shape[0] != n_rows):
             self.K = None
             self.K = torch.empty((n_rows, n_rows), dtype=pts.z.dtype, device=pts.z.device)
         if plan.solver == "direct":
-            return _solve_direct(pts, Y_rows, y_rows, self.K, self.p, self.score)
+            return _solve_direct(pts, Y_rows, y_rows, self.K, p, self.score)
         if not plan.store:
             self.K = None  # a stored matrix of another phase is not needed any more
         # with a subset, the cap is the time budget of the solve on all rows; the subset solves, which drive M, run
         # to solver_tol (a capped subset solve measurably degraded M at n = 50000)
-        cap = None if phase == "sub" else self.p.solver_max_iter
-        return _solve_iterative(plan, pts, Y_rows, y_rows, self.K, self.p, self.gen, self.work_budget, self.score,
+        cap = None if phase == "sub" else p.solver_max_iter
+        return _solve_iterative(plan, pts, Y_rows, y_rows, self.K, p, self.gen, self.work_budget, self.score,
                                 self.alpha, cap)
 
-    def _feature_step(self, X_rows, pts):
+    def _feature_step(self, X_rows, pts, p):
         """The AGOP of the predictor (centres: the solve's rows) over a sample of all training rows, and the new M."""
-        p, n_tr = self.p, self.Xt.shape[0]
+        n_tr = self.Xt.shape[0]
         idx = torch.randperm(n_tr, generator=self.gen)[: self.n_agop].to(X_rows.device) if self.n_agop < n_tr \
             else slice(None)
         agop = laplace_agop(self.Xt[idx], X_rows if p.diag else pts, self.alpha, bandwidth=p.bandwidth,
@@ -263,21 +311,24 @@ class _Loop:
     def step(self, t, phase, agop_step) -> dict:
         """One solve (and, when ``agop_step``, the feature-matrix update after it); returns its history record."""
         t0 = time.perf_counter()
-        p, plan = self.p, self.plans[phase]
+        plan = self.plans[phase]
         rows = self.sub if phase == "sub" else None
         X_rows = self.Xt if rows is None else self.Xt[rows]
         Y_rows = self.Yt if rows is None else self.Yt[rows]
         y_rows = self.y_tr if rows is None else self.y_tr[rows.cpu().numpy()]
         self._warm_start(X_rows.shape[0])
         pts = Points.of(X_rows, self.factor)
-        sol, train_score = self._solve(plan, phase, pts, Y_rows, y_rows)
+        bandwidth = _kernel_bandwidth(self.p, pts, self.owner, self.warned)
+        p = replace(self.p, bandwidth=bandwidth)  # the loop's parameters with this solve's bandwidth
+        sol, train_score = self._solve(plan, phase, pts, Y_rows, y_rows, p)
         self.alpha = sol.x
         if not bool(torch.isfinite(self.alpha).all()):
             raise ValueError(
                 "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
                 "(try a larger bandwidth, a larger reg or dtype='float64')."
             )
-        rec = {"iter": t, "n_rows": X_rows.shape[0], "solver": sol.method, "solver_reason": plan.reason,
+        rec = {"iter": t, "n_rows": X_rows.shape[0], "bandwidth": bandwidth, "solver": sol.method,
+               "solver_reason": plan.reason,
                "solver_iters": sol.n_iter, "solver_converged": sol.converged, "solver_residual": sol.final_residual,
                "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
                "agop_rows": self.n_agop if agop_step else None}
@@ -287,9 +338,9 @@ class _Loop:
             rec["val_score"] = self.score(val_out.cpu().double().numpy(), self.y_va)
         key = rec["val_score"]
         if self.best is None or key is None or key > self.best[0]:
-            self.best = (key, t, self.sqrt_m, self.factor, self.alpha, rows)
+            self.best = (key, t, self.sqrt_m, self.factor, self.alpha, rows, bandwidth)
         if agop_step:
-            self._feature_step(X_rows, pts)
+            self._feature_step(X_rows, pts, p)
         rec["seconds"] = time.perf_counter() - t0
         self.history.append(rec)
         return rec
@@ -338,10 +389,11 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
                         else f"{rec['val_score']:.4f}")
         logger.info("RFM iteration %d: %s", t, rec)
     loop.K = None
-    _, best_t, best_r, best_factor, best_alpha, best_rows = loop.best
+    _, best_t, best_r, best_factor, best_alpha, best_rows, best_bandwidth = loop.best
     return RFMState(
         sqrt_m=None if best_r is None else best_r.double().cpu().numpy(),
         factor=best_factor,
+        bandwidth=best_bandwidth,
         alpha=best_alpha,
         X_fit=loop.Xt if best_rows is None else loop.Xt[best_rows],
         best_iter=best_t,

@@ -35,7 +35,7 @@ __all__ = ["RFMRegressor", "RFMClassifier"]
 
 class _BaseRFM(BaseEstimator):
     _parameter_constraints = {
-        "bandwidth": [Interval("float", 0, None, closed="neither")],
+        "bandwidth": [Interval("float", 0, None, closed="neither"), Options("median")],
         "reg": [Interval("float", 0, None, closed="left")],
         "iters": [Interval("int", 0, None, closed="left")],
         "diag": [BOOL],
@@ -132,6 +132,7 @@ class _BaseRFM(BaseEstimator):
         self.M_ = r64 * r64 if r64.ndim == 1 else r64 @ r64.T
         # the compact factor the kernel is evaluated with (None: M = I); predict and agop reuse it
         self.factor_ = None if state.factor is None else state.factor.cpu().numpy()
+        self.bandwidth_ = float(state.bandwidth)
         self.dual_coef_ = state.alpha.cpu().numpy()
         self.X_fit_ = state.X_fit.cpu().numpy()
         self.best_iter_ = state.best_iter
@@ -144,6 +145,10 @@ class _BaseRFM(BaseEstimator):
         return self
 
     # ---- prediction -----------------------------------------------------------------------------------------------
+    def _fitted_bandwidth(self) -> float:
+        # models saved before bandwidth_ existed (format 1 files) used the bandwidth parameter as it was
+        return getattr(self, "bandwidth_", self.bandwidth)
+
     def _tensors(self):
         """Fitted arrays as tensors on the fitted device (CPU when that device is absent here).
 
@@ -164,7 +169,7 @@ class _BaseRFM(BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=DTYPES)
         tc = self._tensors()
         xt = finite_tensor(X, tc["dtype"], tc["device"])
-        out = kernel_matmul(xt, tc["centres"], tc["alpha"], bandwidth=self.bandwidth, sqrt_m=tc["r"],
+        out = kernel_matmul(xt, tc["centres"], tc["alpha"], bandwidth=self._fitted_bandwidth(), sqrt_m=tc["r"],
                             memory_budget=resolve_budget(self.memory_budget, tc["device"]))
         return out.cpu().double().numpy()
 
@@ -182,7 +187,7 @@ class _BaseRFM(BaseEstimator):
             X = validate_data(self, X, reset=False, dtype=DTYPES)
             xs = finite_tensor(X, tc["dtype"], tc["device"])
         a = laplace_agop(
-            xs, tc["x"], tc["alpha"], bandwidth=self.bandwidth, sqrt_m=tc["r"],
+            xs, tc["x"], tc["alpha"], bandwidth=self._fitted_bandwidth(), sqrt_m=tc["r"],
             diag=self.diag if diag is None else diag, centering=self.centering if centering is None else centering,
             memory_budget=resolve_budget(self.memory_budget, tc["device"]),
         )
@@ -207,8 +212,11 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
 
     Parameters
     ----------
-    bandwidth : float, default=10.0
-        Laplace kernel bandwidth L in ``exp(-||x - z||_M / L)``.
+    bandwidth : float or 'median', default=10.0
+        Laplace kernel bandwidth L in ``exp(-||x - z||_M / L)``; ``'median'``: the median pairwise distance between
+        training points in the current metric, measured again at every solve (scale-free: multiplying the features by
+        a constant changes nothing). A fixed bandwidth that makes the kernel matrix nearly the identity or nearly
+        constant gives a ``KernelScaleWarning``.
     reg : float, default=1e-3
         Ridge added to the kernel diagonal (``0`` interpolates).
     iters : int, default=5
@@ -257,6 +265,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     ----------
     M_ : (d, d) or (d,) ndarray, learned feature matrix of the kept iterate.
     sqrt_m_ : ndarray, its factor R (``M_ = R R``) used to transform the data.
+    bandwidth_ : float, the bandwidth of the kept iterate's kernel (``bandwidth``, or the measured median).
     factor_ : (d, r) ndarray or None, the compact factor of ``sqrt_m_`` the kernel is evaluated with (its
         numerically non-zero eigen-directions; None when M = I); predict and agop reuse it.
     dual_coef_ : (n_fit, n_outputs) ndarray.

@@ -327,3 +327,47 @@ def test_predict_matches_csv_columns_by_name(tmp_path, capsys):
     assert main(["predict", str(model), str(tmp_path / "missing.csv")]) == 2
     err = capsys.readouterr().err
     assert "lacks the column(s) d" in err and len(err.strip().splitlines()) == 1
+
+
+# 3. degenerate kernels are never silent; a scale-free bandwidth is one parameter away
+def _lowrank(n=500, d=10, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    return X, X[:, 0] * X[:, 1]
+
+
+@pytest.mark.parametrize("scale, bandwidth, words", [
+    (100.0, 10.0, "nearly the identity"),  # unscaled features: every point is far from every other
+    (1.0, 1e-3, "nearly the identity"),
+    (1.0, 1e6, "nearly constant"),
+])
+def test_degenerate_kernel_warns(scale, bandwidth, words):
+    from drfm import KernelScaleWarning
+
+    X, y = _lowrank()
+    with pytest.warns(KernelScaleWarning, match=words + ".*bandwidth='median'"):
+        RFMRegressor(bandwidth, iters=1, random_state=0).fit(X * scale, y)
+
+
+def test_no_warning_on_well_scaled_data():
+    import warnings
+
+    from drfm import KernelScaleWarning
+
+    X, y = _lowrank()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelScaleWarning)
+        RFMRegressor(iters=2, random_state=0).fit(X, y)
+
+
+def test_median_bandwidth_is_scale_free():
+    X, y = _lowrank(seed=1)
+    Xte, yte = _lowrank(200, seed=2)
+    a = RFMRegressor("median", iters=2, dtype="float64", random_state=0).fit(X, y)
+    b = RFMRegressor("median", iters=2, dtype="float64", random_state=0).fit(X * 1000.0, y)
+    np.testing.assert_allclose(b.predict(Xte * 1000.0), a.predict(Xte), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.M_, a.M_, rtol=1e-6, atol=1e-9)
+    assert b.bandwidth_ == pytest.approx(1000.0 * a.bandwidth_, rel=1e-9)
+    assert a.score(Xte, yte) > 0.5  # and it learns: the same task, no tuning
+    fixed = RFMRegressor(10.0, iters=0).fit(X, y)
+    assert fixed.bandwidth_ == 10.0
