@@ -68,10 +68,15 @@ def to_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.
 def finite_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device, what: str = "X") -> torch.Tensor:
     """:func:`to_tensor`, refusing values that overflow the working precision (finite input becoming inf)."""
     t = to_tensor(a, dtype, device)
+    name = str(dtype).replace("torch.", "")
     if not bool(torch.isfinite(t).all()):
         big = float(np.max(np.abs(a)))
-        raise ValueError(
-            f"{what} has values beyond the {str(dtype).replace('torch.', '')} range (largest |value| {big:.3g}): "
-            "standardise the data, or use dtype='float64'."
-        )
+        raise ValueError(f"{what} has values beyond the {name} range (largest |value| {big:.3g}): standardise the "
+                         "data, or use dtype='float64'.")
+    if what == "X" and t.numel():
+        # kernel distances are formed from squared norms (one GEMM): those must not overflow either
+        norm2 = float((t.double() ** 2).sum(1).max())
+        if norm2 > torch.finfo(dtype).max / 4:
+            raise ValueError(f"{what} has rows whose squared norms overflow {name} (largest |x| {norm2 ** 0.5:.3g}): "
+                             "standardise the data, or use dtype='float64'.")
     return t
