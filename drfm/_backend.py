@@ -74,9 +74,10 @@ def finite_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device, what:
         raise ValueError(f"{what} has values beyond the {name} range (largest |value| {big:.3g}): standardise the "
                          "data, or use dtype='float64'.")
     if what == "X" and t.numel():
-        # kernel distances are formed from squared norms (one GEMM): those must not overflow either
-        norm2 = float((t.double() ** 2).sum(1).max())
-        if norm2 > torch.finfo(dtype).max / 4:
-            raise ValueError(f"{what} has rows whose squared norms overflow {name} (largest |x| {norm2 ** 0.5:.3g}): "
+        # kernel distances are formed from squared norms (one GEMM): those must not overflow either (row norms:
+        # n values, no copy of X; an overflowing norm is inf and refused too)
+        norm = float(torch.linalg.vector_norm(t, dim=1).max())
+        if not norm**2 <= torch.finfo(dtype).max / 4:
+            raise ValueError(f"{what} has rows whose squared norms overflow {name} (largest |x| {norm:.3g}): "
                              "standardise the data, or use dtype='float64'.")
     return t

@@ -119,7 +119,8 @@ class RFMState:
     """What a run of the loop leaves: the kept iterate and the record of every solve.
 
     ``sqrt_m`` (float64 numpy; None for M = I) is the data map R of the kept iterate, ``factor`` its compact factor
-    in the working dtype (None for M = I), ``bandwidth`` the kernel bandwidth its solve used, ``alpha`` / ``rows`` the kept solve's coefficients and the training rows
+    in the working dtype (None for M = I), ``bandwidth`` the kernel bandwidth its solve used, ``alpha`` / ``rows``
+    the kept solve's coefficients and the training rows
     it used (None: all), ``last_sqrt_m`` the newest R (what a Deep RFM layer passes on), ``iter_rows`` the subset of
     the feature-learning solves (indices into X; None without a subset).
     """
@@ -255,7 +256,8 @@ class _Loop:
     """The state the RFM loop carries from solve to solve, and one step of it (:meth:`step`)."""
 
     def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, score, gen, work_budget, n_agop, owner):
-        self.p, self.plans, self.score, self.gen, self.work_budget, self.owner = p, plans, score, gen, work_budget, owner
+        self.p, self.plans, self.score, self.gen, self.owner = p, plans, score, gen, owner
+        self.work_budget = work_budget
         self.Xt, self.Yt, self.y_tr, self.Xv, self.y_va, self.sub, self.n_agop = Xt, Yt, y_tr, Xv, y_va, sub, n_agop
         self.K = None  # one n x n buffer, reused by every solve on the same rows (direct: factorised in place)
         self.sqrt_m = self.factor = None  # R (d, d) or (d,) in the working dtype, and its compact factor

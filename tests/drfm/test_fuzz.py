@@ -103,6 +103,17 @@ def _check_rfm(test, cls, X, params, classify):
     _run(test, fit_predict)
 
 
+def _check_classifier(test, model, X):
+    y = np.arange(len(X)) % 2
+
+    def fit_predict():
+        out = model.fit(X, y).decision_function(X)
+        assert np.all(np.isfinite(out)), "non-finite output without an error"
+        return out
+
+    _run(test, fit_predict)
+
+
 @FAST
 @given(X=arrays(), params=ESTIMATOR_PARAMS)
 def test_fuzz_rfm_regressor(X, params):
@@ -120,30 +131,16 @@ def test_fuzz_rfm_classifier(X, params):
        feature_map=st.sampled_from(["cosine", "relu", "none"]), width=st.sampled_from([None, 3, 16]),
        dtype=st.sampled_from(["float32", "float64"]))
 def test_fuzz_deep_rfm(X, depth, feature_map, width, dtype):
-    model = DeepRFMClassifier(depth, feature_map=feature_map, width=width, dtype=dtype, random_state=0)
-    y = np.arange(len(X)) % 2
-
-    def fit_predict():
-        out = model.fit(X, y).decision_function(X)
-        assert np.all(np.isfinite(out)), "non-finite output without an error"
-        return out
-
-    _run("deep_rfm", fit_predict)
+    _check_classifier("deep_rfm", DeepRFMClassifier(depth, feature_map=feature_map, width=width, dtype=dtype,
+                                                    random_state=0), X)
 
 
 @FAST
 @given(X=arrays(min_rows=4, max_rows=20), lr=st.sampled_from([1e-4, 1e-2, 10.0, 1e30]),
        init_gain=st.sampled_from([0.1, 1.0, 1e6]), loss=st.sampled_from(["mse", "cross_entropy"]))
 def test_fuzz_mlp(X, lr, init_gain, loss):
-    model = TorchMLPClassifier(1, 4, epochs=2, lr=lr, init_gain=init_gain, loss=loss, random_state=0)
-    y = np.arange(len(X)) % 2
-
-    def fit_predict():
-        out = model.fit(X, y).decision_function(X)
-        assert np.all(np.isfinite(out)), "non-finite output without an error"
-        return out
-
-    _run("mlp", fit_predict)
+    _check_classifier("mlp", TorchMLPClassifier(1, 4, epochs=2, lr=lr, init_gain=init_gain, loss=loss,
+                                                random_state=0), X)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
