@@ -233,6 +233,7 @@ def save_model(model, path, *, metadata: dict | None = None) -> Path:
 
 
 def _read_start(path: Path):
+    """(magic line, parsed JSON header, offset of the payload); ``ModelFileError`` if it is not a drfm model."""
     if path.is_dir():
         raise ModelFileError(f"model file {str(path)!r} is a directory")
     if not path.is_file():
@@ -243,13 +244,7 @@ def _read_start(path: Path):
             raise ModelFileError(f"{str(path)!r} is not a drfm model file (it does not start with the drfm header; "
                                  f"model files are written by `drfm fit --save` or drfm.persistence.save_model)")
         line = fh.readline(1 << 20)
-        return magic, line, fh.tell()
-
-
-def read_header(path) -> dict:
-    """The JSON header of a model file (nothing else is read); ``ModelFileError`` if it is not a drfm model."""
-    path = Path(path)
-    magic, line, _ = _read_start(path)
+        offset = fh.tell()
     try:
         header = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -257,7 +252,12 @@ def read_header(path) -> dict:
     if not isinstance(header, dict) or "class" not in header:
         raise ModelFileError(f"{str(path)!r} has a damaged drfm header (no model class)")
     header.setdefault("format", 1 if magic == _PICKLE_MAGIC else None)
-    return header
+    return magic, header, offset
+
+
+def read_header(path) -> dict:
+    """The JSON header of a model file (nothing else is read); ``ModelFileError`` if it is not a drfm model."""
+    return _read_start(Path(path))[1]
 
 
 def load_model(path, *, device: str = "cpu", allow_pickle: bool = False):
@@ -267,8 +267,7 @@ def load_model(path, *, device: str = "cpu", allow_pickle: bool = False):
     ``allow_pickle=True``: only pass it for files from a source you trust.
     """
     path = Path(path)
-    header = read_header(path)
-    magic, _, offset = _read_start(path)
+    magic, header, offset = _read_start(path)
     if magic == _PICKLE_MAGIC:
         if not allow_pickle:
             raise ModelFileError(
