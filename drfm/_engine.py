@@ -71,9 +71,13 @@ def _kernel_bandwidth(p, pts, owner, warned: set) -> float:
     (once per fit and kind) when the kernel matrix is nearly the identity or nearly constant."""
     med = median_distance(pts)
     if p.bandwidth == "median":
-        if med <= 0:
-            return 1.0
-        return med
+        if med > 0:
+            return med
+        if "coincide" not in warned:
+            warned.add("coincide")
+            warnings.warn(f"{owner}: bandwidth='median' found the sampled training points all coinciding (median "
+                          "distance 0); bandwidth 1.0 is used instead.", KernelScaleWarning, stacklevel=4)
+        return 1.0
     L = float(p.bandwidth)
     ratio = med / L
     kind = "identity" if ratio > IDENTITY_RATIO else "constant" if 0 < ratio < CONSTANT_RATIO else None

@@ -371,3 +371,8 @@ def test_median_bandwidth_is_scale_free():
     assert a.score(Xte, yte) > 0.5  # and it learns: the same task, no tuning
     fixed = RFMRegressor(10.0, iters=0).fit(X, y)
     assert fixed.bandwidth_ == 10.0
+    from drfm import KernelScaleWarning
+
+    with pytest.warns(KernelScaleWarning, match="all coinciding.*1.0 is used"):
+        same = RFMRegressor("median", iters=0).fit(np.ones((20, 3)), np.arange(20.0))
+    assert same.bandwidth_ == 1.0
