@@ -41,16 +41,8 @@ def read_array(path: str, what: str, *, numeric: bool = True):
             raise DataFileError(f"{what} file {path!r} is not a readable CSV file ({type(exc).__name__})") from None
         if not rows:
             raise DataFileError(f"{what} file {path!r} is empty")
-
-        def is_number(v):
-            try:
-                float(v)
-                return True
-            except ValueError:
-                return False
-
         names = None
-        if _has_header(rows, is_number):
+        if _has_header(rows):
             names, rows = [v.strip() for v in rows[0]], rows[1:]
         widths = {len(r) for r in rows}
         if len(widths) != 1:
@@ -70,13 +62,21 @@ def read_array(path: str, what: str, *, numeric: bool = True):
     return arr, names
 
 
-def _has_header(rows, is_number) -> bool:
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _has_header(rows) -> bool:
     """The first row is a header when some column is numeric in every later row but not in the first (text label
     columns and other text columns do not decide either way)."""
     if len(rows) < 2:
         return False
     for j, first in enumerate(rows[0]):
-        if not is_number(first) and all(j < len(r) and is_number(r[j]) for r in rows[1:]):
+        if not _is_number(first) and all(j < len(r) and _is_number(r[j]) for r in rows[1:]):
             return True
     return False
 
