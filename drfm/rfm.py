@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernels import Points, kernel_matmul, laplace_agop
+from kernels.laplace import rounding_shift
 from kernels.solvers.plan import SOLVERS
 
 from ._backend import finite_tensor, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
@@ -161,16 +162,24 @@ class _BaseRFM(BaseEstimator):
         dtype = resolve_dtype(self.dtype)
         xf = to_tensor(self.X_fit_, dtype, device)
         r = None if self.factor_ is None else to_tensor(self.factor_, dtype, device)
-        return {"device": device, "dtype": dtype, "r": r, "centres": Points.of(xf, r),
+        # float32: kernels between centred rows, formed in float64 (kernels.laplace.rounding_shift, Points.shifted)
+        shift = rounding_shift(xf)
+        centres = Points.of(xf, r) if shift is None else Points.shifted(xf, self._wide_factor(device), shift)
+        return {"device": device, "dtype": dtype, "r": r, "centres": centres, "shift": shift,
                 "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
+
+    def _wide_factor(self, device):
+        return None if self.factor_ is None else to_tensor(self.factor_, torch.float64, device)
 
     def _raw_predict(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=DTYPES)
         tc = self._tensors()
         xt = finite_tensor(X, tc["dtype"], tc["device"])
+        if tc["shift"] is not None:
+            xt = Points.shifted(xt, self._wide_factor(tc["device"]), tc["shift"])
         out = kernel_matmul(xt, tc["centres"], tc["alpha"], bandwidth=self._fitted_bandwidth(), sqrt_m=tc["r"],
-                            memory_budget=resolve_budget(self.memory_budget, tc["device"]))
+                            memory_budget=resolve_budget(self.memory_budget, tc["device"]), accumulate=torch.float64)
         return out.cpu().double().numpy()
 
     def agop(self, X=None, *, diag=None, centering=None) -> np.ndarray:

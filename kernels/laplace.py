@@ -5,13 +5,14 @@
 an L2 (Euclidean after the transform) Laplace kernel, *not* the L1 ``laplacian_kernel`` of scikit-learn.
 With a factor R of M (``M = R R^T``, e.g. the symmetric square root) the kernel is the plain Laplace kernel on the
 transformed rows ``x R``, so every evaluation is: transform once, then squared distances by one GEMM
-``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b``, clamped at 0 before the square root (round-off makes it negative).
+``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b``, clamped at 0 before the square root (round-off makes it negative). In
+float32 the entries below that formula's round-off floor are recomputed directly (:data:`SMALL_DISTANCE_FACTOR`).
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["apply_sqrt_m", "sq_norms", "sq_distances", "laplace_kernel", "laplace_kernel_transformed"]
+__all__ = ["apply_sqrt_m", "sq_norms", "sq_distances", "laplace_kernel", "laplace_kernel_transformed", "rounding_shift"]
 
 
 def apply_sqrt_m(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
@@ -24,6 +25,18 @@ def apply_sqrt_m(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
     if sqrt_m.dim() == 1:
         return x * sqrt_m
     return x @ sqrt_m
+
+
+def rounding_shift(x: torch.Tensor) -> torch.Tensor | None:
+    """The point to subtract from every row before computing kernels in a narrow dtype: the mean row of ``x``.
+
+    Distances do not change under a common shift, but the round-off of ``||a||^2 + ||b||^2 - 2 a.b`` is proportional to
+    the squared norms: for rows far from the origin (a feature with a large offset) centring them first makes every
+    float32 kernel value more accurate. ``None`` in float64 (nothing to gain there) and for an empty ``x``.
+    """
+    if x.dtype == torch.float64 or x.shape[0] == 0:
+        return None
+    return x.double().mean(0).to(x.dtype)
 
 
 def sq_norms(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,7 @@ def sq_distances(
     z : (m, d) tensor, same dtype and device as ``x``.
     x_sq, z_sq : optional (n,) and (m,) precomputed squared row norms.
     out : optional (n, m) tensor to write into (saves an allocation in blocked loops).
-        When ``x is z`` (the same tensor object) the diagonal is set to exactly 0.
+        When ``x`` and ``z`` are row ranges of one matrix, the self-distances are set to exactly 0.
 
     Returns
     -------
@@ -60,11 +73,67 @@ def sq_distances(
     # one GEMM with the z-norms folded in as the (broadcast) additive term: z_sq - 2 x z^T
     d2 = torch.addmm(z_sq.unsqueeze(0), x, z.T, beta=1.0, alpha=-2.0, out=out)
     d2.add_(x_sq.unsqueeze(1))
+    if d2.numel() == 0:
+        return d2
+    diag = _shared_diagonal(x, z)
+    if d2.dtype in _REFINED:
+        _refine_small(d2, x, z, x_sq, z_sq, diag)
     d2.clamp_min_(0.0)
-    if x is z:
+    if diag is not None:
         # self-distances are exactly 0; the GEMM formula leaves round-off of order eps * ||x||^2 there
-        d2.diagonal().zero_()
+        d2.diagonal(diag).zero_()
     return d2
+
+
+# Squared distances below SMALL_DISTANCE_FACTOR * eps * (max ||x||^2 + max ||z||^2) are recomputed directly as
+# sum((x - z)^2). The GEMM formula's absolute error is of order eps * (||x||^2 + ||z||^2); the square root turns an
+# error e in a distance near 0 into an error sqrt(e), so near-duplicate rows get kernel values off by ~1e-3 in float32
+# (a kernel matrix that is not positive definite on data with duplicated rows; a row predicted alone differing from
+# the same row predicted in a batch). Recomputing below the threshold bounds the distance error by
+# e / (2 sqrt(threshold)) = sqrt(e / SMALL_DISTANCE_FACTOR) / 2 everywhere. Only float32/float16/bfloat16 are refined:
+# float64 round-off is far below any kernel scale in use.
+SMALL_DISTANCE_FACTOR = 1024.0
+_REFINED = (torch.float32, torch.float16, torch.bfloat16)
+# workspace of the direct recomputation, in elements (bounded: a tile with many close pairs is done in pieces)
+_REFINE_CHUNK = 2**18
+
+
+def _shared_diagonal(x: torch.Tensor, z: torch.Tensor) -> int | None:
+    """When ``x`` and ``z`` are row ranges of the same matrix, the offset ``k`` with ``x[a]`` equal to ``z[a + k]``
+    (the self-distances lie on ``d2.diagonal(k)``; e.g. ``K(X, X)``, a row block ``X[i:j]`` against all of ``X``, or
+    two tiles of ``X``); otherwise None."""
+    if x is z:
+        return 0
+    if x.dim() != 2 or z.dim() != 2 or x.shape[1] != z.shape[1] or x.stride() != z.stride() or x.numel() == 0:
+        return None
+    if x.untyped_storage().data_ptr() != z.untyped_storage().data_ptr():
+        return None
+    gap = x.storage_offset() - z.storage_offset()
+    row = x.stride(0)
+    if row <= 0 or gap % row or x.stride(1) != 1:
+        return None
+    return gap // row
+
+
+def _refine_small(d2, x, z, x_sq, z_sq, diag: int | None) -> None:
+    """Recompute in place the entries of ``d2`` below the GEMM formula's round-off floor (see SMALL_DISTANCE_FACTOR)."""
+    eps = torch.finfo(d2.dtype).eps
+    tau = SMALL_DISTANCE_FACTOR * eps * (float(x_sq.max()) + float(z_sq.max()))
+    if diag is not None:
+        d2.diagonal(diag).fill_(float("inf"))  # set to exactly 0 by the caller; not a near pair to look for
+    row_min = d2.amin(1)
+    if not float(row_min.min()) < tau:  # the common case: one pass over the tile finds nothing to refine
+        return
+    rows = (row_min < tau).nonzero().squeeze(1)
+    step = max(1, _REFINE_CHUNK // d2.shape[1])
+    for a in range(0, rows.numel(), step):
+        r = rows[a : a + step]
+        ri, cj = (d2.index_select(0, r) < tau).nonzero(as_tuple=True)
+        ri = r[ri]
+        per = max(1, _REFINE_CHUNK // max(1, x.shape[1]))
+        for b in range(0, ri.numel(), per):
+            i, j = ri[b : b + per], cj[b : b + per]
+            d2[i, j] = (x[i] - z[j]).square_().sum(1)
 
 
 def laplace_kernel_transformed(

@@ -50,6 +50,18 @@ class Points:
         z = apply_sqrt_m(x, sqrt_m)
         return cls(z, sq_norms(z))
 
+    @classmethod
+    def shifted(cls, x: torch.Tensor, sqrt_m: torch.Tensor | None, shift: torch.Tensor) -> "Points":
+        """Rows ``(x - shift) R`` formed in float64 and rounded once to ``x``'s dtype (for float32 models).
+
+        Distances are unchanged by the common shift; forming the rows in float64 means that an input row maps to
+        the same bits whether it arrives alone or in a batch (a float32 GEMM's summation order depends on the batch
+        size), and a query equal to a centre lands exactly on it.
+        """
+        w = x.double() - shift.double()
+        z = apply_sqrt_m(w, None if sqrt_m is None else sqrt_m.double()).to(x.dtype)
+        return cls(z, sq_norms(z))
+
     @staticmethod
     def workspace_bytes(n: int, d: int, itemsize: int) -> int:
         """The transformed rows and their norms."""

@@ -1,11 +1,12 @@
 """Defects a real user hits first (the reliability issue), one test per defect."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from drfm import DeepRFMClassifier, RFMRegressor
+from drfm import DeepRFMClassifier, KernelScaleWarning, RFMRegressor
 from drfm.cli import main
 from drfm.collapse import CollapseReport
 
@@ -376,3 +377,43 @@ def test_median_bandwidth_is_scale_free():
     with pytest.warns(KernelScaleWarning, match="all coinciding.*1.0 is used"):
         same = RFMRegressor("median", iters=0).fit(np.ones((20, 3)), np.arange(20.0))
     assert same.bandwidth_ == 1.0
+
+
+# 12. float32 kernels on data with duplicated rows and large offsets
+def _tabular_with_duplicates(n=900, seed=0):
+    """Like a real tabular set: features on scales 0.01..1000 with offsets up to 5000, a tenth of the rows exact
+    duplicates of others and a twentieth near duplicates (1e-6 relative)."""
+    rng = np.random.default_rng(seed)
+    scales = np.array([1, 1, 10, 100, 1000, 0.01, 5, 50, 200, 1, 1, 3, 30, 300, 0.1, 2, 20, 500.0])
+    offsets = np.array([100, 0, 50, 1000, 5000, 0, 10, 200, 100, 0, 5, 0, 60, 900, 0, 4, 40, 800.0])
+    X = rng.normal(size=(n, 18)) * scales + offsets
+    dup, src = rng.choice(n, n // 10, replace=False), rng.choice(n, n // 10)
+    X[dup] = X[src]
+    near, src = rng.choice(n, n // 20, replace=False), rng.choice(n, n // 20)
+    X[near] = X[src] * (1 + 1e-6 * rng.normal(size=(n // 20, 18)))
+    z = (X - offsets) / scales
+    return X, z
+
+
+def test_float32_deep_rfm_fits_duplicated_rows_with_defaults():
+    X, z = _tabular_with_duplicates()
+    y = (z[:, 0] > 0).astype(int) + 2 * (z[:, 3] > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KernelScaleWarning)
+        m32 = DeepRFMClassifier(depth=6, random_state=0).fit(X, y)  # float32 is the default
+        m64 = DeepRFMClassifier(depth=6, random_state=0, dtype="float64").fit(X, y)
+    assert m32.dtype == "float32"
+    assert m32.score(X, y) >= m64.score(X, y) - 0.03
+
+
+def test_float32_row_alone_predicts_as_in_a_batch():
+    X, z = _tabular_with_duplicates()
+    y = z[:, 0] * z[:, 1] + z[:, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KernelScaleWarning)
+        model = RFMRegressor(iters=2, random_state=0, bandwidth="median").fit(X, y)
+    rng = np.random.default_rng(1)
+    Xq = np.vstack([X[:150], X[:50] * (1 + 1e-7 * rng.normal(size=(50, 18))), X[150:200] + rng.normal(size=(50, 18))])
+    batch = model.predict(Xq)
+    alone = np.array([model.predict(Xq[i : i + 1])[0] for i in range(len(Xq))])
+    assert np.abs(batch - alone).max() <= 1e-5 * batch.std()

@@ -48,3 +48,23 @@ def test_plan_respects_budget(n, m, budget):
 def test_plan_refuses_impossible_budget():
     with pytest.raises(ValueError, match="memory_budget"):
         plan_blocks(100, 100, itemsize=4, budget=100, fixed_bytes=1000)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_wide_accumulation_matches_float64(device):
+    """float32 tiles summed in float64: the large-coefficient case (alternating +-1e3) where float32 sums lose digits."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(3000, 5, generator=g, dtype=torch.float64)
+    v = 1e3 * torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    x32, z32, v32 = (t.to(device, torch.float32) for t in (x, z, v))
+    # reference: the float32 kernel values themselves, multiplied in float64 (isolates the summation)
+    ref = (laplace_kernel(x32, z32, bandwidth=2.0).double() @ v32.double()).cpu().numpy()
+    wide = kernel_matmul(x32, z32, v32, bandwidth=2.0, memory_budget=2**20, accumulate=torch.float64)
+    narrow = kernel_matmul(x32, z32, v32, bandwidth=2.0, memory_budget=2**20)
+    assert wide.dtype == torch.float64 and narrow.dtype == torch.float32
+    e_wide = np.abs(wide.cpu().numpy() - ref).max()
+    e_narrow = np.abs(narrow.cpu().double().numpy() - ref).max()
+    assert e_wide < 1e-9 * np.abs(v.numpy()).sum() and e_wide < e_narrow / 10, (e_wide, e_narrow)
+    # same dtype requested: the plain path
+    assert kernel_matmul(x32, z32, v32, bandwidth=2.0, accumulate=torch.float32).dtype == torch.float32

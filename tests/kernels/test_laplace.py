@@ -55,3 +55,81 @@ def test_out_argument_is_used():
     out = torch.empty(8, 8)
     k = laplace_kernel(x, x, bandwidth=1.0, out=out)
     assert k.data_ptr() == out.data_ptr()
+
+
+def _near_duplicates(n=600, d=8, offset=5.0, seed=0):
+    """Rows far from the origin (a large common offset), a third of them exact or near (1e-5) duplicates."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + offset
+    k = n // 3
+    x[:k] = x[k : 2 * k]
+    x[k // 2 : k] += 1e-5 * torch.randn(k - k // 2, d, generator=g, dtype=torch.float64)
+    return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_near_zero_distances_are_accurate(device):
+    import kernels.laplace as lap
+
+    x = _near_duplicates()
+    bw = 2.0
+    ref = np.exp(-cdist(x.numpy(), x.numpy()) / bw)
+    x32 = x.to(device, torch.float32)
+    # the rows as the float32 tensor holds them: the reference must not charge the input's own rounding to the kernel
+    ref32 = np.exp(-cdist(x32.cpu().double().numpy(), x32.cpu().double().numpy()) / bw)
+    k = laplace_kernel(x32, x32[:250], bandwidth=bw).cpu().double().numpy()
+    err = np.abs(k - ref32[:, :250]).max()
+    # without the direct recomputation of small distances the same kernel is off by ~4e-3 (sqrt of eps * ||x||^2)
+    saved = lap._REFINED
+    try:
+        lap._REFINED = ()
+        plain = np.abs(laplace_kernel(x32, x32[:250], bandwidth=bw).cpu().double().numpy() - ref32[:, :250]).max()
+    finally:
+        lap._REFINED = saved
+    assert plain > 1e-3, plain  # the defect the refinement removes is present in this data
+    assert err < 2e-5 and err < plain / 100, (err, plain)
+    assert np.abs(ref32 - ref).max() < 1e-2  # sanity: the two references describe the same data
+
+
+def test_shared_diagonal_offsets_of_row_ranges():
+    from kernels.laplace import _shared_diagonal
+
+    z = torch.randn(10, 3)
+    assert _shared_diagonal(z, z) == 0
+    assert _shared_diagonal(z[2:5], z) == 2
+    assert _shared_diagonal(z[4:8], z[6:10]) == -2
+    assert _shared_diagonal(z.clone(), z) is None
+    assert _shared_diagonal(z[:, :2], z[:, 1:]) is None  # column slices: not the same rows
+    # self-distances of a row block against all rows are exactly zero (diagonal at the block's offset)
+    d2 = sq_distances(z[3:7] * 1, z)  # a copy: no shared diagonal, round-off allowed (>= 0)
+    assert (d2 >= 0).all()
+    d2 = sq_distances(z[3:7], z)
+    assert torch.equal(d2.diagonal(3), torch.zeros(4))
+
+
+def test_refinement_handles_many_close_pairs_in_pieces(monkeypatch):
+    import kernels.laplace as lap
+
+    monkeypatch.setattr(lap, "_REFINE_CHUNK", 64)  # force several row chunks and entry chunks
+    x = _near_duplicates(n=300, d=3, offset=20.0, seed=4).float()
+    d2 = sq_distances(x, x.flip(0)).double().numpy()
+    ref = cdist(x.double().numpy(), x.flip(0).double().numpy(), "sqeuclidean")
+    small = ref < 1e-3
+    assert small.sum() > 100  # many close pairs, spread over chunks
+    np.testing.assert_allclose(d2[small], ref[small], rtol=1e-5, atol=1e-12)
+
+
+def test_rounding_shift_centres_narrow_dtypes_only():
+    from kernels.laplace import rounding_shift
+
+    x = torch.randn(50, 4, dtype=torch.float64) + 100.0
+    assert rounding_shift(x) is None
+    s = rounding_shift(x.float())
+    np.testing.assert_allclose(s.double().numpy(), x.mean(0).numpy(), rtol=1e-6)
+    assert rounding_shift(torch.empty(0, 4)) is None
+    # a common shift leaves the kernel unchanged and, in float32, makes it more accurate for rows far from 0
+    ref = np.exp(-cdist(x.float().double().numpy(), x[:20].float().double().numpy()) / 3.0)
+    plain = laplace_kernel(x.float(), x[:20].float(), bandwidth=3.0).double().numpy()
+    xs = x.float() - s
+    shifted = laplace_kernel(xs, xs[:20], bandwidth=3.0).double().numpy()
+    assert np.abs(shifted - ref).max() < np.abs(plain - ref).max() / 10
