@@ -57,7 +57,15 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
     """Per-feature (mean, scale) of the training data (constant features keep scale 1), or (0, 1) when disabled."""
     if not enabled:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])
-    scale = X.std(0)
+    # float64, and relative to each feature's largest |value|: squares of float32 features beyond ~1e19 (or float64
+    # beyond ~1e154) would overflow
+    X = np.asarray(X, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        scale = X.std(0)
+    if not np.all(np.isfinite(scale)):
+        peak = np.abs(X).max(0)
+        peak = np.where(peak > 0, peak, 1.0)
+        scale = (X / peak).std(0) * peak
     return X.mean(0), np.where(scale > 0, scale, 1.0)
 
 

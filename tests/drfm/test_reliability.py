@@ -417,3 +417,19 @@ def test_float32_row_alone_predicts_as_in_a_batch():
     batch = model.predict(Xq)
     alone = np.array([model.predict(Xq[i : i + 1])[0] for i in range(len(Xq))])
     assert np.abs(batch - alone).max() <= 1e-5 * batch.std()
+
+
+def test_standardisation_of_huge_float32_features_does_not_overflow():
+    X = (np.random.default_rng(0).normal(size=(20, 3)) * 1e20).astype(np.float32)
+    y = np.arange(20) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "overflow encountered in square" leaked here
+        warnings.simplefilter("ignore", KernelScaleWarning)
+        model = DeepRFMClassifier(depth=2, random_state=0).fit(X, y)
+    np.testing.assert_allclose(model.scale_, X.astype(np.float64).std(0), rtol=1e-6)
+    X64 = X.astype(np.float64) * 1e140  # squares beyond float64: the scale is taken relative to the largest |value|
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", KernelScaleWarning)
+        model = DeepRFMClassifier(depth=2, random_state=0).fit(X64, y)
+    np.testing.assert_allclose(model.scale_, (X64 / 1e150).std(0) * 1e150, rtol=1e-12)
