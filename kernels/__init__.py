@@ -21,8 +21,8 @@ from .laplace import apply_sqrt_m, laplace_kernel, sq_distances, sq_norms
 from .linalg import compact_factor, psd_power
 from .memory import BlockPlan, MemoryPlan, available_memory, default_memory_budget, format_bytes, plan_blocks
 from .operators import BlockedKernel, KernelOperator, Points, StoredKernel
-from .solvers import (NystromEigensystem, NystromPreconditioner, SolvePlan, SolveResult, plan_solve, solve_cg,
-                      solve_direct, solve_eigenpro)
+from .solvers import (NystromEigensystem, NystromPreconditioner, SolvePlan, SolveResult, plan_solve, solve_centres,
+                      solve_cg, solve_direct, solve_eigenpro)
 
 __all__ = [
     "BlockPlan",
@@ -51,6 +51,7 @@ __all__ = [
     "solve_cg",
     "solve_direct",
     "solve_eigenpro",
+    "solve_centres",
     "sq_distances",
     "sq_norms",
 ]

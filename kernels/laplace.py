@@ -6,7 +6,7 @@ an L2 (Euclidean after the transform) Laplace kernel, *not* the L1 ``laplacian_k
 With a factor R of M (``M = R R^T``, e.g. the symmetric square root) the kernel is the plain Laplace kernel on the
 transformed rows ``x R``, so every evaluation is: transform once, then squared distances by one GEMM
 ``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b``, clamped at 0 before the square root (round-off makes it negative). In
-float32 the entries below that formula's round-off floor are recomputed directly (:data:`SMALL_DISTANCE_FACTOR`).
+every dtype the entries below that formula's round-off floor are recomputed directly (:data:`SMALL_DISTANCE_FACTOR`).
 """
 from __future__ import annotations
 
@@ -90,10 +90,10 @@ def sq_distances(
 # error e in a distance near 0 into an error sqrt(e), so near-duplicate rows get kernel values off by ~1e-3 in float32
 # (a kernel matrix that is not positive definite on data with duplicated rows; a row predicted alone differing from
 # the same row predicted in a batch). Recomputing below the threshold bounds the distance error by
-# e / (2 sqrt(threshold)) = sqrt(e / SMALL_DISTANCE_FACTOR) / 2 everywhere. Only float32/float16/bfloat16 are refined:
-# float64 round-off is far below any kernel scale in use.
+# e / (2 sqrt(threshold)) = sqrt(e / SMALL_DISTANCE_FACTOR) / 2 everywhere. float64 is refined too: there a point's
+# distance to its own copy would be ~1e-8 instead of 0 (visible against exact references, e.g. m-centre solves).
 SMALL_DISTANCE_FACTOR = 1024.0
-_REFINED = (torch.float32, torch.float16, torch.bfloat16)
+_REFINED = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # workspace of the direct recomputation, in elements (bounded: a tile with many close pairs is done in pieces)
 _REFINE_CHUNK = 2**18
 

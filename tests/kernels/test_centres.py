@@ -1,0 +1,104 @@
+"""The m-centre (Nystrom / Falkon-style) kernel ridge solver against dense references."""
+import numpy as np
+import pytest
+import torch
+
+from kernels import Points, laplace_agop, laplace_kernel
+from kernels._reference import agop_autograd
+from kernels.solvers.centres import CentreSystem, default_centre_count, solve_centres, workspace_bytes
+from tests.conftest import DEVICES, random_spd, sym_sqrt
+
+
+def _data(n=500, d=5, c=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    Y = torch.stack([torch.sin(X[:, :2].sum(1)), X[:, 0] * X[:, 2]], 1)[:, :c]
+    return X, Y + 0.05 * torch.randn(n, c, generator=g, dtype=torch.float64)
+
+
+def _dense_centre_solution(X, idx, Y, bw, reg, r=None):
+    """The m-centre normal equations solved densely in numpy (float64) from the plain kernel matrix."""
+    K = laplace_kernel(X, X, bandwidth=bw, sqrt_m=r).numpy()
+    Knm, Kmm = K[:, idx], K[np.ix_(idx, idx)]
+    return np.linalg.solve(Knm.T @ Knm + reg * Kmm, Knm.T @ Y.numpy()), Knm
+
+
+def test_all_points_as_centres_is_exact_kernel_ridge():
+    X, Y = _data()
+    reg = 1e-3
+    pts = Points.of(X)
+    res = solve_centres(pts, pts, Y, bandwidth=2.0, reg=reg, rtol=1e-14, max_iter=200)
+    K = laplace_kernel(X, X, bandwidth=2.0)
+    ref = torch.linalg.solve(K + reg * torch.eye(len(X), dtype=X.dtype), Y)
+    assert res.method == "nystrom" and res.converged and res.x.dtype == torch.float64
+    np.testing.assert_allclose(res.x.numpy(), ref.numpy(), rtol=0, atol=1e-8 * float(ref.abs().max()))
+    assert res.n_iter <= 3  # with m = n the preconditioner is exact
+
+
+@pytest.mark.parametrize("store", [False, True])
+@pytest.mark.parametrize("metric", [False, True])
+def test_fewer_centres_match_the_dense_normal_equations(store, metric):
+    X, Y = _data(seed=1)
+    r = sym_sqrt(random_spd(5, seed=2)) if metric else None
+    idx = np.sort(np.random.default_rng(3).choice(len(X), 90, replace=False))
+    reg = 1e-3
+    # tiny budget: many row blocks for the recomputed products
+    res = solve_centres(Points.of(X, r), Points.of(X[idx], r), Y, bandwidth=2.0, reg=reg, rtol=1e-15,
+                        max_iter=400, store=store, memory_budget=2**18)
+    ref, Knm = _dense_centre_solution(X, idx, Y, 2.0, reg, r)
+    np.testing.assert_allclose(res.x.numpy(), ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    np.testing.assert_allclose(Knm @ res.x.numpy(), Knm @ ref, rtol=0, atol=1e-8)
+    assert res.details["stored"] is store and res.details["n_centres"] == 90
+
+
+def test_vector_target_warm_start_and_float32():
+    X, Y = _data(seed=4, c=1)
+    y = Y[:, 0]
+    idx = torch.arange(0, len(X), 5)
+    pts, cen = Points.of(X), Points.of(X[idx])
+    res = solve_centres(pts, cen, y, bandwidth=2.0, reg=1e-3, rtol=1e-10)
+    assert res.x.shape == (len(idx),)
+    again = solve_centres(pts, cen, y, bandwidth=2.0, reg=1e-3, rtol=1e-10, x0=res.x)
+    assert again.n_iter <= 1
+    # float32 kernel blocks, float64 CG vectors: the fitted values agree with the float64 solve to float32 accuracy
+    res32 = solve_centres(Points.of(X.float()), Points.of(X[idx].float()), y.float(), bandwidth=2.0, reg=1e-3,
+                          rtol=1e-6)
+    assert res32.x.dtype == torch.float32
+    K = laplace_kernel(X, X[idx], bandwidth=2.0)
+    fit64, fit32 = K @ res.x, K @ res32.x.double()
+    assert float((fit64 - fit32).abs().max()) < 1e-3 * float(y.abs().max())
+
+
+def test_agop_of_the_centre_predictor_matches_autograd():
+    X, Y = _data(seed=5, n=300, d=4)
+    m = random_spd(4, seed=6)
+    r = sym_sqrt(m)
+    idx = torch.arange(0, len(X), 3)
+    res = solve_centres(Points.of(X, r), Points.of(X[idx], r), Y, bandwidth=2.5, reg=1e-3, rtol=1e-10)
+    samples = X[1::7]  # not centres: every term is differentiable
+    got = laplace_agop(samples, X[idx], res.x, bandwidth=2.5, sqrt_m=r)
+    ref = agop_autograd(samples, X[idx], res.x, bandwidth=2.5, m=m)
+    assert float((got - ref).norm() / ref.norm()) < 1e-6
+
+
+def test_errors_and_sizes():
+    X, Y = _data(n=50)
+    pts = Points.of(X)
+    with pytest.raises(ValueError, match="rows"):
+        solve_centres(pts, pts, Y[:10], bandwidth=1.0, reg=1e-3)
+    with pytest.raises(ValueError, match="at least one centre"):
+        solve_centres(pts, Points.of(X[:0]), Y, bandwidth=1.0, reg=1e-3)
+    assert default_centre_count(100) == 100 and default_centre_count(10**6) == 4000
+    assert workspace_bytes(1000, 100, 1, itemsize=4, store=True) - workspace_bytes(1000, 100, 1, itemsize=4) == 4e5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_products_match_dense_on_device(device):
+    X, Y = _data(n=200)
+    Xd = X.to(device, torch.float32)
+    idx = torch.arange(0, 200, 4)
+    sys_ = CentreSystem(Points.of(Xd), Points.of(Xd[idx]), bandwidth=2.0, reg=1e-3, memory_budget=2**16)
+    K = laplace_kernel(X, X[idx], bandwidth=2.0)
+    v = torch.randn(len(idx), 2, dtype=torch.float64)
+    got = sys_.normal_product(v.to(device)).cpu()
+    np.testing.assert_allclose(got.numpy(), (K.T @ (K @ v)).numpy(), rtol=1e-4, atol=1e-4)
