@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, Points, StoredKernel, compact_factor,
-                     feature_matrix_update, kernel_matmul, laplace_agop, plan_solve, solve_cg, solve_direct,
-                     solve_eigenpro)
+                     feature_matrix_update, kernel_matmul, laplace_agop, plan_solve, solve_centres, solve_cg,
+                     solve_direct, solve_eigenpro)
 from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
 from kernels.laplace import laplace_kernel_transformed, sq_distances
@@ -106,6 +106,7 @@ class RFMParams:
     normalize_m: bool
     agop_sample_size: int
     iter_sample_size: int | None
+    n_centres: int | None
     validation_fraction: float | None
     solver: str
     solver_tol: float
@@ -230,6 +231,20 @@ def _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score_fn
     return sol, score_fn(train_out.cpu().double().numpy(), y_rows[score_idx.cpu().numpy()])
 
 
+def _solve_centres(plan, pts, centres, Y_rows, y_rows, p, gen, work_budget, score_fn, x0):
+    """The m-centre model on all the phase's rows (:func:`kernels.solve_centres`), warm-started from ``x0``."""
+    inner, progress = _inner_progress(p.verbose, plan.solver, p.solver_max_iter)
+    sol = solve_centres(pts, centres, Y_rows, bandwidth=p.bandwidth, reg=float(p.reg), x0=x0, rtol=p.solver_tol,
+                        max_iter=p.solver_max_iter, callback=progress, store=plan.store, memory_budget=work_budget)
+    if inner is not None:
+        inner.close()
+    n_rows = len(pts)
+    score_idx = torch.randperm(n_rows, generator=gen)[: min(n_rows, SCORE_ROWS)].sort().values.to(pts.z.device)
+    train_out = kernel_matmul(pts.z[score_idx], centres, sol.x, bandwidth=p.bandwidth, memory_budget=work_budget,
+                              accumulate=torch.float64)
+    return sol, score_fn(train_out.cpu().double().numpy(), y_rows[score_idx.cpu().numpy()])
+
+
 def _inner_progress(verbose, solver, cap):
     """A progress bar over the iterations of one iterative solve (``verbose > 1``), fed by the solver's callback."""
     if not (verbose and verbose > 1):
@@ -251,7 +266,7 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
         reserved = _fit_items(n_train=n_train, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
                               n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
         plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=p.solver,
-                                  reg=float(p.reg), owner=owner, reserved=reserved)
+                                  reg=float(p.reg), owner=owner, reserved=reserved, n_centres=p.n_centres)
         logger.info("%s: solver %s for %s rows (%s)", owner, plans[phase].solver, phase, plans[phase].reason)
     return plans
 
@@ -266,20 +281,40 @@ class _Loop:
         self.K = None  # one n x n buffer, reused by every solve on the same rows (direct: factorised in place)
         self.sqrt_m = self.factor = None  # R (d, d) or (d,) in the working dtype, and its compact factor
         self.alpha = None
+        self.alpha_of = None  # the rows the coefficients live on: 'sub', 'all', or ('centres', phase)
+        self.centre_idx = {}  # phase -> the m-centre model's centres (indices into the phase's rows)
         self.best = None  # (validation score, iteration, R, factor, alpha, rows, bandwidth) of the kept iterate
         self.history = []
         self.warned = set()
 
-    def _warm_start(self, n_rows):
-        """From the subset to all rows: the subset's coefficients (zero elsewhere) predict exactly as the subset's
-        kernel machine, a good start for the full system (a warm start worse than zero is dropped by the solver)."""
-        if self.alpha is not None and self.alpha.shape[0] != n_rows:
+    def _start(self, phase, plan, n_rows):
+        """The warm start of this solve: the previous coefficients when they live on the same rows (or centres); the
+        subset's coefficients, zero elsewhere, on all rows (they predict exactly as the subset's kernel machine)."""
+        if self.alpha is None:
+            return None
+        if plan.solver == "nystrom":
+            return self.alpha if self.alpha_of == ("centres", phase) else None
+        if self.alpha_of == phase:
+            return self.alpha
+        if self.alpha_of == "sub" and phase == "all":
             full = torch.zeros((n_rows, self.alpha.shape[1]), dtype=self.alpha.dtype, device=self.alpha.device)
             full[self.sub] = self.alpha
-            self.alpha = full
+            return full
+        return None
 
-    def _solve(self, plan, phase, pts, Y_rows, y_rows, p):
+    def _centres(self, phase, n_rows, m):
+        """The m-centre model's centres for a phase (indices into its rows): drawn uniformly once, kept across
+        iterations (so each solve can start from the last one's coefficients)."""
+        if phase not in self.centre_idx:
+            idx = torch.randperm(n_rows, generator=self.gen)[:m].sort().values
+            self.centre_idx[phase] = idx.to(self.Xt.device)
+        return self.centre_idx[phase]
+
+    def _solve(self, plan, phase, pts, Y_rows, y_rows, p, x0, centres):
         n_rows = len(pts)
+        if plan.solver == "nystrom":
+            self.K = None
+            return _solve_centres(plan, pts, centres, Y_rows, y_rows, p, self.gen, self.work_budget, self.score, x0)
         if plan.holds_matrix and (self.K is None or self.K.shape[0] != n_rows):
             self.K = None
             self.K = torch.empty((n_rows, n_rows), dtype=pts.z.dtype, device=pts.z.device)
@@ -291,10 +326,11 @@ class _Loop:
         # to solver_tol (a capped subset solve measurably degraded M at n = 50000)
         cap = None if phase == "sub" else p.solver_max_iter
         return _solve_iterative(plan, pts, Y_rows, y_rows, self.K, p, self.gen, self.work_budget, self.score,
-                                self.alpha, cap)
+                                x0, cap)
 
     def _feature_step(self, X_rows, pts, p):
-        """The AGOP of the predictor (centres: the solve's rows) over a sample of all training rows, and the new M."""
+        """The AGOP of the predictor (centres: the solve's rows, or the m-centre model's centres) over a sample of
+        all training rows, and the new M."""
         n_tr = self.Xt.shape[0]
         idx = torch.randperm(n_tr, generator=self.gen)[: self.n_agop].to(X_rows.device) if self.n_agop < n_tr \
             else slice(None)
@@ -322,18 +358,25 @@ class _Loop:
         X_rows = self.Xt if rows is None else self.Xt[rows]
         Y_rows = self.Yt if rows is None else self.Yt[rows]
         y_rows = self.y_tr if rows is None else self.y_tr[rows.cpu().numpy()]
-        self._warm_start(X_rows.shape[0])
         pts = Points.of(X_rows, self.factor)
         bandwidth = _kernel_bandwidth(self.p, pts, self.owner, self.warned)
         p = replace(self.p, bandwidth=bandwidth)  # the loop's parameters with this solve's bandwidth
-        sol, train_score = self._solve(plan, phase, pts, Y_rows, y_rows, p)
+        x0 = self._start(phase, plan, X_rows.shape[0])
+        local = self._centres(phase, X_rows.shape[0], plan.n_centres) if plan.solver == "nystrom" else None
+        centres = None if local is None else Points(pts.z[local], pts.z_sq[local])
+        sol, train_score = self._solve(plan, phase, pts, Y_rows, y_rows, p, x0, centres)
         self.alpha = sol.x
+        self.alpha_of = phase if local is None else ("centres", phase)
         if not bool(torch.isfinite(self.alpha).all()):
             raise ValueError(
                 "The kernel ridge solve produced non-finite coefficients; the data may be badly scaled "
                 "(try a larger bandwidth, a larger reg or dtype='float64')."
             )
-        rec = {"iter": t, "n_rows": X_rows.shape[0], "bandwidth": bandwidth, "solver": sol.method,
+        if local is not None:  # the model lives on its centres: predictions, the AGOP and the kept rows use them
+            rows = local if rows is None else rows[local]
+            X_rows, pts = X_rows[local], centres
+        rec = {"iter": t, "n_rows": Y_rows.shape[0], "n_centres": None if local is None else len(local),
+               "bandwidth": bandwidth, "solver": sol.method,
                "solver_reason": plan.reason,
                "solver_iters": sol.n_iter, "solver_converged": sol.converged, "solver_residual": sol.final_residual,
                "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,

@@ -49,6 +49,7 @@ class _BaseRFM(BaseEstimator):
         "solver": [Options(*SOLVERS)],
         "solver_tol": [Interval("float", 0, 1, closed="neither")],
         "solver_max_iter": [Interval("int", 1, None, closed="left"), NoneOK],
+        "n_centres": [Interval("int", 1, None, closed="left"), NoneOK],
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
@@ -72,6 +73,7 @@ class _BaseRFM(BaseEstimator):
         solver="auto",
         solver_tol=1e-4,
         solver_max_iter=None,
+        n_centres=None,
         device="auto",
         dtype="float32",
         memory_budget=None,
@@ -91,6 +93,7 @@ class _BaseRFM(BaseEstimator):
         self.solver = solver
         self.solver_tol = solver_tol
         self.solver_max_iter = solver_max_iter
+        self.n_centres = n_centres
         self.device = device
         self.dtype = dtype
         self.memory_budget = memory_budget
@@ -248,18 +251,26 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         fast solve on a stored matrix and leaves one iterative solve on all n.
     validation_fraction : float in (0, 1) or None, default=None
         Hold out this fraction and keep the iterate with the best validation score.
-    solver : {'auto', 'direct', 'cg', 'eigenpro'}, default='auto'
+    solver : {'auto', 'direct', 'cg', 'eigenpro', 'nystrom'}, default='auto'
         Linear solver for the kernel ridge system. 'auto': direct (Cholesky) for n <= 8000, or for any n whose
         n x n matrix fits the memory budget when ``reg < 1e-4``; otherwise Nystrom-preconditioned CG, warm-started
-        across iterations, on the stored kernel matrix while it fits the budget (one GEMM per CG step) and on
-        blocked products beyond. With ``iter_sample_size`` chosen separately for the subset and the full solve.
+        across iterations, on the stored kernel matrix while it fits the budget (one GEMM per CG step); beyond
+        that, the m-centre model ('nystrom'). 'cg' / 'eigenpro' beyond the stored matrix solve the exact system on
+        blocked products (n^2 kernel entries per step). 'nystrom': the model is restricted to ``n_centres`` random
+        training points, ``f(x) = sum_j beta_j k(x, c_j)`` with ``(K_nm^T K_nm + reg K_mm) beta = K_nm^T Y`` solved by
+        CG with Falkon's preconditioner -- an approximation of the exact solve (exact when ``n_centres >= n``);
+        the fitted model keeps only the centres. With ``iter_sample_size`` chosen separately for the subset and the
+        full solve.
     solver_tol : float, default=1e-4
         Relative residual ``||(K + reg I) alpha - Y|| / ||Y||`` (per output) at which CG stops; EigenPro's stopping
         tolerance.
     solver_max_iter : int or None, default=None
         Cap on CG iterations (default ``max(100, n // 10)``) or EigenPro epochs (default 10) of each solve; with
         ``iter_sample_size``, of the final solve on all rows only (the subset solves, which learn M, run to
-        ``solver_tol``).
+        ``solver_tol``). For 'nystrom', CG iterations (default 100).
+    n_centres : int or None, default=None
+        Centres of the m-centre model (``solver='nystrom'``, or 'auto' beyond the stored matrix); None:
+        ``min(n, max(2000, 4 sqrt(n)))``.
     device : str, default='auto'
         'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.
     dtype : {'float32', 'float64'}, default='float32'

@@ -12,7 +12,11 @@ With ``requested="auto"``:
 | <= AUTO_DIRECT_MAX_N, n x n matrix fits | direct (Cholesky) | n^3/3 flops is seconds at most |
 | larger, n x n matrix fits, ``reg < AUTO_CG_MIN_REG`` | direct | CG slows down as reg -> 0 |
 | larger, matrix + CG's memory fit | CG on the stored matrix | one GEMM per CG step |
-| matrix does not fit | CG on blocked products | no n x n matrix is held |
+| matrix does not fit | the m-centre model (``"nystrom"``) | an exact solve would recompute n^2 kernel entries per CG step |
+
+``requested="nystrom"`` (or "auto" beyond the stored matrix) restricts the model to m centres
+(:mod:`kernels.solvers.centres`, an approximation of the exact solve); ``requested="cg"`` keeps the exact system on
+blocked products.
 """
 from __future__ import annotations
 
@@ -25,11 +29,13 @@ from ..memory import MIN_WORK_BYTES, MemoryPlan, format_bytes
 from ..operators import Points, StoredKernel
 from ._result import iterative_vectors_bytes
 from .direct import workspace_bytes as direct_workspace_bytes
+from .centres import default_centre_count
+from .centres import workspace_bytes as centres_workspace_bytes
 from .nystrom import DEFAULT_RANK, NystromPreconditioner, default_n_centres
 
 __all__ = ["AUTO_CG_MIN_REG", "AUTO_DIRECT_MAX_N", "SOLVERS", "SolvePlan", "plan_solve"]
 
-SOLVERS = ("auto", "direct", "cg", "eigenpro")
+SOLVERS = ("auto", "direct", "cg", "eigenpro", "nystrom")
 
 #: with solver="auto", the direct solver is used up to this many training points (when its n x n matrix fits the
 #: budget). Above it, conjugate gradients on the stored kernel matrix (Nystrom-preconditioned, warm-started across RFM
@@ -47,9 +53,9 @@ _MIN_CENTRES, _MIN_RANK = 64, 16
 
 @dataclass(frozen=True)
 class SolvePlan:
-    """A planned solve: ``solver`` ('direct', 'cg', 'eigenpro'), the ``reason`` in words, whether the n x n kernel
-    matrix is ``store``d (a direct solve always holds it), the Nystrom ``n_centres`` / ``rank`` of the iterative
-    solvers, and ``memory``: what the solve holds at its peak."""
+    """A planned solve: ``solver`` ('direct', 'cg', 'eigenpro', 'nystrom'), the ``reason`` in words, whether the
+    kernel matrix is ``store``d (n x n; for 'nystrom' the n x m block), the Nystrom ``n_centres`` / ``rank`` of the
+    iterative solvers (for 'nystrom': the model's centres), and ``memory``: what the solve holds at its peak."""
 
     solver: str
     reason: str
@@ -61,7 +67,7 @@ class SolvePlan:
     @property
     def holds_matrix(self) -> bool:
         """Whether an n x n buffer is held (direct: factorised in place; stored CG / EigenPro)."""
-        return self.solver == "direct" or self.store
+        return self.solver == "direct" or (self.store and self.solver != "nystrom")
 
     def work_budget(self) -> int:
         """Bytes left for streamed work (kernel tiles, AGOP blocks) beside what the solve holds."""
@@ -71,6 +77,11 @@ class SolvePlan:
 def _solve_items(solver, n, d, c, itemsize, s=0, q=0, store=False) -> dict[str, int]:
     """What a solve of n rows holds, item by item (from the components' ``workspace_bytes``)."""
     items = {"transformed rows": Points.workspace_bytes(n, d, itemsize)}
+    if solver == "nystrom":
+        items["transformed centres"] = Points.workspace_bytes(s, d, itemsize)
+        items["m-centre system (factors, vectors" + (", stored n x m block)" if store else ")")] = \
+            centres_workspace_bytes(n, s, c, itemsize=itemsize, store=store)
+        return items
     if solver == "direct":
         items["kernel matrix (Cholesky in place) and solution"] = direct_workspace_bytes(n, c, itemsize=itemsize)
         return items
@@ -95,13 +106,14 @@ def _default_nystrom(n, device):
 
 def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.device | str, budget: int,
                requested: str = "auto", reg: float = 1e-3, owner: str = "the solve",
-               reserved: dict[str, int] | None = None) -> SolvePlan:
+               reserved: dict[str, int] | None = None, n_centres: int | None = None) -> SolvePlan:
     """Choose the solver for an n-row system with d (transformed) features and c right-hand sides; say why.
 
     ``reserved``: what the caller holds beside the solve (named byte counts: its data, the AGOP, ...); it is part of
     the plan, and the Nystrom system is shrunk (halving centres and rank) until everything plus a minimal tile fits.
     Raises a ``ValueError`` that says what fits when nothing does (the direct solver: the largest n; otherwise the
-    number of samples the iterative solver could take).
+    number of samples the iterative solver could take). ``n_centres``: the m-centre model's centres (default
+    :func:`~kernels.solvers.centres.default_centre_count`).
     """
     if requested not in SOLVERS:
         raise ValueError(f"requested must be one of {SOLVERS}, got {requested!r}")
@@ -128,6 +140,8 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
         if reg < AUTO_CG_MIN_REG:
             return SolvePlan("direct", f"the n x n matrix ({size}) fits the budget and reg={reg:g} < "
                                        f"{AUTO_CG_MIN_REG:g} (CG converges slowly as reg -> 0)", False, 0, 0, direct)
+    if requested == "nystrom":
+        return _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, "forced by solver='nystrom'")
     s, q = _default_nystrom(n, device)
     iterative = _ledger(budget, reserved, _solve_items("cg", n, d, c, itemsize, s, q))
     while not iterative.fits(MIN_WORK_BYTES) and s > _MIN_CENTRES:
@@ -151,6 +165,14 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
         solver, reason = "cg", f"{why}: Nystrom-preconditioned CG, warm-started across iterations"
     stored = _ledger(budget, reserved, _solve_items(solver, n, d, c, itemsize, s, q, store=True))
     store = stored.fits(MIN_WORK_BYTES)
+    if requested == "auto" and not store:
+        size = format_bytes(n * n * itemsize)
+        try:
+            return _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres,
+                                 f"the {n} x {n} kernel matrix ({size}) does not fit the budget, and an exact solve "
+                                 f"would recompute all n^2 kernel entries at every CG step: the m-centre model")
+        except ValueError:  # its m x m factors do not fit either: the exact solve on blocked products
+            reason += "; the m-centre model's factors do not fit the budget either"
     if store:
         iterative = stored
         reason += "; the n x n kernel matrix fits the budget and is stored (one GEMM per product)"
@@ -159,3 +181,22 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
     if (s, q) != _default_nystrom(n, device):
         reason += f"; Nystrom system reduced to {s} centres, rank {q} to fit the budget"
     return SolvePlan(solver, reason, store, s, q, iterative)
+
+
+def _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, reason) -> SolvePlan:
+    """The m-centre model's plan: its centres, whether the n x m block is stored, what it holds."""
+    m = min(n, default_centre_count(n) if n_centres is None else int(n_centres))
+    held = _ledger(budget, reserved, _solve_items("nystrom", n, d, c, itemsize, m))
+    if not held.fits(MIN_WORK_BYTES):
+        raise ValueError(
+            f"{owner} cannot fit the m-centre model with {m} centres for {n} training samples under "
+            f"memory_budget={format_bytes(budget)}: it needs {format_bytes(held.total)} (largest items: "
+            f"{held.describe(3)}). Pass fewer n_centres or a larger memory_budget."
+        )
+    reason = f"{reason} ({m} centres{' = n: exact' if m == n else ', an approximation of the exact solve'})"
+    stored = _ledger(budget, reserved, _solve_items("nystrom", n, d, c, itemsize, m, store=True))
+    if stored.fits(MIN_WORK_BYTES):
+        return SolvePlan("nystrom", reason + "; the n x m kernel block fits the budget and is stored", True, m, 0,
+                         stored)
+    return SolvePlan("nystrom", reason + "; the n x m kernel block is recomputed in row blocks at every CG step",
+                     False, m, 0, held)

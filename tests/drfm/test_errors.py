@@ -19,7 +19,7 @@ y = X[:, 0]
         ({"bandwidth": 0.0}, "The 'bandwidth' parameter of RFMRegressor must be a float in the range (0, inf) or a str among {'median'}. Got 0.0 instead."),
         ({"reg": -0.1}, "The 'reg' parameter of RFMRegressor must be a float in the range [0, inf). Got -0.1 instead."),
         ({"iters": 1.5}, "The 'iters' parameter of RFMRegressor must be an int in the range [0, inf). Got 1.5 instead."),
-        ({"solver": "magic"}, "The 'solver' parameter of RFMRegressor must be a str among {'auto', 'direct', 'cg', 'eigenpro'}. Got 'magic' instead."),
+        ({"solver": "magic"}, "The 'solver' parameter of RFMRegressor must be a str among {'auto', 'direct', 'cg', 'eigenpro', 'nystrom'}. Got 'magic' instead."),
         ({"device": "tpu"}, "The 'device' parameter of RFMRegressor must be a str among"),
         ({"dtype": "float16"}, "The 'dtype' parameter of RFMRegressor must be a str among {'float32', 'float64'}. Got 'float16' instead."),
         ({"validation_fraction": 1.0}, "The 'validation_fraction' parameter of RFMRegressor must be a float in the range (0, 1) or None. Got 1.0 instead."),

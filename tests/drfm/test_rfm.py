@@ -210,10 +210,16 @@ def test_auto_solver_mid_size_uses_cg_on_the_stored_matrix(monkeypatch):
     np.testing.assert_allclose(stored.M_, direct.M_, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored.predict(Xte), direct.predict(Xte), rtol=1e-4, atol=1e-4)
     # blocked products when the matrix (18 MB) does not fit beside the iterative solver's own ~56 MB
-    blocked = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64",
+    blocked = RFMRegressor(iters=2, solver="cg", solver_tol=1e-7, random_state=0, dtype="float64",
                            memory_budget=64 * 2**20).fit(X, y)
     assert blocked.solver_ == "cg" and "recomputed in blocks" in blocked.history_[0]["solver_reason"]
     np.testing.assert_allclose(blocked.predict(Xte), stored.predict(Xte), rtol=1e-4, atol=1e-4)
+    # 'auto' there takes the m-centre model instead (here with m = n = 1500 centres: the exact model)
+    centres = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64",
+                           memory_budget=64 * 2**20).fit(X, y)
+    assert centres.solver_ == "nystrom" and "does not fit" in centres.history_[0]["solver_reason"]
+    assert "1500 centres = n: exact" in centres.history_[0]["solver_reason"]
+    np.testing.assert_allclose(centres.predict(Xte), stored.predict(Xte), rtol=1e-4, atol=1e-4)
     # a tiny ridge keeps the direct solver while the matrix fits (CG slows down as reg -> 0)
     tiny = RFMRegressor(iters=0, reg=1e-6).fit(X, y)
     assert tiny.solver_ == "direct" and "reg=1e-06" in tiny.history_[0]["solver_reason"]
