@@ -43,6 +43,9 @@ logger = logging.getLogger("drfm.rfm")
 #: iterative solves estimate the training score on this many random rows (an exact score costs a pass over K)
 SCORE_ROWS = 2000
 
+#: iter_sample_size='auto': the subset on which M is learned when the solve on all rows is the m-centre model
+AUTO_ITER_SAMPLE_SIZE = 16000
+
 #: rows (evenly spaced, no random draw) whose pairwise distances measure the kernel's scale at each solve
 SCALE_ROWS = 1000
 #: the median distance over the bandwidth beyond which the kernel matrix is nearly the identity (k < 5e-5 at the
@@ -105,7 +108,7 @@ class RFMParams:
     agop_power: float
     normalize_m: bool
     agop_sample_size: int
-    iter_sample_size: int | None
+    iter_sample_size: int | str | None
     n_centres: int | None
     validation_fraction: float | None
     solver: str
@@ -260,12 +263,16 @@ def _inner_progress(verbose, solver, cap):
 
 
 def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner):
-    """A SolvePlan per phase ('all' rows, and 'sub' with a subset), each with the fit's own items reserved."""
+    """A SolvePlan per phase ('all' rows, and 'sub' with a subset), each with the fit's own items reserved.
+
+    With solver='nystrom' and a subset, the subset's solves (which learn M) are planned as 'auto': the subset exists to
+    be solved exactly, and M learned from an m-centre model was measurably worse (README)."""
     plans = {}
     for phase, rows in sizes.items():
         reserved = _fit_items(n_train=n_train, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
                               n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
-        plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=p.solver,
+        requested = "auto" if phase == "sub" and p.solver == "nystrom" else p.solver
+        plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=requested,
                                   reg=float(p.reg), owner=owner, reserved=reserved, n_centres=p.n_centres)
         logger.info("%s: solver %s for %s rows (%s)", owner, plans[phase].solver, phase, plans[phase].reason)
     return plans
@@ -418,13 +425,22 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     # feature-learning solves (those followed by an AGOP step) may run on a random subset of the training rows;
     # the final solve always uses all of them
     sub = None
-    if p.iter_sample_size is not None and p.iter_sample_size < n_tr and p.iters > 0:
-        sub = torch.randperm(n_tr, generator=gen)[: p.iter_sample_size].sort().values.to(device)
     n_agop = min(p.agop_sample_size, n_tr)
+    plan_args = dict(n_train=n_tr, n_val=0 if va is None else len(va), n_agop=n_agop, d=d, c=c,
+                     itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype, device=device,
+                     budget=budget, owner=owner)
+    size = p.iter_sample_size
+    if size == "auto":
+        # M is learned on an exactly solved subset when the model on all rows is the m-centre one (an M learned from
+        # m-centre models was measurably worse, README); otherwise every solve uses all rows
+        size = None
+        if p.iters > 0 and n_tr > AUTO_ITER_SAMPLE_SIZE and \
+                _plan_phases({"all": n_tr}, **plan_args)["all"].solver == "nystrom":
+            size = AUTO_ITER_SAMPLE_SIZE
+    if size is not None and size < n_tr and p.iters > 0:
+        sub = torch.randperm(n_tr, generator=gen)[:size].sort().values.to(device)
     sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
-    plans = _plan_phases(sizes, n_train=n_tr, n_val=0 if va is None else len(va), n_agop=n_agop, d=d, c=c,
-                         itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype, device=device,
-                         budget=budget, owner=owner)
+    plans = _plan_phases(sizes, **plan_args)
     loop = _Loop(p, plans, finite_tensor(X[tr], dtype, device), finite_tensor(Y[tr], dtype, device, "y"), y[tr],
                  None if va is None else finite_tensor(X[va], dtype, device), None if va is None else y[va], sub,
                  score=score, gen=gen, work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop,
