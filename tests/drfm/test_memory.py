@@ -134,3 +134,12 @@ def test_huge_iters_allocates_nothing_up_front():
     with pytest.raises(ValueError, match="memory_budget"):
         RFMRegressor(iters=10**9, memory_budget=10**6).fit(np.ones((50, 3)) + np.arange(50)[:, None], np.arange(50.0))
     assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.slow
+def test_centre_model_at_n_200000_stays_under_budget():
+    budget = 1024 * MiB
+    res = _run(200000, 20, budget, iters=1, solver_tol=1e-2, solver_max_iter=8, agop_sample_size=4000)
+    assert "error" not in res, res
+    assert res["solver"] == "nystrom" and "does not fit" in res["reasons"][-1], res
+    assert res["growth"] <= budget + res["data_bytes"], res

@@ -236,3 +236,68 @@ def test_eigenpro_rfm_does_not_diverge_when_m_sharpens():
         m = RFMRegressor(iters=3, solver="eigenpro", solver_tol=1e-2, solver_max_iter=5, random_state=0).fit(X, y)
     assert all(h["solver_residual"] < 1.0 for h in m.history_)
     assert m.score(Xte, yte) > 0.8
+
+
+# ---- the m-centre model (solver='nystrom') ---------------------------------------------------------------------
+def test_centre_model_keeps_only_its_centres_and_predicts_through_them():
+    X, y = lowrank(3000, d=10, seed=11)
+    Xte, _ = lowrank(300, d=10, seed=12)
+    m = RFMRegressor(iters=2, solver="nystrom", n_centres=300, iter_sample_size=None, dtype="float64",
+                     solver_tol=1e-8, random_state=0).fit(X, y)
+    assert m.solver_ == "nystrom" and m.X_fit_.shape == (300, 10) and m.dual_coef_.shape[0] == 300
+    assert all(h["solver"] == "nystrom" and h["n_centres"] == 300 and h["n_rows"] == 3000 for h in m.history_)
+    assert "an approximation" in m.history_[0]["solver_reason"]
+    # the centres are training rows, and the prediction is sum_j beta_j k(x, c_j) in the learned metric
+    assert all((np.abs(X - c).sum(1) == 0).any() for c in m.X_fit_[:20])
+    z, zc = Xte @ m.factor_, m.X_fit_ @ m.factor_
+    ref = np.exp(-cdist(z, zc) / m.bandwidth_) @ m.dual_coef_
+    np.testing.assert_allclose(m.predict(Xte), ref.ravel(), rtol=1e-8, atol=1e-8)
+    # iterations after the first start from the previous coefficients over the same centres
+    assert m.history_[-1]["solver_iters"] < 60
+
+
+def test_centre_model_with_every_point_is_the_exact_fit():
+    X, y = lowrank(800, d=6, seed=13)
+    Xte, _ = lowrank(200, d=6, seed=14)
+    exact = RFMRegressor(iters=2, solver="direct", dtype="float64", random_state=0).fit(X, y)
+    full = RFMRegressor(iters=2, solver="nystrom", n_centres=5000, iter_sample_size=None, dtype="float64",
+                        solver_tol=1e-12, solver_max_iter=300, random_state=0).fit(X, y)
+    assert full.X_fit_.shape[0] == 800 and "= n: exact" in full.history_[0]["solver_reason"]
+    np.testing.assert_allclose(full.M_, exact.M_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(full.predict(Xte), exact.predict(Xte), rtol=1e-6, atol=1e-7)
+
+
+def test_auto_iter_sample_size_learns_m_on_an_exact_subset(monkeypatch):
+    import drfm._engine as engine
+
+    monkeypatch.setattr(engine, "AUTO_ITER_SAMPLE_SIZE", 500)
+    X, y = lowrank(2000, d=8, seed=15)
+    m = RFMRegressor(iters=2, solver="nystrom", n_centres=200, random_state=0).fit(X, y)
+    solvers = [(h["solver"], h["n_rows"]) for h in m.history_]
+    assert solvers[:2] == [("direct", 500), ("direct", 500)] and solvers[-1] == ("nystrom", 2000), solvers
+    assert m.X_fit_.shape[0] == 200
+    # explicit None: feature learning on the m-centre model itself
+    m = RFMRegressor(iters=2, solver="nystrom", n_centres=200, iter_sample_size=None, random_state=0).fit(X, y)
+    assert all(h["solver"] == "nystrom" for h in m.history_)
+    # a subset not needed below the threshold, nor with the exact solvers
+    m = RFMRegressor(iters=1, random_state=0).fit(X[:400], y[:400])
+    assert all(h["n_rows"] == 400 for h in m.history_)
+
+
+def test_centre_model_parameters_are_validated():
+    X, y = lowrank(100, d=4)
+    with pytest.raises(ValueError, match="n_centres"):
+        RFMRegressor(n_centres=0).fit(X, y)
+    with pytest.raises(ValueError, match="iter_sample_size"):
+        RFMRegressor(iter_sample_size="sometimes").fit(X, y)
+
+
+@pytest.mark.slow
+def test_centre_model_is_within_0_005_of_the_exact_fit_at_n_20000():
+    from drfm.datasets import load
+
+    data = load("lowrank", n_train=20000, n_test=5000)
+    exact = RFMRegressor(iters=5, solver="cg", random_state=0).fit(data.X_train, data.y_train)
+    centres = RFMRegressor(iters=5, solver="nystrom", n_centres=2000, random_state=0).fit(data.X_train, data.y_train)
+    gap = exact.score(data.X_test, data.y_test) - centres.score(data.X_test, data.y_test)
+    assert centres.X_fit_.shape[0] == 2000 and gap <= 0.005, gap
