@@ -88,7 +88,7 @@ def test_errors_and_sizes():
         solve_centres(pts, pts, Y[:10], bandwidth=1.0, reg=1e-3)
     with pytest.raises(ValueError, match="at least one centre"):
         solve_centres(pts, Points.of(X[:0]), Y, bandwidth=1.0, reg=1e-3)
-    assert default_centre_count(100) == 100 and default_centre_count(10**6) == 4000
+    assert default_centre_count(100) == 100 and default_centre_count(10**6) == 8000 and default_centre_count(200000) == 4472
     assert workspace_bytes(1000, 100, 1, itemsize=4, store=True) - workspace_bytes(1000, 100, 1, itemsize=4) == 4e5
 
 
