@@ -6,7 +6,10 @@ whether the kernel matrix was stored), so time-to-equal-test-error can be read o
 
 Targets (scale issue, 2-core CPU, float32): at equal test score, warm-started preconditioned CG beats repeated
 Cholesky -- low-rank n = 12800 fit <= 25 s, 10-class n = 16000 fit <= 60 s; low-rank n = 100000 fit <= 15 min with
-peak RSS <= 8 GB and R^2 >= 0.99; n = 200000 runs within memory. ``--n`` replaces the sizes (every solver at every n;
+peak RSS <= 8 GB and R^2 >= 0.99; n = 200000 runs within memory. Million-row issue: the m-centre model ('auto' beyond
+the stored matrix) at n = 200000 fit <= 120 s with R^2 >= 0.998; at n = 1000000 fit <= 15 min, peak RSS <= 16 GB,
+R^2 >= 0.99, 10-class accuracy at least the n = 200000 fit's; the time of one m-centre CG step against its floor
+(kind ``centre_step``). ``--n`` replaces the sizes (every solver at every n;
 beyond what a stored n x n matrix allows, the direct solver raises and the case records the error).
 """
 from __future__ import annotations
@@ -29,12 +32,35 @@ CASES = [
     {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "cg", "n": 50000, "params": LARGE},
     {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "cg", "n": 100000, "params": LARGE},
     {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "cg", "n": 200000, "params": LARGE},
+    # the m-centre model against the exact solve where both run, and EigenPro on the same problem
+    {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "cg", "n": 20000},
+    {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "nystrom", "n": 20000,
+     "params": {"n_centres": 2000}},
+    {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "eigenpro", "n": 20000,
+     "params": {"solver_tol": 1e-2, "solver_max_iter": 5}},
+    # beyond the stored matrix: solver='auto' takes the m-centre model (M learned on 16000 rows, iter_sample_size='auto')
+    {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "auto", "n": 200000},
+    {"suite": "solvers", "kind": "rfm", "dataset": "classif10", "solver": "auto", "n": 200000},
+    {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "auto", "n": 1000000},
+    {"suite": "solvers", "kind": "rfm", "dataset": "classif10", "solver": "auto", "n": 1000000},
+    # one m-centre CG step against its floor (n m r multiply-adds at the measured GEMM rate + n m exponentials at the
+    # measured exp rate)
+    {"suite": "solvers", "kind": "centre_step", "dataset": "gaussian", "solver": "nystrom", "n": 200000,
+     "params": {"m": 4472, "r": 2, "c": 1}},
+    {"suite": "solvers", "kind": "centre_step", "dataset": "gaussian", "solver": "nystrom", "n": 1000000,
+     "params": {"m": 8000, "r": 2, "c": 1}},
+    {"suite": "solvers", "kind": "centre_step", "dataset": "gaussian", "solver": "nystrom", "n": 1000000,
+     "params": {"m": 8000, "r": 10, "c": 10}},
 ]
 QUICK_CASES = [
     {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "direct", "n": 1500},
     {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "cg", "n": 1500, "params": {"solver_tol": 1e-3}},
     {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "eigenpro", "n": 1500,
      "params": {"solver_tol": 1e-2, "solver_max_iter": 5}},
+    {"suite": "solvers", "kind": "rfm", "dataset": "lowrank", "solver": "nystrom", "n": 1500,
+     "params": {"n_centres": 300}},
+    {"suite": "solvers", "kind": "centre_step", "dataset": "gaussian", "solver": "nystrom", "n": 20000,
+     "params": {"m": 500, "r": 2, "c": 1}},
 ]
 
 
@@ -51,7 +77,43 @@ def cases(*, quick=False, sizes=None, device="auto"):
     return [{**c, "model": _label(c), "device": device} for c in base]
 
 
+def _rate(fn, work, repeat=5):
+    """Work per second of ``fn`` (median of ``repeat`` timed calls after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return work / sorted(times)[len(times) // 2]
+
+
+def run_centre_step(case: dict) -> dict:
+    """Seconds per m-centre CG step (one product with K_nm^T K_nm) against its floor on this machine."""
+    import torch
+
+    from kernels import Points
+    from kernels.solvers.centres import CentreSystem
+
+    n, (m, r, c) = case["n"], (case["params"][k] for k in ("m", "r", "c"))
+    g = torch.Generator().manual_seed(0)
+    pts = Points.of(torch.randn(n, r, generator=g))
+    idx = torch.randperm(n, generator=g)[:m]
+    system = CentreSystem(pts, Points(pts.z[idx], pts.z_sq[idx]), bandwidth=10.0, reg=1e-3)
+    v = torch.randn(m, c, generator=g, dtype=torch.float64)
+    step = 1.0 / _rate(lambda: system.normal_product(v), 1.0, repeat=3)
+    a, b = torch.randn(2048, 256, generator=g), torch.randn(256, 2048, generator=g)
+    gemm = _rate(lambda: a @ b, 2 * 2048 * 256 * 2048)
+    e = torch.randn(4096, 4096, generator=g)
+    exps = _rate(lambda: torch.exp(e), e.numel())
+    floor = 2 * n * m * r / gemm + n * m / exps
+    return {"step_seconds": step, "floor_seconds": floor, "ratio": step / floor, "gemm_flops": gemm,
+            "exp_per_second": exps, "row_block": system.row_block, "stored": system.K is not None}
+
+
 def run_case(case: dict) -> dict:
+    if case["kind"] == "centre_step":
+        return run_centre_step(case)
     from drfm import RFMClassifier, RFMRegressor
     from drfm.datasets import load
 
@@ -69,7 +131,9 @@ def run_case(case: dict) -> dict:
     return {
         "fit_seconds": fit_s, "predict_seconds": time.perf_counter() - t0, "score": float(score),
         "metric": "accuracy" if data.task == "classification" else "r2", "device": model.device_,
-        "solvers": [f"{h['solver']}:{h['n_rows']}:{h['solver_iters']}" for h in model.history_],
+        "solvers": [f"{h['solver']}:{h['n_rows']}:{h['solver_iters']}" + (f":m={h['n_centres']}" if h.get("n_centres")
+                                                                            else "") for h in model.history_],
+        "n_centres": model.X_fit_.shape[0],
         "stored_kernel": ["stored" in h["solver_reason"] for h in model.history_],
         "solver_residuals": [h["solver_residual"] for h in model.history_],
         "iter_seconds": [round(h["seconds"], 3) for h in model.history_],

@@ -158,19 +158,19 @@ def _validation_split(n, fraction, gen):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _n_solves(iters: int, has_subset: bool, final_solve: bool, all_direct: bool) -> int:
-    """How many solves :func:`_schedule` yields."""
+def _n_solves(iters: int, has_subset: bool, final_solve: bool, all_cold: bool) -> int:
+    """How many solves :func:`_schedule` yields (``all_cold``: the solve on all rows takes no warm start)."""
     if not final_solve:
         return max(iters, 1)
-    return iters + 1 + (1 if has_subset and not all_direct else 0)
+    return iters + 1 + (1 if has_subset and not all_cold else 0)
 
 
-def _schedule(iters: int, has_subset: bool, final_solve: bool, all_direct: bool):
+def _schedule(iters: int, has_subset: bool, final_solve: bool, all_cold: bool):
     """The solves, lazily: (phase 'sub' or 'all', whether an AGOP step follows). ``iters`` costs nothing up front."""
     for _ in range(iters):
         yield ("sub" if has_subset else "all"), True
     if final_solve:
-        if has_subset and not all_direct:
+        if has_subset and not all_cold:
             # one more subset solve with the final M: its coefficients start the iterative solve on all rows
             yield "sub", False
         yield "all", False
@@ -431,12 +431,14 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
                      budget=budget, owner=owner)
     size = p.iter_sample_size
     if size == "auto":
-        # M is learned on an exactly solved subset when the model on all rows is the m-centre one (an M learned from
-        # m-centre models was measurably worse, README); otherwise every solve uses all rows
+        # M is learned on exactly solved rows (at most AUTO_ITER_SAMPLE_SIZE of them, all when fewer) when the model
+        # on all rows is the m-centre one (an M learned from m-centre models was measurably worse, README);
+        # otherwise every solve uses all rows
         size = None
-        if p.iters > 0 and n_tr > AUTO_ITER_SAMPLE_SIZE and \
-                _plan_phases({"all": n_tr}, **plan_args)["all"].solver == "nystrom":
-            size = AUTO_ITER_SAMPLE_SIZE
+        if p.iters > 0 and _plan_phases({"all": n_tr}, **plan_args)["all"].solver == "nystrom":
+            size = min(AUTO_ITER_SAMPLE_SIZE, n_tr)
+            if size == n_tr:
+                sub = torch.arange(n_tr, device=device)
     if size is not None and size < n_tr and p.iters > 0:
         sub = torch.randperm(n_tr, generator=gen)[:size].sort().values.to(device)
     sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
@@ -445,7 +447,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
                  None if va is None else finite_tensor(X[va], dtype, device), None if va is None else y[va], sub,
                  score=score, gen=gen, work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop,
                  owner=owner)
-    shape = (p.iters, sub is not None, final_solve, plans["all"].solver == "direct")
+    # no subset solve with the final M when the solve on all rows does not start from its coefficients
+    shape = (p.iters, sub is not None, final_solve, plans["all"].solver in ("direct", "nystrom"))
     bar = tqdm(enumerate(_schedule(*shape)), total=_n_solves(*shape), desc=owner, disable=not p.verbose,
                unit="solve")
     for t, (phase, agop_step) in bar:

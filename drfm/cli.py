@@ -301,6 +301,14 @@ def show_bench(res: list[dict]) -> str:
                 f"{'kernel_build':<12} {'n=%d d=%d' % (r['n'], r['d']):<20} kernel {r['kernel_seconds']:.3f} s, "
                 f"GEMM+exp {r['gemm_plus_exp_seconds']:.3f} s, ratio {r['ratio']:.2f} ({r['device']})"
             )
+        elif r.get("kind") == "centre_step":
+            rows.append(
+                f"{'centre_step':<12} {'n=%d m=%d' % (r['n'], r['params']['m']):<20} step {r['step_seconds']:.3f} s, "
+                f"floor {r['floor_seconds']:.3f} s, ratio {r['ratio']:.2f} (r={r['params']['r']}, c={r['params']['c']})"
+            )
+        elif "fit_seconds" not in r:  # a kind this table does not know: its fields as they are
+            rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: "
+                        + ", ".join(f"{k}={v}" for k, v in r.items() if isinstance(v, (int, float))))
         else:
             rows.append(
                 f"{r.get('dataset', ''):<12} {r.get('model', ''):<20} n={r['n']:<7} fit {r['fit_seconds']:8.2f} s  "

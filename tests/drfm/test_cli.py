@@ -82,7 +82,7 @@ def test_bench_records_a_case_over_its_timeout_and_goes_on(tmp_path):
     res = main(["bench", "solvers", "--quick", "--timeout", "0.05", "--out", str(out)])
     assert res == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 3 and all("timed out after 0.05 s" in r["error"] for r in lines)
+    assert len(lines) == 5 and all("timed out after 0.05 s" in r["error"] for r in lines)
 
 
 def test_console_script_entry_point():

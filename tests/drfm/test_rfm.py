@@ -279,9 +279,12 @@ def test_auto_iter_sample_size_learns_m_on_an_exact_subset(monkeypatch):
     # explicit None: feature learning on the m-centre model itself
     m = RFMRegressor(iters=2, solver="nystrom", n_centres=200, iter_sample_size=None, random_state=0).fit(X, y)
     assert all(h["solver"] == "nystrom" for h in m.history_)
-    # a subset not needed below the threshold, nor with the exact solvers
+    # below the threshold M is learned exactly on all rows, and the m-centre model is fit once, at the end
+    m = RFMRegressor(iters=2, solver="nystrom", n_centres=100, random_state=0).fit(X[:400], y[:400])
+    assert [(h["solver"], h["n_rows"]) for h in m.history_] == [("direct", 400)] * 2 + [("nystrom", 400)]
+    # with the exact solvers no subset
     m = RFMRegressor(iters=1, random_state=0).fit(X[:400], y[:400])
-    assert all(h["n_rows"] == 400 for h in m.history_)
+    assert all(h["n_rows"] == 400 and h["solver"] == "direct" for h in m.history_)
 
 
 def test_centre_model_parameters_are_validated():
