@@ -43,6 +43,14 @@ logger = logging.getLogger("drfm.rfm")
 #: iterative solves estimate the training score on this many random rows (an exact score costs a pass over K)
 SCORE_ROWS = 2000
 
+#: early_stopping='auto' turns early stopping on from this many training rows (fewer leave too small a validation split)
+EARLY_STOPPING_MIN_N = 2000
+#: the validation split early stopping holds out when validation_fraction is None: 10%, at most 10000 rows
+DEFAULT_VALIDATION_FRACTION, DEFAULT_VALIDATION_MAX_ROWS = 0.1, 10000
+#: the chosen iterate is refit on all rows only when the held-out rows are at least this share of them: beyond
+#: (n > 200 000 with the default split) one more solve on all n rows would cost as much as the fit for <= 5% more rows
+REFIT_MIN_SHARE = 0.05
+
 #: iter_sample_size='auto': the subset on which M is learned when the solve on all rows is the m-centre model
 AUTO_ITER_SAMPLE_SIZE = 16000
 
@@ -111,6 +119,8 @@ class RFMParams:
     iter_sample_size: int | str | None
     n_centres: int | None
     validation_fraction: float | None
+    early_stopping: bool | str
+    n_iter_no_change: int
     solver: str
     solver_tol: float
     solver_max_iter: int | None
@@ -402,9 +412,25 @@ class _Loop:
         return rec
 
 
+def _refit(X, y, Y, p, sqrt_m, factor, bandwidth, t, plan_args, score, gen, device, dtype, owner) -> _Loop:
+    """One solve on all n rows with a chosen M (its factor) and bandwidth; the loop holds the result."""
+    n = X.shape[0]
+    rp = replace(p, bandwidth=bandwidth, iters=0, validation_fraction=None)
+    args = {**plan_args, "n_train": n, "n_val": 0, "p": rp}
+    plans = _plan_phases({"all": n}, **args)
+    loop = _Loop(rp, plans, finite_tensor(X, dtype, device), finite_tensor(Y, dtype, device, "y"), y, None, None,
+                 None, score=score, gen=gen, work_budget=plans["all"].work_budget(), n_agop=min(p.agop_sample_size, n),
+                 owner=owner)
+    loop.sqrt_m, loop.factor = sqrt_m, factor
+    rec = loop.step(t, "all", False)
+    rec["refit"] = f"the chosen iterate's M refit on all {n} training rows (validation rows included)"
+    loop.K = None
+    return loop
+
+
 def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callable[[np.ndarray, object], float],
             device: torch.device, dtype: torch.dtype, budget: int, generator: torch.Generator, owner: str,
-            final_solve: bool = True) -> RFMState:
+            final_solve: bool = True, X_val: np.ndarray | None = None, y_val=None) -> RFMState:
     """Run the RFM loop on validated arrays.
 
     Parameters
@@ -416,17 +442,33 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     owner : the estimator's name, for messages.
     final_solve : solve once more on all rows with the final M (False for a Deep RFM layer: the loop then ends with
         its last AGOP step, and ``last_sqrt_m`` holds the new data map).
+    X_val, y_val : explicit validation data (instead of a held-out ``validation_fraction``).
+
+    Early stopping (``params.early_stopping``; 'auto': on from EARLY_STOPPING_MIN_N rows or with explicit validation
+    data; never for a Deep RFM layer): every solve's model is scored on the validation data, iteration 0 (M = I)
+    included; the loop stops after ``n_iter_no_change`` solves without a better score; the best one is kept, and when
+    its validation rows were held out of the training rows (at least REFIT_MIN_SHARE of them), its M (and bandwidth)
+    are refit on all of them.
     """
     p, gen = params, generator
     n, d = X.shape
     c = Y.shape[1]
-    tr, va = _validation_split(n, p.validation_fraction, gen)
+    stopping = final_solve and (p.early_stopping is True or (
+        p.early_stopping == "auto" and (n >= EARLY_STOPPING_MIN_N or X_val is not None)))
+    if X_val is not None:
+        tr, va = np.arange(n), None
+    else:
+        fraction = p.validation_fraction
+        if stopping and fraction is None:
+            fraction = min(DEFAULT_VALIDATION_FRACTION, DEFAULT_VALIDATION_MAX_ROWS / n)
+        tr, va = _validation_split(n, fraction, gen)
     n_tr = len(tr)
     # feature-learning solves (those followed by an AGOP step) may run on a random subset of the training rows;
     # the final solve always uses all of them
     sub = None
     n_agop = min(p.agop_sample_size, n_tr)
-    plan_args = dict(n_train=n_tr, n_val=0 if va is None else len(va), n_agop=n_agop, d=d, c=c,
+    n_val = len(va) if va is not None else 0 if X_val is None else len(X_val)
+    plan_args = dict(n_train=n_tr, n_val=n_val, n_agop=n_agop, d=d, c=c,
                      itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype, device=device,
                      budget=budget, owner=owner)
     size = p.iter_sample_size
@@ -443,8 +485,12 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         sub = torch.randperm(n_tr, generator=gen)[:size].sort().values.to(device)
     sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
     plans = _plan_phases(sizes, **plan_args)
+    if X_val is not None:
+        Xv, y_va = finite_tensor(X_val, dtype, device), y_val
+    else:
+        Xv, y_va = (None, None) if va is None else (finite_tensor(X[va], dtype, device), y[va])
     loop = _Loop(p, plans, finite_tensor(X[tr], dtype, device), finite_tensor(Y[tr], dtype, device, "y"), y[tr],
-                 None if va is None else finite_tensor(X[va], dtype, device), None if va is None else y[va], sub,
+                 Xv, y_va, sub,
                  score=score, gen=gen, work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop,
                  owner=owner)
     # no subset solve with the final M when the solve on all rows does not start from its coefficients
@@ -456,17 +502,34 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if rec["val_score"] is None
                         else f"{rec['val_score']:.4f}")
         logger.info("RFM iteration %d: %s", t, rec)
+        if stopping and t - loop.best[1] >= p.n_iter_no_change:
+            rec["early_stop"] = f"no better validation score in {p.n_iter_no_change} solves"
+            logger.info("%s: early stop after solve %d (best: %d)", owner, t, loop.best[1])
+            break
+    bar.close()
     loop.K = None
     _, best_t, best_r, best_factor, best_alpha, best_rows, best_bandwidth = loop.best
+    X_fit = loop.Xt if best_rows is None else loop.Xt[best_rows]
+    history, last_r = loop.history, loop.sqrt_m
+    solver = plans["all"].solver if final_solve or sub is None else plans["sub"].solver
+    if stopping and va is not None and len(va) >= REFIT_MIN_SHARE * n:
+        # the kept iterate's M (and bandwidth) refit on every training row: the validation rows only chose it
+        del loop, X_fit, best_alpha
+        refit = _refit(X, y, Y, p, best_r, best_factor, best_bandwidth, len(history), plan_args, score, gen, device,
+                       dtype, owner)
+        history.append(refit.history[0])
+        _, _, _, _, best_alpha, rows, _ = refit.best
+        X_fit = refit.Xt if rows is None else refit.Xt[rows]
+        solver = refit.plans["all"].solver
     return RFMState(
         sqrt_m=None if best_r is None else best_r.double().cpu().numpy(),
         factor=best_factor,
         bandwidth=best_bandwidth,
         alpha=best_alpha,
-        X_fit=loop.Xt if best_rows is None else loop.Xt[best_rows],
+        X_fit=X_fit,
         best_iter=best_t,
-        history=loop.history,
-        solver=plans["all"].solver if final_solve or sub is None else plans["sub"].solver,
-        last_sqrt_m=None if loop.sqrt_m is None else loop.sqrt_m.double().cpu().numpy(),
+        history=history,
+        solver=solver,
+        last_sqrt_m=None if last_r is None else last_r.double().cpu().numpy(),
         iter_rows=None if sub is None else tr[sub.cpu().numpy()],
     )

@@ -46,6 +46,8 @@ class _BaseRFM(BaseEstimator):
         "agop_sample_size": [Interval("int", 1, None, closed="left")],
         "iter_sample_size": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
         "validation_fraction": [Interval("float", 0, 1, closed="neither"), NoneOK],
+        "early_stopping": [BOOL, Options("auto")],
+        "n_iter_no_change": [Interval("int", 1, None, closed="left")],
         "solver": [Options(*SOLVERS)],
         "solver_tol": [Interval("float", 0, 1, closed="neither")],
         "solver_max_iter": [Interval("int", 1, None, closed="left"), NoneOK],
@@ -70,6 +72,8 @@ class _BaseRFM(BaseEstimator):
         agop_sample_size=20000,
         iter_sample_size="auto",
         validation_fraction=None,
+        early_stopping="auto",
+        n_iter_no_change=2,
         solver="auto",
         solver_tol=1e-4,
         solver_max_iter=None,
@@ -90,6 +94,8 @@ class _BaseRFM(BaseEstimator):
         self.agop_sample_size = agop_sample_size
         self.iter_sample_size = iter_sample_size
         self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.n_iter_no_change = n_iter_no_change
         self.solver = solver
         self.solver_tol = solver_tol
         self.solver_max_iter = solver_max_iter
@@ -110,26 +116,41 @@ class _BaseRFM(BaseEstimator):
     def _scorer(self):  # -> score(outputs, y_true) -> float
         raise NotImplementedError
 
+    def _validate_val(self, X_val, y_val):
+        """Validation data checked like the training data (same features; for a classifier, known labels)."""
+        X_val = validate_data(self, X_val, reset=False, dtype=DTYPES)
+        y_val = np.asarray(y_val)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {y_val.shape[0]}.")
+        return X_val, y_val
+
     # ---- fitting --------------------------------------------------------------------------------------------------
-    def fit(self, X, y):
+    def fit(self, X, y, X_val=None, y_val=None):
         """Fit the RFM: ``iters`` rounds of kernel ridge + AGOP, then a final kernel ridge fit.
 
         Parameters
         ----------
         X : array-like (n_samples, n_features)
         y : array-like (n_samples,) or (n_samples, n_outputs); class labels for the classifier.
+        X_val, y_val : optional validation data (both or neither). Every iterate is scored on it and the best one
+            is kept (early stopping, unless ``early_stopping=False``); the training rows are not split then.
 
         Returns
         -------
         self
         """
         validate_params(self)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("X_val and y_val must be given together (validation data), or neither.")
         X, y = self._validate_xy(X, y)
         Y = self._encode_targets(y)
+        if X_val is not None:
+            X_val, y_val = self._validate_val(X_val, y_val)
         device = resolve_device(self.device, type(self).__name__)
         state = run_rfm(X, y, Y, params=RFMParams.of(self), score=self._scorer(), device=device,
                         dtype=resolve_dtype(self.dtype), budget=resolve_budget(self.memory_budget, device),
-                        generator=make_generator(self.random_state), owner=type(self).__name__)
+                        generator=make_generator(self.random_state), owner=type(self).__name__,
+                        X_val=X_val, y_val=y_val)
         d = X.shape[1]
         r64 = state.sqrt_m if state.sqrt_m is not None else (np.ones(d) if self.diag else np.eye(d))
         self.sqrt_m_ = r64
@@ -253,7 +274,21 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         float32 on a 24 GB machine), e.g. 12800 to 20000 makes each feature-learning step a fast solve on a stored
         matrix and leaves one solve on all n.
     validation_fraction : float in (0, 1) or None, default=None
-        Hold out this fraction and keep the iterate with the best validation score.
+        Hold out this fraction and keep the iterate with the best validation score. With early stopping, None means
+        0.1 (at most 10000 rows).
+    early_stopping : 'auto', bool, default='auto'
+        Keep the best iterate by default, in scikit-learn's idiom (as ``HistGradientBoostingClassifier``): score
+        every solve's model on validation data (a held-out ``validation_fraction``, or ``X_val``/``y_val`` given to
+        ``fit``), iteration 0 (plain kernel ridge, no feature learning) included; stop after ``n_iter_no_change``
+        solves without a better score; keep the best. When the validation rows were held out of the training rows,
+        the kept iterate's M and bandwidth are refit on all training rows (one more solve: the validation rows only
+        chose the iterate, and the final machine should use every row; ``history_`` marks it ``refit``) -- unless
+        they are under 5% of the rows (n > 200 000 with the default split), where that solve would cost as much as
+        the fit for little gain. 'auto': on
+        from 2000 training rows, or when validation data are given. Feature learning can hurt (smooth targets with
+        many relevant directions): with early stopping the fit returns plain kernel ridge then.
+    n_iter_no_change : int, default=2
+        Solves without a better validation score before early stopping stops.
     solver : {'auto', 'direct', 'cg', 'eigenpro', 'nystrom'}, default='auto'
         Linear solver for the kernel ridge system. 'auto': direct (Cholesky) for n <= 8000, or for any n whose
         n x n matrix fits the memory budget when ``reg < 1e-4``; otherwise Nystrom-preconditioned CG, warm-started
@@ -340,6 +375,13 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
 
     def _scorer(self):
         return accuracy_of_outputs(self.classes_)
+
+    def _validate_val(self, X_val, y_val):
+        X_val, y_val = super()._validate_val(X_val, y_val)
+        unknown = np.setdiff1d(np.unique(y_val.astype(self.classes_.dtype, copy=False)), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y_val has labels not seen in y: {unknown[:5].tolist()}.")
+        return X_val, y_val
 
     def decision_function(self, X):
         """Kernel machine outputs: (n, n_classes), or (n,) = score of classes_[1] minus classes_[0] for 2 classes."""
