@@ -153,6 +153,8 @@ class RFMState:
     solver: str
     last_sqrt_m: np.ndarray | None
     iter_rows: np.ndarray | None
+    val_outputs: np.ndarray | None = None
+    val_labels: object = None
 
 
 def _validation_split(n, fraction, gen):
@@ -301,6 +303,7 @@ class _Loop:
         self.alpha_of = None  # the rows the coefficients live on: 'sub', 'all', or ('centres', phase)
         self.centre_idx = {}  # phase -> the m-centre model's centres (indices into the phase's rows)
         self.best = None  # (validation score, iteration, R, factor, alpha, rows, bandwidth) of the kept iterate
+        self.best_val_out = None  # the kept iterate's outputs on the validation rows
         self.history = []
         self.warned = set()
 
@@ -401,10 +404,12 @@ class _Loop:
         if self.Xv is not None:
             val_out = kernel_matmul(self.Xv, pts, self.alpha, bandwidth=p.bandwidth, sqrt_m=self.factor,
                                     memory_budget=self.work_budget)
-            rec["val_score"] = self.score(val_out.cpu().double().numpy(), self.y_va)
+            val_out = val_out.cpu().double().numpy()
+            rec["val_score"] = self.score(val_out, self.y_va)
         key = rec["val_score"]
         if self.best is None or key is None or key > self.best[0]:
             self.best = (key, t, self.sqrt_m, self.factor, self.alpha, rows, bandwidth)
+            self.best_val_out = None if key is None else val_out
         if agop_step:
             self._feature_step(X_rows, pts, p)
         rec["seconds"] = time.perf_counter() - t0
@@ -453,7 +458,7 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     p, gen = params, generator
     n, d = X.shape
     c = Y.shape[1]
-    stopping = final_solve and (p.early_stopping is True or (
+    stopping = final_solve and p.iters > 0 and (p.early_stopping is True or (
         p.early_stopping == "auto" and (n >= EARLY_STOPPING_MIN_N or X_val is not None)))
     if X_val is not None:
         tr, va = np.arange(n), None
@@ -511,6 +516,7 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     _, best_t, best_r, best_factor, best_alpha, best_rows, best_bandwidth = loop.best
     X_fit = loop.Xt if best_rows is None else loop.Xt[best_rows]
     history, last_r = loop.history, loop.sqrt_m
+    val_outputs, val_labels = loop.best_val_out, loop.y_va
     solver = plans["all"].solver if final_solve or sub is None else plans["sub"].solver
     if stopping and va is not None and len(va) >= REFIT_MIN_SHARE * n:
         # the kept iterate's M (and bandwidth) refit on every training row: the validation rows only chose it
@@ -532,4 +538,6 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         solver=solver,
         last_sqrt_m=None if last_r is None else last_r.double().cpu().numpy(),
         iter_rows=None if sub is None else tr[sub.cpu().numpy()],
+        val_outputs=val_outputs,
+        val_labels=None if val_outputs is None else val_labels,
     )

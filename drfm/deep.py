@@ -37,8 +37,9 @@ from ._backend import make_generator, resolve_budget, resolve_device, resolve_dt
 from ._engine import RFMParams, run_rfm
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, InvalidParameterError, NoneOK, \
     Options, validate_params
-from ._targets import (DTYPES, decision_values, encode_regression_targets, one_hot_classes, predict_labels,
-                       r2_of_outputs, regression_output, validate_classification_data, validate_regression_data)
+from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, encode_regression_targets, one_hot_classes,
+                       predict_labels, r2_of_outputs, regression_output, softmax_proba, validate_classification_data,
+                       validate_regression_data)
 from .rfm import RFMRegressor
 
 __all__ = ["DeepRFMClassifier", "DeepRFMRegressor", "Layer", "default_layer"]
@@ -315,6 +316,13 @@ class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
     def decision_function(self, X):
         """Final kernel machine outputs (n, n_classes); (n,) = output[1] - output[0] for two classes."""
         return decision_values(self._outputs(X))
+
+    def predict_proba(self, X):
+        """Class probabilities ``softmax(outputs / T)`` with T = 0.1 times the target encoding's range (0.1 one-hot,
+        0.2 for +-1): rows sum to 1 and follow the outputs' order; not calibrated (wrap the model in
+        ``CalibratedClassifierCV`` for calibrated probabilities)."""
+        scale = 2.0 if self.target_encoding == "pm1" else 1.0
+        return softmax_proba(self._outputs(X), DEFAULT_TEMPERATURE * scale)
 
     def predict(self, X):
         out = self._outputs(X)  # first: it checks that the model is fitted

@@ -18,7 +18,8 @@ from kernels.memory import available_memory, format_bytes
 
 from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
-from ._targets import DTYPES, decision_values, one_hot_classes, predict_labels, validate_classification_data
+from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, one_hot_classes, predict_labels, softmax_proba,
+                       validate_classification_data)
 from .collapse import METRICS, CollapseReport
 from .nets import _EvalMode, _input_tensor, build_mlp, layer_blocks, layer_features, mlp_collapse_report, nfa_report
 
@@ -284,6 +285,13 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         out = self._outputs(X)  # first: it checks that the model is fitted
         return predict_labels(self.classes_, out)
+
+    def predict_proba(self, X):
+        """Class probabilities: with ``loss='cross_entropy'`` the softmax of the logits (the model that loss fits);
+        with ``loss='mse'`` (targets +-1) ``softmax(outputs / 0.2)``, 0.1 per unit of the targets' range as for Deep
+        RFM -- rows sum to 1 and follow the outputs' order, not calibrated (use ``CalibratedClassifierCV``)."""
+        temperature = 1.0 if self.loss == "cross_entropy" else 2.0 * DEFAULT_TEMPERATURE
+        return softmax_proba(self._outputs(X), temperature)
 
     def layer_features(self, X):
         """Per Linear layer ``{"input", "linear", "nonlinear"}`` features, as in Deep RFM (see :func:`layer_features`)."""

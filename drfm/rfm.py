@@ -26,6 +26,7 @@ from kernels.solvers.plan import SOLVERS
 
 from ._backend import finite_tensor, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
 from ._engine import RFMParams, run_rfm
+from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
 from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
 from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, one_hot_classes,
                        predict_labels, r2_of_outputs, regression_output, validate_classification_data,
@@ -167,7 +168,11 @@ class _BaseRFM(BaseEstimator):
         self.device_ = str(device)
         # the rows of X the feature-learning solves used (None: all training rows)
         self.iter_rows_ = state.iter_rows
+        self._fitted_outputs(state)
         return self
+
+    def _fitted_outputs(self, state):
+        """A subclass hook: what to keep of the kept iterate's validation outputs (nothing for a regressor)."""
 
     # ---- prediction -----------------------------------------------------------------------------------------------
     def _fitted_bandwidth(self) -> float:
@@ -364,6 +369,8 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     Attributes
     ----------
     classes_ : ndarray of the class labels; plus every attribute of :class:`RFMRegressor`.
+    proba_temperature_ : float, the softmax temperature of :meth:`predict_proba` (fitted on held-out outputs, or
+        the default 0.1).
     """
 
     def _validate_xy(self, X, y):
@@ -383,9 +390,27 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             raise ValueError(f"y_val has labels not seen in y: {unknown[:5].tolist()}.")
         return X_val, y_val
 
+    def _fitted_outputs(self, state):
+        # temperature scaling on the kept iterate's held-out outputs, when there are any
+        if state.val_outputs is not None and len(state.val_outputs) > 0:
+            self.proba_temperature_ = fit_temperature(state.val_outputs, state.val_labels, self.classes_)
+        else:
+            self.proba_temperature_ = DEFAULT_TEMPERATURE
+
     def decision_function(self, X):
         """Kernel machine outputs: (n, n_classes), or (n,) = score of classes_[1] minus classes_[0] for 2 classes."""
         return decision_values(self._raw_predict(X))
+
+    def predict_proba(self, X):
+        """Class probabilities (n, n_classes): ``softmax(outputs / proba_temperature_)``.
+
+        The outputs are the kernel machine's regression onto one-hot targets. The temperature is fitted by
+        temperature scaling (the log-loss minimiser, Guo et al. 2017) on held-out outputs: the early-stopping
+        validation split or ``X_val``/``y_val`` given to ``fit``. Without held-out data it is 0.1 (``proba_temperature_``
+        says which): rows sum to 1 and follow the outputs' order, but are not calibrated -- pass validation data, or
+        wrap the model in ``CalibratedClassifierCV``.
+        """
+        return softmax_proba(self._raw_predict(X), getattr(self, "proba_temperature_", DEFAULT_TEMPERATURE))
 
     def predict(self, X):
         """Predicted class labels."""

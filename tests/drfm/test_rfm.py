@@ -403,3 +403,62 @@ def test_large_n_validation_split_is_capped_and_not_refit(monkeypatch):
     model = RFMRegressor(iters=2, random_state=0).fit(X, y)
     assert all(h["n_rows"] == 1940 for h in model.history_)  # 60 rows held out: 3% < 5%, no refit
     assert not any("refit" in h for h in model.history_)
+
+
+# ---- predict_proba ---------------------------------------------------------------------------------------------
+def _three_classes(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 5))
+    y = np.digitize(X[:, 0] + 0.5 * X[:, 1] + 0.4 * rng.standard_normal(n), [-0.5, 0.5])
+    return X, np.array(["a", "b", "c"])[y]
+
+
+def test_predict_proba_of_every_classifier():
+    from drfm import DeepRFMClassifier, TorchMLPClassifier
+
+    X, y = _three_classes(400, 0)
+    models = [RFMClassifier(iters=1, random_state=0), DeepRFMClassifier(depth=1, random_state=0),
+              TorchMLPClassifier(1, 16, epochs=30, lr=1e-2, random_state=0),
+              TorchMLPClassifier(1, 16, epochs=30, lr=1e-2, loss="cross_entropy", random_state=0)]
+    for model in models:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(X, y)
+        p = model.predict_proba(X[:50])
+        assert p.shape == (50, 3) and np.allclose(p.sum(1), 1) and (p >= 0).all()
+        np.testing.assert_array_equal(model.classes_[p.argmax(1)], model.predict(X[:50]))
+        d = model.decision_function(X[:50])
+        # monotone: the class order of the probabilities is the order of the outputs, row by row
+        np.testing.assert_array_equal(np.argsort(p, 1), np.argsort(d, 1))
+
+
+def test_predict_proba_is_temperature_scaled_on_held_out_data(tmp_path):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.metrics import log_loss
+
+    from drfm._targets import DEFAULT_TEMPERATURE, softmax_proba
+
+    X, y = _three_classes(900, 1)
+    Xv, yv = _three_classes(400, 2)
+    Xte, yte = _three_classes(2000, 3)
+    plain = RFMClassifier(iters=1, random_state=0).fit(X, y)
+    assert plain.proba_temperature_ == DEFAULT_TEMPERATURE  # no held-out data
+    tuned = RFMClassifier(iters=1, random_state=0).fit(X, y, X_val=Xv, y_val=yv)
+    assert tuned.proba_temperature_ != DEFAULT_TEMPERATURE
+    # the fitted temperature minimises the validation log-loss (against a grid of others)
+    out_v = tuned._raw_predict(Xv)
+    best = log_loss(yv, softmax_proba(out_v, tuned.proba_temperature_), labels=tuned.classes_)
+    for t in (0.5, 0.8, 1.25, 2.0):
+        assert best <= log_loss(yv, softmax_proba(out_v, tuned.proba_temperature_ * t), labels=tuned.classes_) + 1e-9
+    # and it generalises: lower test log-loss than the default temperature
+    assert log_loss(yte, tuned.predict_proba(Xte)) < log_loss(yte, plain.predict_proba(Xte))
+    # the temperature travels with a saved model
+    from drfm.persistence import load_model, save_model
+
+    path = save_model(tuned, tmp_path / "tuned.drfm")
+    np.testing.assert_array_equal(load_model(path).predict_proba(Xte[:20]), tuned.predict_proba(Xte[:20]))
+    # works inside scikit-learn's calibration wrapper
+    cal = CalibratedClassifierCV(RFMClassifier(iters=1, random_state=0), cv=3).fit(X, y)
+    assert np.isfinite(log_loss(yte, cal.predict_proba(Xte)))
