@@ -98,6 +98,11 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
+def _param_names(model: str) -> list[str]:
+    """The parameters ``--param`` accepts for a model family (its classifier's)."""
+    return sorted(_model_class(model, "classification")().get_params(deep=False))
+
+
 def _model_class(name: str, task: str):
     import importlib
 
@@ -328,7 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
                     + __doc__.split("\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    import torch
+
+    from drfm import __version__
+
+    p.add_argument("--version", action="version",
+                   version=f"drfm {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, **kw):
+        # the one-line help is also the description `drfm NAME --help` shows
+        kw.setdefault("description", kw.get("help"))
+        return sub.add_parser(name, **kw)
 
     def common(sp, device="auto", device_help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'"):
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -342,14 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--sigma", type=float, default=0.05, help="Cauchy scale of the cosine map (default 0.05)")
         sp.add_argument("--bandwidth", type=float, default=2.0, help="Laplace bandwidth per layer (default 2)")
 
-    sp = sub.add_parser("demo", help="fit an RFM classifier on the bundled digits and report accuracy and AGOP")
+    sp = add("demo", help="fit an RFM classifier on the bundled digits and report accuracy and AGOP")
     sp.add_argument("--iters", type=int, default=5, help="number of AGOP iterations of the RFM (default 5)")
     sp.add_argument("--depth", type=int, default=8, help="depth of the Deep RFM collapse study (default 8)")
     sp.add_argument("--seed", type=int, default=0, help="random seed for the split and the model")
     common(sp)
     sp.set_defaults(func=cmd_demo, show=show_demo)
 
-    sp = sub.add_parser("collapse", help="fit a Deep RFM and report neural collapse layer by layer, per stage")
+    sp = add("collapse", help="fit a Deep RFM and report neural collapse layer by layer, per stage")
     sp.add_argument("--dataset", default="digits", help="dataset name (see `drfm datasets`; default digits)")
     sp.add_argument("--depth", type=int, default=10, help="number of layers (default 10)")
     deep_rfm_args(sp)
@@ -363,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_collapse, show=show_collapse)
 
-    sp = sub.add_parser(
+    sp = add(
         "fit", help="fit a model on a dataset or your own files; score it; optionally save it",
         description="Fit an RFM, a Deep RFM or an MLP on a named dataset (see `drfm datasets`) or on your own files, "
                     "report train/test scores, and save the fitted model with --save. Examples:\n"
@@ -381,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the dataset's task; for files, classification when targets are text or few "
                          "integer values")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
-                    help="a model parameter, repeatable (e.g. --param iters=3 --param bandwidth=5.0)")
+                    help="a model parameter, repeatable (e.g. --param iters=3 --param bandwidth=5.0); valid keys: "
+                         + "; ".join(f"{name}: {', '.join(_param_names(name))}" for name in sorted(MODELS)))
     sp.add_argument("--test-size", type=float, default=0.2,
                     help="fraction held out to score files (default 0.2; 0 = none); datasets keep their split")
     sp.add_argument("--n-train", type=int, default=None, help="with --dataset: training points")
@@ -390,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_fit, show=show_fit)
 
-    sp = sub.add_parser(
+    sp = add(
         "predict", help="predict with a saved model on a .npy/.csv file",
         description="Load a model saved by `drfm fit --save` and predict on INPUT (.npy or .csv, one row per "
                     "sample). Model files (format 2) hold arrays and JSON and cannot run code when loaded; format 1 "
@@ -405,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, device="cpu", device_help="where predictions run: 'cpu' (default), 'cuda' or 'auto'")
     sp.set_defaults(func=cmd_predict, show=show_predict)
 
-    sp = sub.add_parser(
+    sp = add(
         "compare", help="train an MLP and a Deep RFM of the same depth; per-layer collapse by stage and the NFA",
         description="Train a bias-free ReLU MLP (the seed paper's setup by default) and a Deep RFM with the same "
                     "number of layers on one dataset; report per layer NC1 at each stage (input, linear: M^{1/2} or "
@@ -430,11 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_compare, show=show_compare)
 
-    sp = sub.add_parser("datasets", help="list the datasets available offline")
+    sp = add("datasets", help="list the datasets available offline")
     common(sp, device=None)
     sp.set_defaults(func=cmd_datasets, show=show_datasets)
 
-    sp = sub.add_parser("bench", help="run a benchmark suite (each case in its own process); JSON lines out")
+    sp = add("bench", help="run a benchmark suite (each case in its own process); JSON lines out")
     sp.add_argument("suite", nargs="?", help="suite name: a file benchmarks/SUITE.py (rfm, solvers, compare)")
     sp.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                     help="instead of running: print new/old ratios of two results files (matched runs)")

@@ -267,3 +267,18 @@ def test_committed_reference_results_compare(name, tmp_path, capsys):
     assert main(["bench", "--compare", str(ref), str(new), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["ratios"]["fit_seconds"] == pytest.approx(2.0)
+
+
+def test_version_help_descriptions_and_param_keys(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("drfm ")
+    for command in ("demo", "collapse", "fit", "predict", "compare", "datasets", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        # a description paragraph between the usage and the options
+        assert text.split("\n\n")[1].strip() and not text.split("\n\n")[1].startswith("options"), command
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "early_stopping" in capsys.readouterr().out.replace("\n", " ").replace("  ", "")
