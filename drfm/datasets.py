@@ -1,6 +1,7 @@
 """Offline datasets: one registry of names, each generated locally or shipped with an installed package.
 
-Nothing here touches the network. ``load(name, ...)`` returns a :class:`Dataset` with a train/test split.
+Nothing here touches the network except a torchvision download of an image set that is not on disk.
+``load(name, ...)`` returns a :class:`Dataset` with a train/test split.
 """
 from __future__ import annotations
 
@@ -164,6 +165,35 @@ def _mnist1d(n_train=None, n_test=None, random_state=0, **_):
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
 
 
+def _subsample(Xtr, ytr, Xte, yte, n_train, n_test, random_state):
+    rng = np.random.default_rng(random_state)
+    if n_train is not None:
+        keep = rng.permutation(len(ytr))[:n_train]
+        Xtr, ytr = Xtr[keep], ytr[keep]
+    if n_test is not None:
+        keep = rng.permutation(len(yte))[:n_test]
+        Xte, yte = Xte[keep], yte[keep]
+    return Xtr, ytr, Xte, yte
+
+
+def _image_set(name, n_train=None, n_test=None, random_state=0, data_home=None, root=None, **kw):
+    """MNIST / Fashion-MNIST / CIFAR-10 from local files (drfm._localdata) or, failing that, torchvision's download."""
+    from ._localdata import LOCAL_SETS, load_local, missing_message
+
+    if name in LOCAL_SETS:
+        found = load_local(name, data_home if data_home is not None else root)
+        if found is not None:
+            Xtr, ytr, Xte, yte, folder = found
+            Xtr, ytr, Xte, yte = _subsample(Xtr, ytr, Xte, yte, n_train, n_test, random_state)
+            return (Xtr.astype(np.float64) / 255.0, ytr, Xte.astype(np.float64) / 255.0, yte), str(folder)
+        try:
+            return _torchvision(name, n_train, n_test, random_state, root=data_home or root, **kw), "torchvision"
+        except ValueError as exc:
+            raise ValueError(missing_message(name, data_home if data_home is not None else root)
+                             + f" (torchvision download: {exc})") from None
+    return _torchvision(name, n_train, n_test, random_state, root=data_home or root, **kw), "torchvision"
+
+
 def _torchvision(name, n_train=None, n_test=None, random_state=0, root=None, **_):
     import os
 
@@ -194,14 +224,7 @@ def _torchvision(name, n_train=None, n_test=None, random_state=0, root=None, **_
         return X, y
 
     (Xtr, ytr), (Xte, yte) = arrays(tr), arrays(te)
-    rng = np.random.default_rng(random_state)
-    if n_train is not None:
-        keep = rng.permutation(len(ytr))[:n_train]
-        Xtr, ytr = Xtr[keep], ytr[keep]
-    if n_test is not None:
-        keep = rng.permutation(len(yte))[:n_test]
-        Xte, yte = Xte[keep], yte[keep]
-    return Xtr, ytr, Xte, yte
+    return _subsample(Xtr, ytr, Xte, yte, n_train, n_test, random_state)
 
 
 def available() -> dict[str, str]:
@@ -210,11 +233,18 @@ def available() -> dict[str, str]:
 
 
 def load(name: str, *, n_train: int | None = None, n_test: int | None = None, random_state: int = 0, **kw) -> Dataset:
-    """Load a registered dataset by name with a deterministic train/test split."""
+    """Load a registered dataset by name with a deterministic train/test split.
+
+    ``mnist``, ``fashion-mnist`` and ``cifar10`` are read from the standard files on disk -- ``data_home=FOLDER``,
+    ``$DRFM_DATA`` or drfm's download folder, each with the sets' usual sub-folders (torchvision's layout included)
+    -- and only when none holds them downloaded through torchvision; pixels are divided by 255. The standard
+    train/test split is kept (``n_train`` / ``n_test`` subsample it).
+    """
     if name in TORCHVISION_SETS:
-        Xtr, ytr, Xte, yte = _torchvision(name, n_train=n_train, n_test=n_test, random_state=random_state, **kw)
-        return Dataset(name, "classification", Xtr, ytr, Xte, yte, f"torchvision {TORCHVISION_SETS[name]}",
-                       meta={"input_scale": 255.0})
+        (Xtr, ytr, Xte, yte), source = _image_set(name, n_train=n_train, n_test=n_test, random_state=random_state,
+                                                  **kw)
+        return Dataset(name, "classification", Xtr, ytr, Xte, yte, f"{TORCHVISION_SETS[name]} ({source})",
+                       meta={"input_scale": 255.0, "source": source})
     if name not in REGISTRY:
         raise ValueError(
             f"Unknown dataset {name!r}; available offline: {', '.join(sorted(REGISTRY))} "

@@ -363,17 +363,6 @@ def test_explicit_validation_data():
     assert clf.history_[0]["val_score"] is not None
 
 
-def _read_idx(path):
-    """A gzipped IDX file (the MNIST distribution format) as an array."""
-    import gzip
-
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    nd = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-
 @pytest.mark.slow
 def test_default_fit_on_mnist_scores_the_best_iterate():
     """The issue's case: 8000 MNIST digits, bandwidth 10, reg 1e-3; each AGOP iteration lowers test accuracy
@@ -384,6 +373,8 @@ def test_default_fit_on_mnist_scores_the_best_iterate():
     root = Path(os.environ.get("DRFM_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "mnist"
     if not (root / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST IDX files not found in {root} (set DRFM_DATA to the folder holding mnist/)")
+    from drfm._localdata import read_idx as _read_idx
+
     Xtr = _read_idx(root / "train-images-idx3-ubyte.gz").reshape(-1, 784)[:8000] / 255.0
     ytr = _read_idx(root / "train-labels-idx1-ubyte.gz")[:8000]
     Xte = _read_idx(root / "t10k-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
