@@ -57,7 +57,8 @@ def cmd_collapse(args) -> dict:
 
     report = collapse_study(args.dataset, depth=args.depth, feature_map=args.feature_map, width=args.width,
                             sigma=args.sigma, bandwidth=args.bandwidth, device=args.device, seed=args.seed,
-                            verbose=args.verbose, n_train=args.n_train, metrics=tuple(args.metrics))
+                            verbose=args.verbose, n_train=args.n_train, metrics=tuple(args.metrics),
+                            data_home=args.data_home)
     if args.out:
         report.to_json(args.out, indent=1)
     if args.plot:
@@ -120,7 +121,8 @@ def cmd_fit(args) -> dict:
 
     check_output_path(args.save, "--save")  # before the data are read and the model is fitted
     data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
-                         task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed)
+                         task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed,
+                         data_home=args.data_home)
     cls = _model_class(args.model, data.task)
     params = _parse_params(args.param)
     valid = set(cls().get_params(deep=True))  # nested parameters too (e.g. a Deep RFM's layer__reg)
@@ -204,7 +206,7 @@ def cmd_compare(args) -> dict:
     from .rfm import RFMRegressor
     from .studies import compare, comparison_table
 
-    data = load(args.dataset, n_train=args.n_train, random_state=args.seed)
+    data = load(args.dataset, n_train=args.n_train, random_state=args.seed, data_home=args.data_home)
     if data.task != "classification":
         raise UsageError(f"dataset {args.dataset!r} is a regression set; compare needs class labels")
     mlp = {"width": args.width, "epochs": args.epochs, "lr": args.lr, "init_gain": args.init_gain,
@@ -352,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         if device:
             sp.add_argument("--device", default=device, help=device_help)
 
+    def data_home_arg(sp):
+        sp.add_argument("--data-home", default=None,
+                        help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files (default: $DRFM_DATA, "
+                             "~/.cache/drfm)")
+
     def deep_rfm_args(sp):
         sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
                         help="Deep RFM random feature map after each layer's M^{1/2} (default cosine)")
@@ -367,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("collapse", help="fit a Deep RFM and report neural collapse layer by layer, per stage")
     sp.add_argument("--dataset", default="digits", help="dataset name (see `drfm datasets`; default digits)")
+    data_home_arg(sp)
     sp.add_argument("--depth", type=int, default=10, help="number of layers (default 10)")
     deep_rfm_args(sp)
     sp.add_argument("--width", type=int, default=None, help="random features per layer (default: input width)")
@@ -388,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  drfm fit --data table.csv --target label --task classification",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--dataset", help="a dataset name (uses the dataset's own train/test split)")
+    data_home_arg(sp)
     sp.add_argument("--X", help="features file (.npy or .csv, one row per sample)")
     sp.add_argument("--y", help="targets file (.npy or .csv), with --X")
     sp.add_argument("--data", help="one .csv/.npy table holding features and the target column")
@@ -429,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "S V^T, nonlinear) for both, the linear stage's share of the collapse, the Neural Feature Ansatz "
                     "correlation corr(W^T W, AGOP^{1/2}) of the MLP (trained and at initialisation), and test accuracy.")
     sp.add_argument("--dataset", default="mnist5k", help="dataset name (see `drfm datasets`; default mnist5k)")
+    data_home_arg(sp)
     sp.add_argument("--depth", type=int, default=5, help="hidden layers of the MLP = Deep RFM layers (default 5)")
     sp.add_argument("--width", type=int, default=512, help="MLP width (default 512)")
     sp.add_argument("--epochs", type=int, default=250, help="MLP training epochs (default 250)")

@@ -150,7 +150,7 @@ class TrainingData:
 
 
 def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=None, test_size=0.2, n_train=None,
-                  seed=0) -> TrainingData:
+                  seed=0, data_home=None) -> TrainingData:
     """Exactly one source: a named ``dataset`` (its own split), feature and target files ``X`` / ``y``, or one table
     ``data`` with a ``target`` column (name or index; default the last); files are split with ``test_size``."""
     from .datasets import load
@@ -159,7 +159,7 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
     if sources != 1:
         raise DataFileError("give exactly one data source: --dataset NAME, --X FILE --y FILE, or --data FILE")
     if dataset:
-        ds = load(dataset, n_train=n_train, random_state=seed)
+        ds = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
         return TrainingData(ds.X_train, ds.y_train, ds.X_test, ds.y_test, task or ds.task, dataset,
                             input_scale=ds.meta.get("input_scale"))
     X_path, y_path = X, y

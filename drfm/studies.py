@@ -23,14 +23,14 @@ def effective_rank(eigvals) -> float:
 
 
 def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.05, bandwidth=2.0, device="auto",
-                   seed=0, verbose=False, n_train=None, metrics=("nc1", "nc2")) -> CollapseReport:
+                   seed=0, verbose=False, n_train=None, metrics=("nc1", "nc2"), data_home=None) -> CollapseReport:
     """Fit a Deep RFM on a named dataset and report its collapse metrics per layer and stage (test accuracy and fit
     time in ``meta``)."""
     from .datasets import load
     from .deep import DeepRFMClassifier
     from .rfm import RFMRegressor
 
-    data = load(dataset, n_train=n_train, random_state=seed)
+    data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
     if data.task != "classification":
         raise ValueError(f"dataset {dataset!r} is a regression set; collapse needs class labels")
     model = DeepRFMClassifier(depth, layer=RFMRegressor(bandwidth, iters=1), feature_map=feature_map, width=width,

@@ -118,3 +118,16 @@ def test_the_full_mnist_files():
     ds = load("mnist", data_home=SHARED_MNIST.parent)
     assert ds.X_train.shape == (60000, 784) and ds.X_test.shape == (10000, 784)
     assert np.bincount(ds.y_train).min() > 5000 and set(np.unique(ds.y_test)) == set(range(10))
+
+
+def test_cli_reads_image_sets_from_data_home(tmp_path, capsys):
+    import json
+
+    from drfm.cli import main
+
+    write_idx_set(tmp_path / "mnist", n_train=60, n_test=20)
+    assert main(["fit", "--dataset", "mnist", "--data-home", str(tmp_path), "--param", "iters=1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_features"] == 784 and res["task"] == "classification"
+    assert main(["fit", "--dataset", "mnist", "--data-home", str(tmp_path / "none")]) == 2
+    assert "was not found" in capsys.readouterr().err
