@@ -433,3 +433,14 @@ def test_standardisation_of_huge_float32_features_does_not_overflow():
         warnings.simplefilter("ignore", KernelScaleWarning)
         model = DeepRFMClassifier(depth=2, random_state=0).fit(X64, y)
     np.testing.assert_allclose(model.scale_, (X64 / 1e150).std(0) * 1e150, rtol=1e-12)
+
+
+def test_auto_bandwidth_is_twice_the_median_and_scale_free():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5))
+    y = X[:, 0] * X[:, 1]
+    med = RFMRegressor(iters=0, bandwidth="median", random_state=0).fit(X, y)
+    auto = RFMRegressor(iters=0, bandwidth="auto", random_state=0).fit(X, y)
+    assert auto.bandwidth_ == pytest.approx(2 * med.bandwidth_)
+    scaled = RFMRegressor(iters=0, bandwidth="auto", random_state=0).fit(1000 * X, y)
+    np.testing.assert_allclose(scaled.predict(1000 * X[:20]), auto.predict(X[:20]), rtol=1e-4, atol=1e-5)
