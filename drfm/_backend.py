@@ -70,7 +70,12 @@ def standardization(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarra
 
 
 def to_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(a), device=device).to(dtype)
+    arr = np.ascontiguousarray(a)
+    if not arr.flags.writeable:
+        # read-only input (pandas 3's copy-on-write frames, np.broadcast_to, memory maps): torch would share it and
+        # warn that it is not writable; a private copy is what the fit may write into anyway
+        arr = arr.copy()
+    return torch.as_tensor(arr, device=device).to(dtype)
 
 
 def finite_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device, what: str = "X") -> torch.Tensor:

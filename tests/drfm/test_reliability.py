@@ -444,3 +444,17 @@ def test_auto_bandwidth_is_twice_the_median_and_scale_free():
     assert auto.bandwidth_ == pytest.approx(2 * med.bandwidth_)
     scaled = RFMRegressor(iters=0, bandwidth="auto", random_state=0).fit(1000 * X, y)
     np.testing.assert_allclose(scaled.predict(1000 * X[:20]), auto.predict(X[:20]), rtol=1e-4, atol=1e-5)
+
+
+def test_read_only_inputs_give_no_torch_warning():
+    # pandas 3 hands out read-only arrays (copy-on-write); torch.as_tensor warned "NumPy array is not writable"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4))
+    y = X[:, 0] * X[:, 1]
+    X.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = RFMRegressor(iters=1, random_state=0).fit(X, y)
+        model.predict(X)
+        model.predict(X.astype(np.float32))  # same dtype as the model: the path that shared memory
+    assert not X.flags.writeable
