@@ -32,6 +32,8 @@ __all__ = [
     "nc4",
     "cdnv",
     "linear_cka",
+    "least_squares_classifier",
+    "LAYER_METRICS",
     "METRICS",
     "CollapseReport",
     "collapse_report",
@@ -204,6 +206,40 @@ METRICS = {
 }
 
 
+def least_squares_classifier(features, labels, *, ridge: float = 1e-6) -> np.ndarray:
+    """The linear readout of a layer, (K, p): ridge regression of the centred one-hot labels on the centred features
+    (``ridge`` relative to the features' mean squared entry); classes in sorted order, as :func:`nc3` expects."""
+    H = np.asarray(features, dtype=np.float64)
+    classes, idx = np.unique(np.asarray(labels), return_inverse=True)
+    Y = np.eye(len(classes))[idx]
+    Hc, Yc = H - H.mean(0), Y - Y.mean(0)
+    lam = ridge * max(float(np.mean(Hc**2)), 1e-300) * len(H)
+    if H.shape[1] <= H.shape[0]:
+        W = np.linalg.solve(Hc.T @ Hc + lam * np.eye(H.shape[1]), Hc.T @ Yc)
+    else:  # more features than samples: the dual form
+        W = Hc.T @ np.linalg.solve(Hc @ Hc.T + lam * np.eye(H.shape[0]), Yc)
+    return W.T
+
+
+def _layer_metric(name, feats, y, predictions):
+    """The metrics that need more than (features, labels), defined per layer: NC3 against the layer's least-squares
+    readout, NC4 against the model's predictions (or that readout's), linear CKA against the one-hot labels."""
+    if name == "nc3":
+        return nc3(feats, y, least_squares_classifier(feats, y))
+    if name == "nc4":
+        if predictions is None:
+            H = np.asarray(feats, dtype=np.float64)
+            W = least_squares_classifier(H, y)
+            predictions = np.unique(np.asarray(y))[np.argmax((H - H.mean(0)) @ W.T, axis=1)]
+        return nc4(feats, y, predictions)
+    classes, idx = np.unique(np.asarray(y), return_inverse=True)
+    return linear_cka(feats, np.eye(len(classes))[idx])
+
+
+#: metrics defined per layer from (features, labels[, the model's predictions]); see _layer_metric
+LAYER_METRICS = ("nc3", "nc4", "linear_cka")
+
+
 #: stage order in tables: Deep RFM / MLP layer stages, the final predictor, and the weight-level rows (NFA)
 STAGES = ("input", "linear", "nonlinear", "final", "weights")
 
@@ -270,8 +306,9 @@ class CollapseReport:
 
     def to_markdown(self, metrics=None) -> str:
         """A table with one row per (model, layer) and one column per (metric, stage)."""
-        metrics = metrics or sorted({r["metric"] for r in self.rows}, key=lambda m: (list(METRICS).index(m)
-                                    if m in METRICS else 99, m))
+        order = [*METRICS, *LAYER_METRICS]
+        metrics = metrics or sorted({r["metric"] for r in self.rows}, key=lambda m: (order.index(m)
+                                    if m in order else 99, m))
         stages = [s for s in STAGES if any(r["stage"] == s for r in self.rows)]
         cols = [(m, s) for m in metrics for s in stages if any(r["metric"] == m and r["stage"] == s for r in self.rows)]
         index = {}
@@ -377,16 +414,18 @@ def _finite_or_none(obj):
 
 
 def check_metrics(metrics) -> None:
-    """``ValueError`` naming any metric that is not in :data:`METRICS`."""
-    unknown = [m for m in metrics if m not in METRICS]
+    """``ValueError`` naming any metric that is not in :data:`METRICS` or :data:`LAYER_METRICS`."""
+    unknown = [m for m in metrics if m not in METRICS and m not in LAYER_METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
+        raise ValueError(f"unknown metrics {unknown}; available: {', '.join([*METRICS, *LAYER_METRICS])}")
 
 
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
-                 report: CollapseReport | None = None) -> CollapseReport:
+                 report: CollapseReport | None = None, predictions=None) -> CollapseReport:
     """Report rows from per-layer stage features (a list of ``{stage: (n, p) array}``, one dict per layer) and
-    labels; rows are appended to ``report`` when given, and carry ``epoch`` when given."""
+    labels; rows are appended to ``report`` when given, and carry ``epoch`` when given. ``nc3`` is measured against
+    each layer's least-squares readout, ``nc4`` against ``predictions`` (the model's; else that readout's) and
+    ``linear_cka`` against the one-hot labels."""
     check_metrics(metrics)
     y = np.asarray(y)
     if report is None:
@@ -395,8 +434,9 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     for layer, stages in enumerate(features):
         for stage, feats in stages.items():
             for m in metrics:
-                report.add(model=model_name, layer=layer, stage=stage, metric=m, value=METRICS[m](feats, y),
-                           n_samples=len(y), **extra)
+                value = METRICS[m](feats, y) if m in METRICS else _layer_metric(m, feats, y, predictions)
+                report.add(model=model_name, layer=layer, stage=stage, metric=m, value=value, n_samples=len(y),
+                           **extra)
     return report
 
 
@@ -404,4 +444,5 @@ def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "d
     """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
     on (X, y), per layer and stage (input / linear / nonlinear)."""
     check_metrics(metrics)  # before the (possibly long) feature pass
-    return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name)
+    predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None
+    return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name, predictions=predictions)

@@ -149,3 +149,30 @@ def test_report_rendering_and_linear_share(tmp_path):
     pytest.importorskip("matplotlib")
     out = r.plot(tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000 and out == tmp_path / "p.png"
+
+
+def test_report_takes_nc3_nc4_and_label_cka_per_layer():
+    from drfm import DeepRFMClassifier
+    from drfm.collapse import collapse_report, least_squares_classifier, linear_cka, nc3, nc4
+
+    rng = np.random.default_rng(0)
+    # K orthogonal class means + small noise: the readout aligns with the means, NCC agrees with the labels
+    K, p, n = 3, 6, 300
+    y = np.arange(n) % K
+    means = 5.0 * np.eye(K, p)
+    H = means[y] + 0.05 * rng.standard_normal((n, p))
+    W = least_squares_classifier(H, y)
+    assert W.shape == (K, p) and nc3(H, y, W) < 0.05
+    assert nc4(H, y, y) == 0.0
+    assert linear_cka(H, np.eye(K)[y]) > 0.9
+    # through collapse_report on a fitted Deep RFM, next to nc1
+    X = rng.standard_normal((200, 5))
+    yy = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    model = DeepRFMClassifier(depth=2, random_state=0).fit(X, yy)
+    rep = collapse_report(model, X, yy, metrics=("nc1", "nc3", "nc4", "linear_cka"))
+    got = {r["metric"] for r in rep.rows}
+    assert got == {"nc1", "nc3", "nc4", "linear_cka"}
+    assert all(np.isfinite(r["value"]) for r in rep.rows)
+    assert all(0 <= r["value"] <= 1 for r in rep.rows if r["metric"] in ("nc4", "linear_cka"))
+    with pytest.raises(ValueError, match="available: .*nc3"):
+        collapse_report(model, X, yy, metrics=("nc9",))
