@@ -40,8 +40,16 @@ def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.
     fit_s = time.perf_counter() - t0
     acc = model.score(data.X_test, data.y_test)
     report = collapse_report(model, data.X_train, data.y_train, metrics=metrics)
+    from .bench import environment
+
     report.meta.update({"dataset": dataset, "feature_map": feature_map, "test_accuracy": float(acc),
-                        "fit_seconds": fit_s, "n_train": len(data.y_train), "n_test": len(data.y_test)})
+                        "fit_seconds": fit_s, "n_train": len(data.y_train), "n_test": len(data.y_test),
+                        # what it takes to reproduce the report: every parameter of the study and the versions
+                        "parameters": {"depth": depth, "feature_map": feature_map, "width": width, "sigma": sigma,
+                                       "bandwidth": bandwidth,
+                                       "seed": seed, "n_train": n_train, "metrics": list(metrics),
+                                       "device": str(device), "dataset": dataset},
+                        "versions": environment()})
     return report
 
 

@@ -176,3 +176,13 @@ def test_report_takes_nc3_nc4_and_label_cka_per_layer():
     assert all(0 <= r["value"] <= 1 for r in rep.rows if r["metric"] in ("nc4", "linear_cka"))
     with pytest.raises(ValueError, match="available: .*nc3"):
         collapse_report(model, X, yy, metrics=("nc9",))
+
+
+def test_collapse_study_records_its_parameters_and_versions():
+    from drfm.studies import collapse_study
+
+    rep = collapse_study("digits", depth=1, sigma=0.1, bandwidth=3.0, seed=2, width=64)
+    params = rep.meta["parameters"]
+    assert params["sigma"] == 0.1 and params["bandwidth"] == 3.0 and params["seed"] == 2 and params["width"] == 64
+    assert {"drfm", "torch", "numpy", "sklearn", "python"} <= set(rep.meta["versions"])
+    assert json.loads(rep.to_json())["meta"]["parameters"]["depth"] == 1
