@@ -94,7 +94,7 @@ def _draw_map(kind, d_l, width, sigma, gen):
     return None, None
 
 
-class _BaseDeepRFM(BaseEstimator):
+class _BaseDeepRFM(TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "depth": [Interval("int", 1, None, closed="left")],
         "layer": [InstanceOf(RFMRegressor, name="an RFMRegressor (the layer template)"), NoneOK],
@@ -258,6 +258,13 @@ class _BaseDeepRFM(BaseEstimator):
             pass
         return out.numpy()
 
+    def get_feature_names_out(self, input_features=None):
+        """Names of :meth:`transform`'s columns (the last layer's features): ``<classname>0``, ``<classname>1``, ...
+        (what ``set_output(transform="pandas")`` and pipelines use)."""
+        check_is_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self.final_.n_features_in_)], dtype=object)
+
     def layer_features(self, X):
         """One dict per layer: ``{"input": X_l (row-normalised), "linear": X_l M_l^{1/2}, "nonlinear": Phi_l(...)}``."""
         X = self._check_X(X)
@@ -273,7 +280,7 @@ class _BaseDeepRFM(BaseEstimator):
         return tags
 
 
-class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
+class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
     """Deep RFM classifier (targets ``2 * onehot - 1`` by default; ``target_encoding='onehot'`` for 0/1).
 
     Parameters
@@ -329,7 +336,7 @@ class DeepRFMClassifier(ClassifierMixin, TransformerMixin, _BaseDeepRFM):
         return predict_labels(self.classes_, out)
 
 
-class DeepRFMRegressor(RegressorMixin, TransformerMixin, _BaseDeepRFM):
+class DeepRFMRegressor(RegressorMixin, _BaseDeepRFM):
     """Deep RFM regressor (targets used as given). Parameters and attributes as :class:`DeepRFMClassifier`."""
 
     def _validate_xy(self, X, y):

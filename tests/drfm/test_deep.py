@@ -146,3 +146,21 @@ def test_every_estimator_imports_from_drfm():
     assert drfm.TorchMLPClassifier is TorchMLPClassifier is dnn.TorchMLPClassifier
     assert {"RFMRegressor", "RFMClassifier", "DeepRFMClassifier", "DeepRFMRegressor", "TorchMLPClassifier"} <= set(
         drfm.__all__)
+
+
+def test_pandas_output_in_a_pipeline():
+    pd = pytest.importorskip("pandas")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.standard_normal((150, 4)), columns=list("abcd"))
+    y = (X["a"] > 0).astype(int).to_numpy()
+    pipe = make_pipeline(StandardScaler(), DeepRFMClassifier(depth=2, width=32, random_state=0))
+    pipe.set_output(transform="pandas")
+    pipe.fit(X, y)
+    assert pipe.score(X, y) > 0.8
+    deep = pipe[-1]
+    out = deep.transform(pipe[0].transform(X))
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(deep.get_feature_names_out())
+    assert out.shape == (150, len(deep.get_feature_names_out()))
