@@ -375,8 +375,20 @@ class CollapseReport:
         if not rows:
             raise ValueError(f"the report has no rows to plot against {x!r}"
                              + (" (per-epoch rows come from TorchMLPClassifier(measure_every=...))" if x == "epoch" else ""))
-        metrics = metrics or sorted({r["metric"] for r in rows})
+        # panels in the order asked for; by default in the order the metrics were measured
+        metrics = list(metrics) if metrics else list(dict.fromkeys(r["metric"] for r in rows))
+        fig = self._figure(plt, rows, metrics, x, log)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    @staticmethod
+    def _figure(plt, rows, metrics, x, log):
+        """One panel per metric (y label: the metric and its scale) and one legend for all panels, below them."""
+        from matplotlib.ticker import MaxNLocator
+
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+        handles = {}
         for ax, metric in zip(axes[0], metrics):
             groups = {}
             for r in rows:
@@ -386,21 +398,24 @@ class CollapseReport:
             # correlations (nfa_*) read best on a linear axis; collapse metrics span decades
             use_log = log if log is not None else (not metric.startswith("nfa")
                                                    and all(v > 0 for pts in groups.values() for _, v in pts))
-            for key, pts in sorted(groups.items()):
+            for key, pts in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
                 pts.sort()
                 label = " ".join(str(k) if i != 1 or x == "layer" else f"L{k}" for i, k in enumerate(key))
-                ax.plot([p[0] for p in pts], [max(p[1], 1e-300) if use_log else p[1] for p in pts], marker="o",
-                        ms=3, label=label)
+                (line,) = ax.plot([p[0] for p in pts], [max(p[1], 1e-300) if use_log else p[1] for p in pts],
+                                  marker="o", ms=3, label=label)
+                handles.setdefault(label, line)
             if use_log:
                 ax.set_yscale("log")
-            ax.legend(fontsize=7)
             ax.set_xlabel(x)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and epochs are whole numbers
+            ax.set_ylabel(metric + (" (log scale)" if use_log else ""))
             ax.set_title(metric)
             ax.grid(alpha=0.3)
+        ncol = max(1, min(len(handles), 4 * len(metrics)))
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+                   fontsize=7, frameon=False)
+        return fig
 
 
 def _finite_or_none(obj):

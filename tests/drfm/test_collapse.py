@@ -186,3 +186,23 @@ def test_collapse_study_records_its_parameters_and_versions():
     assert params["sigma"] == 0.1 and params["bandwidth"] == 3.0 and params["seed"] == 2 and params["width"] == 64
     assert {"drfm", "torch", "numpy", "sklearn", "python"} <= set(rep.meta["versions"])
     assert json.loads(rep.to_json())["meta"]["parameters"]["depth"] == 1
+
+
+def test_plot_keeps_the_requested_panel_order_labels_axes_and_keeps_legends_off_the_data(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drfm.collapse import CollapseReport
+
+    rep = CollapseReport()
+    for layer in range(3):
+        for stage in ("input", "linear"):
+            rep.add(model="m", layer=layer, stage=stage, metric="nc2", value=0.5 / (layer + 1), n_samples=10)
+            rep.add(model="m", layer=layer, stage=stage, metric="nc1", value=2.0 / (layer + 1), n_samples=10)
+    fig = CollapseReport._figure(plt, rep.rows, ["nc2", "nc1"], "layer", None)
+    assert [ax.get_title() for ax in fig.axes] == ["nc2", "nc1"]
+    assert all(ax.get_ylabel().startswith(ax.get_title()) for ax in fig.axes)
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    plt.close(fig)
+    assert rep.plot(tmp_path / "p.png") == tmp_path / "p.png" and (tmp_path / "p.png").stat().st_size > 0
