@@ -380,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=int, default=None, help="random features per layer (default: input width)")
     sp.add_argument("--n-train", type=int, default=None, help="training points (default: the dataset's split)")
     sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
-                    help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv, and per layer nc3 (against the "
+                    help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv effective_features mf_share "
+                         "(the kernel picture: participation ratio, variance share of the top K-1 eigenvalues), and "
+                         "per layer nc3 (against the "
                          "layer's least-squares readout), nc4 (against the model's predictions), linear_cka (against "
                          "the one-hot labels) (default nc1 nc2)")
     sp.add_argument("--out", help="write the report as JSON here")

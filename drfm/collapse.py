@@ -33,6 +33,10 @@ __all__ = [
     "cdnv",
     "linear_cka",
     "least_squares_classifier",
+    "feature_spectrum",
+    "effective_features",
+    "mf_share",
+    "MF_VARIANCE_SHARE",
     "LAYER_METRICS",
     "METRICS",
     "CollapseReport",
@@ -195,6 +199,59 @@ def linear_cka(X, Y) -> float:
     return float(num / (dx * dy)) if dx > 0 and dy > 0 else 0.0
 
 
+# ---- the kernel picture of collapse: the spectrum of a layer's centred features --------------------------------------
+#: the minimal-feature (MF) verdict: the top K - 1 eigenvalues of the centred feature covariance (K classes; centred
+#: class means span K - 1 directions) carry at least this share of the variance; otherwise extended-feature (EF)
+MF_VARIANCE_SHARE = 0.9
+
+
+def feature_spectrum(features, labels, *, top: int | None = None) -> dict:
+    """The eigen-decomposition of a layer's centred feature covariance on the training set (the kernel picture of
+    collapse), in O(p^2) memory for p features.
+
+    Returns a dict: ``eigenvalues`` (descending, ``top`` of them, default all), ``participation_ratio``
+    ``(sum l)^2 / sum l^2`` (an effective number of features), ``n_above_1pct`` (eigenvalues above 1% of the largest),
+    ``label_share`` (per eigenfunction, the share of the centred one-hot label vectors it carries; the eigenfunctions
+    are ``u_i = H_c v_i / sqrt(N l_i)``, orthonormal over the N training points), ``mf_share`` (variance share of the
+    top K - 1 eigenvalues) and ``verdict``: 'MF' when ``mf_share >= MF_VARIANCE_SHARE`` (as many dominant
+    eigenfunctions as the class structure needs), else 'EF'.
+    """
+    H = np.asarray(features, dtype=np.float64)
+    if H.ndim != 2 or H.shape[0] < 2:
+        raise ValueError(f"features must be (N >= 2, p), got shape {H.shape}")
+    classes, idx = np.unique(np.asarray(labels), return_inverse=True)
+    if len(idx) != H.shape[0]:
+        raise ValueError(f"labels has {len(idx)} entries for {H.shape[0]} feature rows")
+    N, K = H.shape[0], len(classes)
+    Hc = H - H.mean(0)
+    lam, V = np.linalg.eigh(Hc.T @ Hc / N)
+    lam, V = np.clip(lam[::-1], 0.0, None), V[:, ::-1]
+    total = float(lam.sum())
+    k = len(lam) if top is None else min(int(top), len(lam))
+    Yc = np.eye(K)[idx]
+    Yc = Yc - Yc.mean(0)
+    keep = lam[:k] > lam[0] * 1e-12 if total > 0 else np.zeros(k, bool)
+    U = Hc @ V[:, :k][:, keep] / np.sqrt(N * lam[:k][keep])
+    share = np.zeros(k)
+    ynorm = float(np.sum(Yc**2))
+    if ynorm > 0 and keep.any():
+        share[keep] = np.sum((U.T @ Yc) ** 2, axis=1) / ynorm
+    mf = float(lam[: max(K - 1, 1)].sum() / total) if total > 0 else 0.0
+    return {"eigenvalues": lam[:k], "participation_ratio": float(total**2 / np.sum(lam**2)) if total > 0 else 0.0,
+            "n_above_1pct": int(np.sum(lam > 0.01 * lam[0])) if total > 0 else 0, "label_share": share,
+            "mf_share": mf, "verdict": "MF" if mf >= MF_VARIANCE_SHARE else "EF", "n_classes": K}
+
+
+def effective_features(features, labels) -> float:
+    """Participation ratio of the centred feature covariance's eigenvalues (:func:`feature_spectrum`)."""
+    return feature_spectrum(features, labels, top=0)["participation_ratio"]
+
+
+def mf_share(features, labels) -> float:
+    """Variance share of the top K - 1 eigenvalues; >= MF_VARIANCE_SHARE is the minimal-feature regime."""
+    return feature_spectrum(features, labels, top=0)["mf_share"]
+
+
 #: metrics computed from (features, labels) alone; used by collapse_report
 METRICS = {
     "nc1": nc1,
@@ -203,6 +260,8 @@ METRICS = {
     "nc2_equinorm": nc2_equinorm,
     "nc2_equiangularity": nc2_equiangularity,
     "cdnv": cdnv,
+    "effective_features": effective_features,
+    "mf_share": mf_share,
 }
 
 

@@ -206,3 +206,38 @@ def test_plot_keeps_the_requested_panel_order_labels_axes_and_keeps_legends_off_
     assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
     plt.close(fig)
     assert rep.plot(tmp_path / "p.png") == tmp_path / "p.png" and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_feature_spectrum_known_answers():
+    from drfm.collapse import feature_spectrum
+
+    rng = np.random.default_rng(0)
+    K, p, n = 4, 30, 800
+    y = np.arange(n) % K
+    # K orthogonal class means + small noise: K - 1 dominant eigenvalues (centred means), MF, labels in their span
+    H = 10.0 * np.eye(K, p)[y] + 0.1 * rng.standard_normal((n, p))
+    spec = feature_spectrum(H, y)
+    lam = spec["eigenvalues"]
+    assert spec["verdict"] == "MF" and spec["mf_share"] > 0.99
+    assert lam[K - 2] > 100 * lam[K - 1]  # a gap after K - 1 eigenvalues
+    assert spec["label_share"][: K - 1].sum() > 0.99 and abs(spec["participation_ratio"] - (K - 1)) < 0.1
+    # independent check of the eigenvalues: the singular values of the centred features
+    s = np.linalg.svd(H - H.mean(0), compute_uv=False)
+    np.testing.assert_allclose(lam, s**2 / n, rtol=1e-9, atol=1e-12)
+    # isotropic features: no dominant directions, EF
+    iso = feature_spectrum(rng.standard_normal((n, p)), y)
+    assert iso["verdict"] == "EF" and iso["participation_ratio"] > 0.8 * p and iso["mf_share"] < 0.2
+    with pytest.raises(ValueError, match="labels"):
+        feature_spectrum(H, y[:10])
+
+
+def test_spectrum_metrics_in_reports():
+    from drfm.collapse import stage_report
+
+    rng = np.random.default_rng(1)
+    y = np.arange(300) % 3
+    feats = [{"input": rng.standard_normal((300, 8)), "linear": 5 * np.eye(3, 8)[y] + 0.01 * rng.standard_normal((300, 8))}]
+    rep = stage_report(feats, y, metrics=("effective_features", "mf_share"), model_name="m")
+    vals = {(r["stage"], r["metric"]): r["value"] for r in rep.rows}
+    assert vals[("linear", "mf_share")] > 0.99 > vals[("input", "mf_share")]
+    assert vals[("linear", "effective_features")] < 2.5 < vals[("input", "effective_features")]
