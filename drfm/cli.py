@@ -204,8 +204,10 @@ def show_predict(res: dict) -> str:
 def cmd_compare(args) -> dict:
     from .datasets import load
     from .rfm import RFMRegressor
+    from .collapse import check_metrics
     from .studies import compare, comparison_table
 
+    check_metrics(args.metrics)  # before the data are read and both models trained
     data = load(args.dataset, n_train=args.n_train, random_state=args.seed, data_home=args.data_home)
     if data.task != "classification":
         raise UsageError(f"dataset {args.dataset!r} is a regression set; compare needs class labels")
@@ -216,7 +218,7 @@ def cmd_compare(args) -> dict:
     t0 = time.perf_counter()
     report = compare(data.X_train, data.y_train, data.X_test, data.y_test, depth=args.depth, mlp_params=mlp,
                          deep_params=deep, measure_every=args.measure_every, random_state=args.seed,
-                         verbose=args.verbose)
+                         verbose=args.verbose, metrics=tuple(args.metrics))
     report.meta.update({"dataset": args.dataset, "seconds": time.perf_counter() - t0})
     if args.out:
         report.to_json(args.out, indent=1)
@@ -354,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
         if device:
             sp.add_argument("--device", default=device, help=device_help)
 
+    def metrics_arg(sp):
+        sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
+                        help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv effective_features "
+                             "mf_share (the kernel picture: participation ratio, variance share of the top K-1 "
+                             "eigenvalues), and per layer nc3 (against the layer's least-squares readout), nc4 "
+                             "(against the model's predictions), linear_cka (against the one-hot labels) "
+                             "(default nc1 nc2)")
+
     def data_home_arg(sp):
         sp.add_argument("--data-home", default=None,
                         help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files (default: $DRFM_DATA, "
@@ -379,12 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     deep_rfm_args(sp)
     sp.add_argument("--width", type=int, default=None, help="random features per layer (default: input width)")
     sp.add_argument("--n-train", type=int, default=None, help="training points (default: the dataset's split)")
-    sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
-                    help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv effective_features mf_share "
-                         "(the kernel picture: participation ratio, variance share of the top K-1 eigenvalues), and "
-                         "per layer nc3 (against the "
-                         "layer's least-squares readout), nc4 (against the model's predictions), linear_cka (against "
-                         "the one-hot labels) (default nc1 nc2)")
+    metrics_arg(sp)
     sp.add_argument("--out", help="write the report as JSON here")
     sp.add_argument("--plot", help="write a plot of each metric against depth here (needs matplotlib)")
     sp.add_argument("--seed", type=int, default=0, help="random seed")
@@ -444,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", default="mnist5k", help="dataset name (see `drfm datasets`; default mnist5k)")
     data_home_arg(sp)
     sp.add_argument("--depth", type=int, default=5, help="hidden layers of the MLP = Deep RFM layers (default 5)")
+    metrics_arg(sp)
     sp.add_argument("--width", type=int, default=512, help="MLP width (default 512)")
     sp.add_argument("--epochs", type=int, default=250, help="MLP training epochs (default 250)")
     sp.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (default 5e-5)")

@@ -282,3 +282,12 @@ def test_version_help_descriptions_and_param_keys(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     assert "early_stopping" in capsys.readouterr().out.replace("\n", " ").replace("  ", "")
+
+
+def test_compare_takes_metrics_and_checks_them_first(capsys):
+    assert main(["compare", "--dataset", "digits", "--metrics", "nc9"]) == 2
+    assert "unknown metrics ['nc9']" in capsys.readouterr().err
+    assert main(["compare", "--dataset", "digits", "--depth", "1", "--epochs", "2", "--width", "16",
+                 "--metrics", "nc1", "effective_features", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {r["metric"] for r in res["report"]["rows"]} >= {"nc1", "effective_features"}
