@@ -34,6 +34,10 @@ __all__ = [
     "linear_cka",
     "least_squares_classifier",
     "feature_spectrum",
+    "sphere",
+    "nc1_sphere",
+    "nc2_sphere",
+    "nc3_sphere",
     "effective_features",
     "mf_share",
     "MF_VARIANCE_SHARE",
@@ -252,6 +256,29 @@ def mf_share(features, labels) -> float:
     return feature_spectrum(features, labels, top=0)["mf_share"]
 
 
+# ---- collapse with normalised features ----------------------------------------------------------------------------
+def sphere(features) -> np.ndarray:
+    """Rows projected onto the unit sphere (zero rows stay zero), as in normalised-feature training."""
+    H = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(H, axis=1, keepdims=True)
+    return np.divide(H, norms, out=np.zeros_like(H), where=norms > 0)
+
+
+def nc1_sphere(features, labels) -> float:
+    """NC1 of the features projected onto the unit sphere (collapse with normalised features)."""
+    return nc1(sphere(features), labels)
+
+
+def nc2_sphere(features, labels) -> float:
+    """NC2 (ETF distance of the class means) of the features projected onto the unit sphere."""
+    return nc2(sphere(features), labels)
+
+
+def nc3_sphere(features, labels, classifier) -> float:
+    """NC3 of normalised features against a row-normalised classifier (each class's weight vector on the sphere)."""
+    return nc3(sphere(features), labels, sphere(classifier))
+
+
 #: metrics computed from (features, labels) alone; used by collapse_report
 METRICS = {
     "nc1": nc1,
@@ -262,6 +289,8 @@ METRICS = {
     "cdnv": cdnv,
     "effective_features": effective_features,
     "mf_share": mf_share,
+    "nc1_sphere": nc1_sphere,
+    "nc2_sphere": nc2_sphere,
 }
 
 

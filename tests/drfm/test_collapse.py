@@ -241,3 +241,24 @@ def test_spectrum_metrics_in_reports():
     vals = {(r["stage"], r["metric"]): r["value"] for r in rep.rows}
     assert vals[("linear", "mf_share")] > 0.99 > vals[("input", "mf_share")]
     assert vals[("linear", "effective_features")] < 2.5 < vals[("input", "effective_features")]
+
+
+def test_normalised_feature_collapse_of_a_simplex_etf_is_zero():
+    from drfm.collapse import nc1, nc1_sphere, nc2_sphere, nc3_sphere, sphere
+
+    K, p = 4, 6
+    # an exact simplex ETF on the sphere: centred standard basis vectors, normalised
+    E = np.eye(K) - 1.0 / K
+    M = np.zeros((K, p))
+    M[:, :K] = E / np.linalg.norm(E, axis=1, keepdims=True)
+    y = np.repeat(np.arange(K), 5)
+    scales = np.linspace(0.5, 3.0, len(y))[:, None]  # each point at its own radius: collapse only after normalising
+    H = M[y] * scales
+    assert nc1(H, y) > 0.01
+    assert nc1_sphere(H, y) < 1e-20 and nc2_sphere(H, y) < 1e-20
+    assert nc3_sphere(H, y, 7.0 * M) < 1e-20  # classifier = the means, at any scale
+    np.testing.assert_allclose(np.linalg.norm(sphere(H), axis=1), 1.0)
+    assert np.all(sphere(np.zeros((2, 3))) == 0)
+    # off the ETF: positive
+    rng = np.random.default_rng(0)
+    assert nc2_sphere(rng.standard_normal((40, 6)), np.arange(40) % 4) > 0.01
