@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     def metrics_arg(sp):
         sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
                         help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv nc1_sphere nc2_sphere "
-                             "(on features normalised to the unit sphere) effective_features "
+                             "(on features normalised to the unit sphere) label_alignment effective_features "
                              "mf_share (the kernel picture: participation ratio, variance share of the top K-1 "
                              "eigenvalues), and per layer nc3 (against the layer's least-squares readout), nc4 "
                              "(against the model's predictions), linear_cka (against the one-hot labels) "

@@ -35,6 +35,7 @@ __all__ = [
     "least_squares_classifier",
     "feature_spectrum",
     "sphere",
+    "label_alignment",
     "nc1_sphere",
     "nc2_sphere",
     "nc3_sphere",
@@ -256,6 +257,15 @@ def mf_share(features, labels) -> float:
     return feature_spectrum(features, labels, top=0)["mf_share"]
 
 
+def label_alignment(features, labels, k: int | None = None) -> float:
+    """The share of the centred one-hot label vectors inside the span of the top ``k`` left singular vectors of the
+    centred features (default k = K - 1, the dimension class means span): 1 when the labels are among a layer's k
+    strongest directions, about k / N for random features. Uses the p x p covariance: O(p^2) memory."""
+    spec = feature_spectrum(features, labels)
+    k = max(spec["n_classes"] - 1, 1) if k is None else int(k)
+    return float(np.sum(spec["label_share"][:k]))
+
+
 # ---- collapse with normalised features ----------------------------------------------------------------------------
 def sphere(features) -> np.ndarray:
     """Rows projected onto the unit sphere (zero rows stay zero), as in normalised-feature training."""
@@ -291,6 +301,7 @@ METRICS = {
     "mf_share": mf_share,
     "nc1_sphere": nc1_sphere,
     "nc2_sphere": nc2_sphere,
+    "label_alignment": label_alignment,
 }
 
 

@@ -262,3 +262,24 @@ def test_normalised_feature_collapse_of_a_simplex_etf_is_zero():
     # off the ETF: positive
     rng = np.random.default_rng(0)
     assert nc2_sphere(rng.standard_normal((40, 6)), np.arange(40) % 4) > 0.01
+
+
+def test_label_alignment_known_answers():
+    from drfm.collapse import label_alignment
+
+    rng = np.random.default_rng(2)
+    K, n = 3, 600
+    y = np.arange(n) % K
+    Y = np.eye(K)[y]
+    # the labels inside the top-k span: the features' two strongest directions are the (centred) label vectors
+    H = np.hstack([10 * (Y - Y.mean(0))[:, :2], 0.1 * rng.standard_normal((n, 5))])
+    assert label_alignment(H, y) == pytest.approx(1.0, abs=1e-3)
+    # labels only in a weak direction: not in the top-2 span
+    H2 = np.hstack([0.01 * (Y - Y.mean(0))[:, :2], rng.standard_normal((n, 5))])
+    assert label_alignment(H2, y) < 0.05
+    # independent formula: projection onto the top-k left singular vectors by SVD
+    Hc = H2 - H2.mean(0)
+    U = np.linalg.svd(Hc, full_matrices=False)[0][:, :4]
+    Yc = Y - Y.mean(0)
+    ref = np.sum((U.T @ Yc) ** 2) / np.sum(Yc**2)
+    assert label_alignment(H2, y, k=4) == pytest.approx(ref, rel=1e-8)
