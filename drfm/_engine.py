@@ -483,20 +483,22 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     plan_args = dict(n_train=n_tr, n_val=n_val, n_agop=n_agop, d=d, c=c,
                      itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype, device=device,
                      budget=budget, owner=owner)
+    # the plan on all rows does not depend on the subset (planned once; 'auto' subsets are decided from it)
+    plans = _plan_phases({"all": n_tr}, **plan_args)
     size = p.iter_sample_size
     if size == "auto":
         # M is learned on exactly solved rows (at most AUTO_ITER_SAMPLE_SIZE of them, all when fewer) when the model
         # on all rows is the m-centre one (an M learned from m-centre models was measurably worse, README);
         # otherwise every solve uses all rows
         size = None
-        if p.iters > 0 and _plan_phases({"all": n_tr}, **plan_args)["all"].solver == "nystrom":
+        if p.iters > 0 and plans["all"].solver == "nystrom":
             size = min(AUTO_ITER_SAMPLE_SIZE, n_tr)
             if size == n_tr:
                 sub = torch.arange(n_tr, device=device)
     if size is not None and size < n_tr and p.iters > 0:
         sub = torch.randperm(n_tr, generator=gen)[:size].sort().values.to(device)
-    sizes = {"all": n_tr} if sub is None else {"all": n_tr, "sub": len(sub)}
-    plans = _plan_phases(sizes, **plan_args)
+    if sub is not None:
+        plans.update(_plan_phases({"sub": len(sub)}, **plan_args))
     if X_val is not None:
         Xv, y_va = finite_tensor(X_val, dtype, device), y_val
     else:

@@ -261,9 +261,17 @@ def label_alignment(features, labels, k: int | None = None) -> float:
     """The share of the centred one-hot label vectors inside the span of the top ``k`` left singular vectors of the
     centred features (default k = K - 1, the dimension class means span): 1 when the labels are among a layer's k
     strongest directions, about k / N for random features. Uses the p x p covariance: O(p^2) memory."""
-    spec = feature_spectrum(features, labels)
+    return _alignment_of(feature_spectrum(features, labels), k)
+
+
+def _alignment_of(spec: dict, k: int | None = None) -> float:
     k = max(spec["n_classes"] - 1, 1) if k is None else int(k)
     return float(np.sum(spec["label_share"][:k]))
+
+
+#: report metrics read off one :func:`feature_spectrum` (stage_report computes it once per layer and stage)
+_FROM_SPECTRUM = {"effective_features": lambda spec: spec["participation_ratio"],
+                  "mf_share": lambda spec: spec["mf_share"], "label_alignment": _alignment_of}
 
 
 # ---- collapse with normalised features ----------------------------------------------------------------------------
@@ -547,8 +555,13 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     extra = {} if epoch is None else {"epoch": int(epoch)}
     for layer, stages in enumerate(features):
         for stage, feats in stages.items():
+            spectrum = None  # one eigendecomposition for every spectrum metric of this stage
             for m in metrics:
-                value = METRICS[m](feats, y) if m in METRICS else _layer_metric(m, feats, y, predictions)
+                if m in _FROM_SPECTRUM:
+                    spectrum = spectrum or feature_spectrum(feats, y)
+                    value = _FROM_SPECTRUM[m](spectrum)
+                else:
+                    value = METRICS[m](feats, y) if m in METRICS else _layer_metric(m, feats, y, predictions)
                 report.add(model=model_name, layer=layer, stage=stage, metric=m, value=value, n_samples=len(y),
                            **extra)
     return report

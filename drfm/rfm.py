@@ -193,12 +193,10 @@ class _BaseRFM(BaseEstimator):
         r = None if self.factor_ is None else to_tensor(self.factor_, dtype, device)
         # float32: kernels between centred rows, formed in float64 (kernels.laplace.rounding_shift, Points.shifted)
         shift = rounding_shift(xf)
-        centres = Points.of(xf, r) if shift is None else Points.shifted(xf, self._wide_factor(device), shift)
-        return {"device": device, "dtype": dtype, "r": r, "centres": centres, "shift": shift,
+        r64 = None if shift is None or self.factor_ is None else to_tensor(self.factor_, torch.float64, device)
+        centres = Points.of(xf, r) if shift is None else Points.shifted(xf, r64, shift)
+        return {"device": device, "dtype": dtype, "r": r, "r64": r64, "centres": centres, "shift": shift,
                 "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
-
-    def _wide_factor(self, device):
-        return None if self.factor_ is None else to_tensor(self.factor_, torch.float64, device)
 
     def _raw_predict(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -206,7 +204,7 @@ class _BaseRFM(BaseEstimator):
         tc = self._tensors()
         xt = finite_tensor(X, tc["dtype"], tc["device"])
         if tc["shift"] is not None:
-            xt = Points.shifted(xt, self._wide_factor(tc["device"]), tc["shift"])
+            xt = Points.shifted(xt, tc["r64"], tc["shift"])  # the same map as the centres'
         out = kernel_matmul(xt, tc["centres"], tc["alpha"], bandwidth=self._fitted_bandwidth(), sqrt_m=tc["r"],
                             memory_budget=resolve_budget(self.memory_budget, tc["device"]), accumulate=torch.float64)
         return out.cpu().double().numpy()

@@ -125,12 +125,12 @@ def _refine_small(d2, x, z, x_sq, z_sq, diag: int | None) -> None:
     if not float(row_min.min()) < tau:  # the common case: one pass over the tile finds nothing to refine
         return
     rows = (row_min < tau).nonzero().squeeze(1)
-    step = max(1, _REFINE_CHUNK // d2.shape[1])
+    step = max(1, _REFINE_CHUNK // d2.shape[1])  # rows of the mask at a time
+    per = max(1, _REFINE_CHUNK // max(1, x.shape[1]))  # entries recomputed at a time
     for a in range(0, rows.numel(), step):
         r = rows[a : a + step]
         ri, cj = (d2.index_select(0, r) < tau).nonzero(as_tuple=True)
         ri = r[ri]
-        per = max(1, _REFINE_CHUNK // max(1, x.shape[1]))
         for b in range(0, ri.numel(), per):
             i, j = ri[b : b + per], cj[b : b + per]
             d2[i, j] = (x[i] - z[j]).square_().sum(1)

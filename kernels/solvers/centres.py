@@ -119,7 +119,7 @@ class CentreSystem:
         del kmm
         S = self.T @ self.T.T
         S.mul_(self.n / self.m).diagonal().add_(self.reg)
-        self.A, self.jitter_a = _cholesky_upper(S, torch.finfo(torch.float64).eps)
+        self.A, _ = _cholesky_upper(S, torch.finfo(torch.float64).eps)
         del S
 
     def _kernel(self, z, z_sq, out=None):
@@ -163,13 +163,6 @@ class CentreSystem:
         Yw = Y.double()
         for i, tile in self._wide_tiles():
             out.addmm_(tile.T, Yw[i : i + tile.shape[0]])
-        return out
-
-    def predict(self, beta: torch.Tensor) -> torch.Tensor:
-        """``K_nm beta`` (n x c, float64): the fitted values at the n points."""
-        out = torch.empty((self.n, beta.shape[1]), dtype=torch.float64, device=self.device)
-        for i, tile in self._wide_tiles():
-            torch.mm(tile, beta.double(), out=out[i : i + tile.shape[0]])
         return out
 
     # beta = T^{-1} A^{-1} u   and its inverse  u = A T beta

@@ -283,3 +283,20 @@ def test_label_alignment_known_answers():
     Yc = Y - Y.mean(0)
     ref = np.sum((U.T @ Yc) ** 2) / np.sum(Yc**2)
     assert label_alignment(H2, y, k=4) == pytest.approx(ref, rel=1e-8)
+
+
+def test_spectrum_metrics_share_one_eigendecomposition_per_stage(monkeypatch):
+    import drfm.collapse as col
+
+    rng = np.random.default_rng(3)
+    y = np.arange(200) % 4
+    feats = [{"input": rng.standard_normal((200, 7)), "linear": rng.standard_normal((200, 7))}]
+    metrics = ("effective_features", "mf_share", "label_alignment")
+    expected = {m: [col.METRICS[m](f, y) for f in feats[0].values()] for m in metrics}
+    calls = []
+    real = col.feature_spectrum
+    monkeypatch.setattr(col, "feature_spectrum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rep = col.stage_report(feats, y, metrics=metrics, model_name="m")
+    assert len(calls) == 2  # one per stage, not one per metric
+    for m in metrics:
+        np.testing.assert_allclose([r["value"] for r in rep.rows if r["metric"] == m], expected[m], rtol=1e-12)

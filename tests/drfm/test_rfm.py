@@ -314,10 +314,6 @@ def smooth_everywhere(n, d=10, seed=0):
     return X, np.sin(X @ W).sum(1) / np.sqrt(40)
 
 
-def _r2(model, X, y):
-    return model.score(X, y)
-
-
 def test_default_fit_keeps_the_best_iterate_and_refits_on_all_rows():
     X, y = smooth_everywhere(2400, seed=1)
     Xte, yte = smooth_everywhere(2000, seed=2)
