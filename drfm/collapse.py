@@ -318,6 +318,8 @@ def least_squares_classifier(features, labels, *, ridge: float = 1e-6) -> np.nda
     (``ridge`` relative to the features' mean squared entry); classes in sorted order, as :func:`nc3` expects."""
     H = np.asarray(features, dtype=np.float64)
     classes, idx = np.unique(np.asarray(labels), return_inverse=True)
+    if H.ndim != 2 or len(idx) != H.shape[0]:
+        raise ValueError(f"features must be (N, p) with one label per row; got shape {H.shape} and {len(idx)} labels")
     Y = np.eye(len(classes))[idx]
     Hc, Yc = H - H.mean(0), Y - Y.mean(0)
     lam = ridge * max(float(np.mean(Hc**2)), 1e-300) * len(H)

@@ -300,3 +300,16 @@ def test_spectrum_metrics_share_one_eigendecomposition_per_stage(monkeypatch):
     assert len(calls) == 2  # one per stage, not one per metric
     for m in metrics:
         np.testing.assert_allclose([r["value"] for r in rep.rows if r["metric"] == m], expected[m], rtol=1e-12)
+
+
+def test_least_squares_readout_matches_numpy_lstsq_and_checks_shapes():
+    from drfm.collapse import least_squares_classifier
+
+    rng = np.random.default_rng(4)
+    H = rng.standard_normal((120, 5))
+    y = rng.integers(0, 3, 120)
+    Y = np.eye(3)[y]
+    ref = np.linalg.lstsq(H - H.mean(0), Y - Y.mean(0), rcond=None)[0].T  # the unregularised readout
+    np.testing.assert_allclose(least_squares_classifier(H, y), ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="one label per row"):
+        least_squares_classifier(H, y[:10])
