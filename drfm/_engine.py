@@ -32,7 +32,7 @@ from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, P
                      solve_direct, solve_eigenpro)
 from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
-from kernels.laplace import laplace_kernel_transformed, sq_distances
+from kernels.family import Kernel
 
 from ._backend import finite_tensor
 
@@ -65,14 +65,15 @@ class KernelScaleWarning(UserWarning):
     """The kernel matrix is nearly the identity or nearly constant: the bandwidth does not suit the data's scale."""
 
 
-def median_distance(pts: Points) -> float:
-    """Median pairwise distance (in the current metric) among up to SCALE_ROWS evenly spaced rows; 0 for one row."""
+def median_distance(pts: Points, kernel: Kernel | None = None) -> float:
+    """Median pairwise distance (in the current metric; L1 of the transformed rows for the product Laplace kernel)
+    among up to SCALE_ROWS evenly spaced rows; 0 for one row."""
     n = len(pts)
     if n < 2:
         return 0.0
     idx = torch.linspace(0, n - 1, min(n, SCALE_ROWS), device=pts.z.device).round().long().unique()
     z = pts.z[idx].double()
-    d = sq_distances(z, z).sqrt_()
+    d = (kernel or Kernel()).distances(z, z)
     iu = torch.triu_indices(len(idx), len(idx), 1, device=z.device)
     return float(d[iu[0], iu[1]].median())
 
@@ -83,22 +84,30 @@ def median_distance(pts: Points) -> float:
 AUTO_BANDWIDTH_FACTOR = 2.0
 
 
+def kernel_of(p) -> Kernel:
+    """The kernel of a solve whose parameters ``p`` carry a numeric bandwidth."""
+    return Kernel(p.kernel, p.bandwidth, p.exponent)
+
+
 def _kernel_bandwidth(p, pts, owner, warned: set) -> float:
-    """The bandwidth of this solve (``'median'``: the median pairwise distance now; ``'auto'``: AUTO_BANDWIDTH_FACTOR
-    times it), and a KernelScaleWarning (once per fit and kind) when the kernel matrix is nearly the identity or
-    nearly constant."""
-    med = median_distance(pts)
+    """The bandwidth of this solve (``'median'``: the kernel's distance unit at the median pairwise distance now,
+    :meth:`~kernels.family.Kernel.with_length`; ``'auto'``: at AUTO_BANDWIDTH_FACTOR times it), and a
+    KernelScaleWarning (once per fit and kind) when the kernel matrix is nearly the identity or nearly constant."""
+    shape = Kernel(p.kernel, 1.0, p.exponent)
+    med = median_distance(pts, shape)
     if p.bandwidth in ("median", "auto"):
         if med > 0:
-            return med * (AUTO_BANDWIDTH_FACTOR if p.bandwidth == "auto" else 1.0)
+            return shape.with_length(med * (AUTO_BANDWIDTH_FACTOR if p.bandwidth == "auto" else 1.0)).bandwidth
         if "coincide" not in warned:
             warned.add("coincide")
             warnings.warn(f"{owner}: bandwidth={p.bandwidth!r} found the sampled training points all coinciding "
                           "(median distance 0); bandwidth 1.0 is used instead.", KernelScaleWarning, stacklevel=4)
         return 1.0
     L = float(p.bandwidth)
-    ratio = med / L
-    kind = "identity" if ratio > IDENTITY_RATIO else "constant" if 0 < ratio < CONSTANT_RATIO else None
+    # the kernel's value at the median pair, against the Laplace kernel's at those ratios of distance to bandwidth
+    k_med = Kernel(p.kernel, L, p.exponent).value(med)
+    kind = ("identity" if k_med < np.exp(-IDENTITY_RATIO) else
+            "constant" if med > 0 and k_med > np.exp(-CONSTANT_RATIO) else None)
     if kind and kind not in warned:
         warned.add(kind)
         what = ("nearly the identity: every point is far from every other, so the fit interpolates and predicts "
@@ -116,6 +125,8 @@ class RFMParams:
     """The hyperparameters of the RFM loop (an RFM estimator's parameters, validated)."""
 
     bandwidth: float | str
+    kernel: str
+    exponent: float
     reg: float
     iters: int
     diag: bool
@@ -218,7 +229,7 @@ def _solve_direct(pts, Y_rows, y_rows, K, p, score_fn):
     Z, z_sq = pts.z, pts.z_sq
 
     def build(out):
-        laplace_kernel_transformed(Z, Z, bandwidth=p.bandwidth, x_sq=z_sq, z_sq=z_sq, out=out)
+        kernel_of(p).matrix(Z, Z, x_sq=z_sq, z_sq=z_sq, out=out)
 
     build(K)
     sol = solve_direct(K, Y_rows, reg=float(p.reg), overwrite_k=True, rebuild=build)
@@ -231,9 +242,9 @@ def _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score_fn
     """CG or EigenPro on the stored matrix (in ``K``) or on blocked products, warm-started from ``alpha``."""
     inner, progress = _inner_progress(p.verbose, plan.solver, cap)
     if plan.store:
-        op = StoredKernel(pts, bandwidth=p.bandwidth, out=K)
+        op = StoredKernel(pts, kernel=kernel_of(p), out=K)
     else:
-        op = BlockedKernel(pts, bandwidth=p.bandwidth, memory_budget=work_budget)
+        op = BlockedKernel(pts, kernel=kernel_of(p), memory_budget=work_budget)
     eig = NystromEigensystem(op, n_centres=plan.n_centres, generator=gen)
     if plan.solver == "cg":
         pre = NystromPreconditioner(op, reg=float(p.reg), eigensystem=eig, rank=plan.rank, memory_budget=work_budget)
@@ -248,7 +259,7 @@ def _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score_fn
     # the training score is estimated on a fixed random subset (an exact one costs a pass)
     n_rows = len(pts)
     score_idx = torch.randperm(n_rows, generator=gen)[: min(n_rows, SCORE_ROWS)].sort().values.to(pts.z.device)
-    train_out = kernel_matmul(pts.z[score_idx], pts, sol.x, bandwidth=p.bandwidth, memory_budget=work_budget)
+    train_out = kernel_matmul(pts.z[score_idx], pts, sol.x, kernel=kernel_of(p), memory_budget=work_budget)
     del op, eig  # release the Nystrom system before the AGOP and the next iteration allocate
     return sol, score_fn(train_out.cpu().double().numpy(), y_rows[score_idx.cpu().numpy()])
 
@@ -256,13 +267,13 @@ def _solve_iterative(plan, pts, Y_rows, y_rows, K, p, gen, work_budget, score_fn
 def _solve_centres(plan, pts, centres, Y_rows, y_rows, p, gen, work_budget, score_fn, x0):
     """The m-centre model on all the phase's rows (:func:`kernels.solve_centres`), warm-started from ``x0``."""
     inner, progress = _inner_progress(p.verbose, plan.solver, p.solver_max_iter)
-    sol = solve_centres(pts, centres, Y_rows, bandwidth=p.bandwidth, reg=float(p.reg), x0=x0, rtol=p.solver_tol,
+    sol = solve_centres(pts, centres, Y_rows, kernel=kernel_of(p), reg=float(p.reg), x0=x0, rtol=p.solver_tol,
                         max_iter=p.solver_max_iter, callback=progress, store=plan.store, memory_budget=work_budget)
     if inner is not None:
         inner.close()
     n_rows = len(pts)
     score_idx = torch.randperm(n_rows, generator=gen)[: min(n_rows, SCORE_ROWS)].sort().values.to(pts.z.device)
-    train_out = kernel_matmul(pts.z[score_idx], centres, sol.x, bandwidth=p.bandwidth, memory_budget=work_budget,
+    train_out = kernel_matmul(pts.z[score_idx], centres, sol.x, kernel=kernel_of(p), memory_budget=work_budget,
                               accumulate=torch.float64)
     return sol, score_fn(train_out.cpu().double().numpy(), y_rows[score_idx.cpu().numpy()])
 
@@ -361,7 +372,7 @@ class _Loop:
         n_tr = self.Xt.shape[0]
         idx = torch.randperm(n_tr, generator=self.gen)[: self.n_agop].to(X_rows.device) if self.n_agop < n_tr \
             else slice(None)
-        agop = laplace_agop(self.Xt[idx], X_rows if p.diag else pts, self.alpha, bandwidth=p.bandwidth,
+        agop = laplace_agop(self.Xt[idx], X_rows if p.diag else pts, self.alpha, kernel=kernel_of(p),
                             sqrt_m=self.factor, diag=p.diag, centering=p.centering, memory_budget=self.work_budget)
         if not bool(torch.isfinite(agop).all()):
             raise ValueError(
@@ -375,7 +386,8 @@ class _Loop:
                 f"The 'agop_power' parameter of {self.owner} is too large for this AGOP: AGOP^{p.agop_power:g} "
                 f"overflows {str(X_rows.dtype).replace('torch.', '')} (largest entry {float(r.abs().max()):.3g})."
             )
-        self.factor = compact_factor(self.sqrt_m)
+        # the product Laplace kernel reads the coordinates of x R themselves (not only ||x R||): no compact factor
+        self.factor = compact_factor(self.sqrt_m) if kernel_of(p).radial else self.sqrt_m
 
     def step(self, t, phase, agop_step) -> dict:
         """One solve (and, when ``agop_step``, the feature-matrix update after it); returns its history record."""
@@ -409,7 +421,7 @@ class _Loop:
                "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
                "agop_rows": self.n_agop if agop_step else None}
         if self.Xv is not None:
-            val_out = kernel_matmul(self.Xv, pts, self.alpha, bandwidth=p.bandwidth, sqrt_m=self.factor,
+            val_out = kernel_matmul(self.Xv, pts, self.alpha, kernel=kernel_of(p), sqrt_m=self.factor,
                                     memory_budget=self.work_budget)
             val_out = val_out.cpu().double().numpy()
             rec["val_score"] = self.score(val_out, self.y_va)

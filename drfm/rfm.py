@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernels import Points, kernel_matmul, laplace_agop
+from kernels.family import KERNELS, Kernel
 from kernels.laplace import rounding_shift
 from kernels.solvers.plan import SOLVERS
 
@@ -38,6 +39,8 @@ __all__ = ["RFMRegressor", "RFMClassifier"]
 class _BaseRFM(BaseEstimator):
     _parameter_constraints = {
         "bandwidth": [Interval("float", 0, None, closed="neither"), Options("median", "auto")],
+        "kernel": [Options(*KERNELS)],
+        "exponent": [Interval("float", 0, 2, closed="right")],
         "reg": [Interval("float", 0, None, closed="left")],
         "iters": [Interval("int", 0, None, closed="left")],
         "diag": [BOOL],
@@ -64,6 +67,8 @@ class _BaseRFM(BaseEstimator):
         self,
         bandwidth=10.0,
         *,
+        kernel="laplace",
+        exponent=1.0,
         reg=1e-3,
         iters=5,
         diag=False,
@@ -86,6 +91,8 @@ class _BaseRFM(BaseEstimator):
         verbose=False,
     ):
         self.bandwidth = bandwidth
+        self.kernel = kernel
+        self.exponent = exponent
         self.reg = reg
         self.iters = iters
         self.diag = diag
@@ -175,9 +182,9 @@ class _BaseRFM(BaseEstimator):
         """A subclass hook: what to keep of the kept iterate's validation outputs (nothing for a regressor)."""
 
     # ---- prediction -----------------------------------------------------------------------------------------------
-    def _fitted_bandwidth(self) -> float:
+    def _fitted_kernel(self) -> Kernel:
         # models saved before bandwidth_ existed (format 1 files) used the bandwidth parameter as it was
-        return getattr(self, "bandwidth_", self.bandwidth)
+        return Kernel(self.kernel, getattr(self, "bandwidth_", self.bandwidth), self.exponent)
 
     def _tensors(self):
         """Fitted arrays as tensors on the fitted device (CPU when that device is absent here).
@@ -205,7 +212,7 @@ class _BaseRFM(BaseEstimator):
         xt = finite_tensor(X, tc["dtype"], tc["device"])
         if tc["shift"] is not None:
             xt = Points.shifted(xt, tc["r64"], tc["shift"])  # the same map as the centres'
-        out = kernel_matmul(xt, tc["centres"], tc["alpha"], bandwidth=self._fitted_bandwidth(), sqrt_m=tc["r"],
+        out = kernel_matmul(xt, tc["centres"], tc["alpha"], kernel=self._fitted_kernel(), sqrt_m=tc["r"],
                             memory_budget=resolve_budget(self.memory_budget, tc["device"]), accumulate=torch.float64)
         return out.cpu().double().numpy()
 
@@ -223,7 +230,7 @@ class _BaseRFM(BaseEstimator):
             X = validate_data(self, X, reset=False, dtype=DTYPES)
             xs = finite_tensor(X, tc["dtype"], tc["device"])
         a = laplace_agop(
-            xs, tc["x"], tc["alpha"], bandwidth=self._fitted_bandwidth(), sqrt_m=tc["r"],
+            xs, tc["x"], tc["alpha"], kernel=self._fitted_kernel(), sqrt_m=tc["r"],
             diag=self.diag if diag is None else diag, centering=self.centering if centering is None else centering,
             memory_budget=resolve_budget(self.memory_budget, tc["device"]),
         )
@@ -249,11 +256,20 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     Parameters
     ----------
     bandwidth : float, 'median' or 'auto', default=10.0
-        Laplace kernel bandwidth L in ``exp(-||x - z||_M / L)``; ``'median'``: the median pairwise distance between
-        training points in the current metric, measured again at every solve (scale-free: multiplying the features by
-        a constant changes nothing); ``'auto'``: twice that (the best multiple of 0.5 / 1 / 2 / 4 on MNIST and the
-        low-rank task, README). A fixed bandwidth that makes the kernel matrix nearly the identity or nearly
-        constant gives a ``KernelScaleWarning``.
+        Kernel bandwidth L, e.g. in the Laplace kernel ``exp(-||x - z||_M / L)``; ``'median'``: the kernel's distance
+        unit at the median pairwise distance between training points in the current metric (L = median; L = median^p
+        for ``laplace_exp``), measured again at every solve (scale-free: multiplying the features by a constant
+        changes nothing); ``'auto'``: at twice that distance (the best multiple of 0.5 / 1 / 2 / 4 on MNIST and the
+        low-rank task with the Laplace kernel, README). A fixed bandwidth that makes the kernel matrix nearly the
+        identity or nearly constant gives a ``KernelScaleWarning``.
+    kernel : {'laplace', 'gaussian', 'laplace_exp', 'product_laplace'}, default='laplace'
+        ``'laplace'``: ``exp(-||x - z||_M / L)``; ``'gaussian'``: ``exp(-||x - z||_M^2 / (2 L^2))``;
+        ``'laplace_exp'``: ``exp(-||x - z||_M^p / L)`` with p = ``exponent``; ``'product_laplace'``:
+        ``exp(-sum_i |(x R)_i - (z R)_i| / L)`` with R = ``sqrt_m_`` (an L1 distance: no GEMM, several times the cost
+        of the others; M is then used through R itself, never a compact factor). Each has its closed-form AGOP
+        (:mod:`kernels.family`).
+    exponent : float in (0, 2], default=1.0
+        p of ``kernel='laplace_exp'`` (ignored by the other kernels).
     reg : float, default=1e-3
         Ridge added to the kernel diagonal (``0`` interpolates).
     iters : int, default=5

@@ -1,19 +1,22 @@
-"""Closed-form gradients and the AGOP of a Laplace kernel predictor, batched over sample points and centres.
+"""Closed-form gradients and the AGOP of a kernel predictor, batched over sample points and centres.
 
-For ``f_c(x) = sum_i alpha_ic k_M(x, x_i)`` with ``k_M(x, z) = exp(-||x - z||_M / L)``:
+For ``f_c(x) = sum_i alpha_ic k(x, x_i)`` with a radial kernel of the family (:mod:`kernels.family`; e.g. the Laplace
+kernel ``k_M(x, z) = exp(-||x - z||_M / L)``):
 
-    grad f_c(x) = (1/L) sum_i alpha_ic k_M(x, x_i) / ||x - x_i||_M * M (x_i - x)
+    grad f_c(x) = sum_i alpha_ic w(x, x_i) M (x_i - x),      w = (p / s) d2^(p/2 - 1) k   (Laplace: k / (L ||x - x_i||_M))
 
 Terms with a (numerically) zero distance are dropped: the Laplace kernel is not differentiable there, and they are
 a point's own term when the sample points are training points (see ``_kt_tile`` for how, without a masking pass). The average gradient outer product over samples S:
 
     AGOP = (1/|S|) sum_{x in S} sum_c grad f_c(x) grad f_c(x)^T                       (d x d)
 
-With ``Kt = K(B, X) / D(B, X)`` for a block of samples B (zero where the distance is ~0) the gradients of the block are
+With ``W = w(B, X)`` for a block of samples B (zero where the distance is ~0) the gradients of the block are
 
-    G[b, c, :] = (1/L) * ( (Kt @ (alpha (x) XM))[b, c, :] - (Kt @ alpha)[b, c] * (M x_b) )
+    G[b, c, :] = (W @ (alpha (x) XM))[b, c, :] - (W @ alpha)[b, c] * (M x_b)
 
-two GEMMs per tile; tiles run over samples and over centres under a byte budget. ``centering`` subtracts the mean
+two GEMMs per tile; tiles run over samples and over centres under a byte budget. The product Laplace kernel
+``exp(-|x R - z R|_1 / L)`` has ``grad f_c(x) = (1/L) R sum_i alpha_ic k(x, x_i) sign(x_i R - x R)``: one GEMM per
+coordinate of ``x R`` on a cache-sized tile. ``centering`` subtracts the mean
 gradient over the whole sample (per output channel), giving a gradient covariance instead of a second moment.
 
 The feature-matrix update that follows the AGOP in RFM is :func:`feature_matrix_update`:
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .family import as_kernel
 from .laplace import apply_sqrt_m, sq_norms
 from .linalg import eigh_workspace_bytes, psd_power
 from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
@@ -41,8 +45,9 @@ def duplicate_tolerance(dtype: torch.dtype) -> float:
     return 100.0 * torch.finfo(dtype).eps
 
 
-def _kt_tile(zb, zc, zb_sq, zc_sq, bandwidth, out, scratch):
-    """``k(b, i) / ||z_b - z_i||`` for a tile, written into ``out``; ``scratch`` is a tile-sized work buffer.
+def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch):
+    """The gradient weights ``w(b, i)`` of a radial kernel for a tile (Laplace: ``k(b, i) / (L ||z_b - z_i||)``),
+    written into ``out``; ``scratch`` is a tile-sized work buffer.
 
     Numerically zero distances (a point's own term, exact duplicates) are floored at the round-off level instead of
     masked: their contribution carries the factor ``M (x_i - x_b) = 0``, so flooring drops them up to rounding while
@@ -52,9 +57,7 @@ def _kt_tile(zb, zc, zb_sq, zc_sq, bandwidth, out, scratch):
     d2.add_(zb_sq.unsqueeze(1))
     floor = zb_sq.mul(2.0 * duplicate_tolerance(zb.dtype)).add_(torch.finfo(zb.dtype).tiny ** 0.5)
     torch.maximum(d2, floor.unsqueeze(1), out=d2)
-    dist = d2.sqrt_()
-    k = torch.mul(dist, -1.0 / float(bandwidth), out=scratch).exp_()
-    return dist.reciprocal_().mul_(k)
+    return kernel.gradient_weights(d2, scratch)
 
 
 def _in_factor_space(sqrt_m) -> bool:
@@ -82,8 +85,8 @@ def workspace_bytes(n_centres: int, d: int, *, itemsize: int, copies: int = 2) -
     return copies * n_centres * (d + 1) * itemsize + d * d * (16 + itemsize)
 
 
-def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_block, coef_cache, bufs):
-    """Gradients (b, c, d) of the predictor at one block of samples, accumulated over centre blocks."""
+def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block, coef_cache, bufs):
+    """Gradients (b, c, d) of a radial kernel's predictor at one block of samples, accumulated over centre blocks."""
     b = zs.shape[0]
     n_c, c = alpha.shape
     d = xmc.shape[1]
@@ -92,22 +95,47 @@ def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, bandwidth, centre_bl
     for j in range(0, n_c, centre_block):
         sl = slice(j, j + centre_block)
         m = zc[sl].shape[0]
-        kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], bandwidth, bufs[0][: b * m].view(b, m), bufs[1][: b * m].view(b, m))
+        kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], kernel, bufs[0][: b * m].view(b, m), bufs[1][: b * m].view(b, m))
         coef = coef_cache if coef_cache is not None else (alpha[sl].unsqueeze(2) * xmc[sl].unsqueeze(1)).reshape(m, c * d)
         acc.addmm_(kt, coef)
         s.addmm_(kt, alpha[sl])
     g = acc.view(b, c, d)
     g.sub_(s.unsqueeze(2) * xms.unsqueeze(1))
-    return g.mul_(1.0 / float(bandwidth))
+    return g.mul_(kernel.gradient_scale)
 
 
-def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block):
+#: elements of the sign tile of the product Laplace gradients (cache-sized: one pass over it per coordinate)
+L1_SIGN_TILE = 2**16
+
+
+def _block_gradients_l1(zs, zc, alpha, kernel, centre_block, bufs):
+    """Gradients (b, c, d') of the product Laplace predictor in the coordinates ``z = x R`` at one block of samples:
+    ``(1/L) sum_i alpha_ic k(b, i) sign(z_i - z_b)``, one (rows x centres) sign tile and GEMM per coordinate."""
+    b = zs.shape[0]
+    n_c, c = alpha.shape
+    d = zs.shape[1]
+    g = torch.zeros((b, c, d), dtype=zs.dtype, device=zs.device)
+    for j in range(0, n_c, centre_block):
+        zcj, aj = zc[j : j + centre_block], alpha[j : j + centre_block]
+        m = zcj.shape[0]
+        k = kernel.matrix(zs, zcj, out=bufs[0][: b * m].view(b, m))
+        rows = max(1, L1_SIGN_TILE // max(m, 1))
+        for a in range(0, b, rows):
+            kr, zr = k[a : a + rows], zs[a : a + rows]
+            sign = bufs[1][: kr.numel()].view(kr.shape)
+            for q in range(d):
+                torch.sub(zcj[:, q].unsqueeze(0), zr[:, q : q + 1], out=sign).sign_().mul_(kr)
+                g[a : a + rows, :, q].addmm_(sign, aj)
+    return g.mul_(1.0 / kernel.bandwidth)
+
+
+def _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block, centre_block):
     """Gradient blocks of the predictor over the samples.
 
     With a (d, d') matrix factor F (``M = F F^T``) the blocks are in factor coordinates, (b, c, d'): since
     ``x M = (x F) F^T``, every gradient is ``g_z F^T`` with ``g_z`` built from ``z = x F`` alone, so the GEMMs run over
     d' instead of d columns (a learned M is often of low rank). Otherwise (None or a diagonal factor) they are the
-    (b, c, d) gradients themselves.
+    (b, c, d) gradients themselves. (The product Laplace kernel's gradient is ``g_z F^T`` too, with its own ``g_z``.)
     """
     if alpha.dim() == 1:
         alpha = alpha.unsqueeze(1)
@@ -126,11 +154,12 @@ def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, s
         zc_sq = sq_norms(zc)
         xmc = zc if factor else _diag_metric(centres, sqrt_m)
     d = xmc.shape[1]
+    radial = kernel.radial
     plan = plan_agop(n_s, n_c, c, d, itemsize=samples.element_size(), budget=memory_budget)
     sb = plan.row_block if sample_block is None else int(sample_block)
     cb = plan.col_block if centre_block is None else int(centre_block)
     coef_cache = None
-    if cb >= n_c:
+    if cb >= n_c and radial:
         coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
     size = min(sb, n_s) * min(cb, n_c)
     bufs = [torch.empty(size, dtype=samples.dtype, device=samples.device) for _ in range(2)]
@@ -138,8 +167,13 @@ def _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, s
         # samples are transformed block by block (only the centres are held transformed)
         xs = samples[i : i + sb]
         zs = apply_sqrt_m(xs, sqrt_m)
+        if not radial:
+            g = _block_gradients_l1(zs, zc, alpha, kernel, cb, bufs)
+            # a diagonal factor r: grad_x = r * grad_z (a matrix factor: factor coordinates, mapped back by the caller)
+            yield g if factor or sqrt_m is None else g.mul_(sqrt_m)
+            continue
         xms = zs if factor else _diag_metric(xs, sqrt_m)
-        yield _block_gradients(zs, sq_norms(zs), xms, zc, zc_sq, xmc, alpha, bandwidth, cb, coef_cache, bufs)
+        yield _block_gradients(zs, sq_norms(zs), xms, zc, zc_sq, xmc, alpha, kernel, cb, coef_cache, bufs)
 
 
 def laplace_gradients(
@@ -147,11 +181,12 @@ def laplace_gradients(
     centres: torch.Tensor,
     alpha: torch.Tensor,
     *,
-    bandwidth: float,
+    bandwidth: float | None = None,
     sqrt_m: torch.Tensor | None = None,
     memory_budget: int | None = None,
     sample_block: int | None = None,
     centre_block: int | None = None,
+    kernel=None,
 ) -> torch.Tensor:
     """Gradients of ``f(x) = K_M(x, centres) @ alpha`` at each sample point.
 
@@ -160,14 +195,16 @@ def laplace_gradients(
     samples : (s, d) tensor, points where the gradient is taken.
     centres : (n, d) tensor, kernel centres (training points).
     alpha : (n,) or (n, c) tensor of dual coefficients.
-    bandwidth : float, L.
-    sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T``.
+    bandwidth : float, L (or pass ``kernel``).
+    sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T`` (for the product Laplace kernel: the map ``x R``).
+    kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
 
     Returns
     -------
     (s, c, d) tensor: ``out[b, c] = grad f_c(samples[b])``.
     """
-    blocks = list(_iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block))
+    kern = as_kernel(kernel, bandwidth)
+    blocks = list(_iter_gradients(samples, centres, alpha, kern, sqrt_m, memory_budget, sample_block, centre_block))
     g = torch.cat(blocks, 0)
     return g @ sqrt_m.T if _in_factor_space(sqrt_m) else g
 
@@ -177,15 +214,16 @@ def laplace_agop(
     centres: torch.Tensor,
     alpha: torch.Tensor,
     *,
-    bandwidth: float,
+    bandwidth: float | None = None,
     sqrt_m: torch.Tensor | None = None,
     diag: bool = False,
     centering: bool = False,
     memory_budget: int | None = None,
     sample_block: int | None = None,
     centre_block: int | None = None,
+    kernel=None,
 ) -> torch.Tensor:
-    """Average gradient outer product of the Laplace kernel predictor ``f = K_M(., centres) @ alpha``.
+    """Average gradient outer product of the kernel predictor ``f = K_M(., centres) @ alpha`` (Laplace by default).
 
     Parameters
     ----------
@@ -193,8 +231,9 @@ def laplace_agop(
     centres : (n, d) tensor, kernel centres; or :class:`~kernels.operators.Points` already transformed by the matrix
         factor ``sqrt_m`` (or untransformed with ``sqrt_m=None``), which saves a copy.
     alpha : (n,) or (n, c) tensor of dual coefficients.
-    bandwidth : float, L.
-    sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T``.
+    bandwidth : float, L (or pass ``kernel``).
+    sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T`` (for the product Laplace kernel: the map ``x R``).
+    kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
     diag : keep only the diagonal (per-feature importances; O(d) memory for the result).
     centering : subtract the mean gradient over ``samples`` (per output channel) before the outer products.
     memory_budget : bytes for tiles and temporaries; ``sample_block`` / ``centre_block`` override the plan.
@@ -203,6 +242,7 @@ def laplace_agop(
     -------
     (d, d) tensor, or (d,) with ``diag=True``; accumulated and returned in float64 (the result is small).
     """
+    kern = as_kernel(kernel, bandwidth)
     n_s = samples.shape[0]
     factor = _in_factor_space(sqrt_m)
     # in factor coordinates (d' columns) the full second moment is accumulated and mapped back at the end, also for
@@ -211,7 +251,7 @@ def laplace_agop(
     full = factor or not diag
     acc = torch.zeros((d, d) if full else (d,), dtype=torch.float64, device=samples.device)
     gsum = None
-    for g in _iter_gradients(samples, centres, alpha, bandwidth, sqrt_m, memory_budget, sample_block, centre_block):
+    for g in _iter_gradients(samples, centres, alpha, kern, sqrt_m, memory_budget, sample_block, centre_block):
         if centering:
             part = g.sum(0).double()
             gsum = part if gsum is None else gsum + part

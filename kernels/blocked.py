@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .laplace import apply_sqrt_m, laplace_kernel_transformed, sq_norms
+from .family import as_kernel
+from .laplace import apply_sqrt_m, sq_norms
 from .memory import TILE_ELEMENTS, default_memory_budget, plan_blocks
 from .operators import Points
 
@@ -20,11 +21,12 @@ def kernel_matmul(
     z: torch.Tensor | Points,
     v: torch.Tensor,
     *,
-    bandwidth: float,
+    bandwidth: float | None = None,
     sqrt_m: torch.Tensor | None = None,
     memory_budget: int | None = None,
     out: torch.Tensor | None = None,
     accumulate: torch.dtype | None = None,
+    kernel=None,
 ) -> torch.Tensor:
     """Blocked ``K_M(x, z) @ v`` without materialising the full kernel matrix.
 
@@ -33,7 +35,7 @@ def kernel_matmul(
     x : (n, d) tensor of rows to evaluate at, or :class:`~kernels.operators.Points` (already transformed).
     z : (m, d) tensor of centres, or :class:`~kernels.operators.Points` (already transformed).
     v : (m,) or (m, c) tensor of coefficients.
-    bandwidth : float, Laplace bandwidth L.
+    bandwidth : float, Laplace bandwidth L (or pass ``kernel``).
     sqrt_m : optional factor R of M (see :func:`kernels.laplace.laplace_kernel`), applied to tensor inputs.
     memory_budget : bytes for the kernel tiles and temporaries (default: a fraction of available memory).
     out : optional (n, c) output tensor (of the ``accumulate`` dtype when that is given).
@@ -42,11 +44,13 @@ def kernel_matmul(
         duplicated rows) the float32 sum's round-off, of order eps * sum_j |k_ij v_j|, is what separates a row
         predicted alone from the same row predicted in a batch; the wide sum removes it for one extra tile copy (counted
         in the memory plan).
+    kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
 
     Returns
     -------
     (n,) or (n, c) tensor ``sum_j k(x_i, z_j) v_j`` (in the ``accumulate`` dtype when given).
     """
+    kern = as_kernel(kernel, bandwidth)
     squeeze = v.dim() == 1
     v2 = v.unsqueeze(1) if squeeze else v
     xr = x.z if isinstance(x, Points) else apply_sqrt_m(x, sqrt_m)
@@ -76,7 +80,7 @@ def kernel_matmul(
         for j in range(0, m, cb):
             zj = zr[j : j + cb]
             tile = buf[: xi.shape[0] * zj.shape[0]].view(xi.shape[0], zj.shape[0])
-            laplace_kernel_transformed(xi, zj, bandwidth=bandwidth, x_sq=xi_sq, z_sq=z_sq[j : j + cb], out=tile)
+            kern.matrix(xi, zj, x_sq=xi_sq, z_sq=z_sq[j : j + cb], out=tile)
             if wide:
                 tile = wide_buf[: tile.numel()].view(tile.shape).copy_(tile)
             if j == 0:

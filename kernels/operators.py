@@ -17,7 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .laplace import apply_sqrt_m, laplace_kernel_transformed, sq_norms
+from .family import as_kernel
+from .laplace import apply_sqrt_m, sq_norms
 from .memory import TILE_ELEMENTS, default_memory_budget, square_tile
 
 __all__ = ["KernelOperator", "Points", "BlockedKernel", "StoredKernel"]
@@ -85,15 +86,17 @@ class BlockedKernel:
     Parameters
     ----------
     x : (n, d) tensor of points, or :class:`Points` (already transformed).
-    bandwidth : Laplace bandwidth L.
+    bandwidth : Laplace bandwidth L (or pass ``kernel``).
     sqrt_m : optional factor R of M (``M = R R^T``), applied once here to a tensor ``x``.
     memory_budget : bytes for the tiles and per-product temporaries.
+    kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
     """
 
-    def __init__(self, x, *, bandwidth, sqrt_m=None, memory_budget=None):
+    def __init__(self, x, *, bandwidth=None, sqrt_m=None, memory_budget=None, kernel=None):
         pts = _as_points(x, sqrt_m)
         self.z, self.z_sq = pts.z, pts.z_sq
-        self.bandwidth = float(bandwidth)
+        self.kernel = as_kernel(kernel, bandwidth)
+        self.bandwidth = self.kernel.bandwidth
         self.n = self.z.shape[0]
         self.shape = (self.n, self.n)
         self.dtype, self.device = self.z.dtype, self.z.device
@@ -106,7 +109,7 @@ class BlockedKernel:
         zr = self.z[rows]
         zc = self.z if cols is None else self.z[cols]
         zc_sq = self.z_sq if cols is None else self.z_sq[cols]
-        return laplace_kernel_transformed(zr, zc, bandwidth=self.bandwidth, x_sq=self.z_sq[rows], z_sq=zc_sq, out=out)
+        return self.kernel.matrix(zr, zc, x_sq=self.z_sq[rows], z_sq=zc_sq, out=out)
 
     def matmul(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``K @ v`` for v of shape (n,) or (n, c)."""
@@ -120,8 +123,7 @@ class BlockedKernel:
             for j in range(i, n, b):
                 zj = self.z[j : j + b]
                 t = buf[: zi.shape[0] * zj.shape[0]].view(zi.shape[0], zj.shape[0])
-                laplace_kernel_transformed(zi, zj, bandwidth=self.bandwidth, x_sq=zi_sq, z_sq=self.z_sq[j : j + b],
-                                           out=t)
+                self.kernel.matrix(zi, zj, x_sq=zi_sq, z_sq=self.z_sq[j : j + b], out=t)
                 if i == j:
                     t.diagonal().fill_(1.0)
                     out[i : i + b].addmm_(t, v2[j : j + b])
@@ -144,14 +146,15 @@ class StoredKernel:
 
     Parameters
     ----------
-    x, bandwidth, sqrt_m : as :class:`BlockedKernel`.
+    x, bandwidth, sqrt_m, kernel : as :class:`BlockedKernel`.
     out : an optional (n, n) buffer to build K in (reused across RFM iterations).
     """
 
-    def __init__(self, x, *, bandwidth, sqrt_m=None, out=None):
+    def __init__(self, x, *, bandwidth=None, sqrt_m=None, out=None, kernel=None):
         pts = _as_points(x, sqrt_m)
         self.z, self.z_sq = pts.z, pts.z_sq
-        self.bandwidth = float(bandwidth)
+        self.kernel = as_kernel(kernel, bandwidth)
+        self.bandwidth = self.kernel.bandwidth
         n = self.n = self.z.shape[0]
         self.shape = (n, n)
         self.dtype, self.device = self.z.dtype, self.z.device
@@ -166,8 +169,8 @@ class StoredKernel:
         # row blocks keep the distance temporaries small
         rows = max(1, TILE_ELEMENTS // max(n, 1))
         for i in range(0, n, rows):
-            laplace_kernel_transformed(self.z[i : i + rows], self.z, bandwidth=self.bandwidth,
-                                       x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq, out=out[i : i + rows])
+            self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
+                               out=out[i : i + rows])
         out.diagonal().fill_(1.0)
         self.K = out
 

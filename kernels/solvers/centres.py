@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from ..laplace import laplace_kernel_transformed
+from ..family import as_kernel
 from ..memory import default_memory_budget, plan_blocks
 from ..operators import Points
 from ._result import SolveResult, as_columns
@@ -84,16 +84,17 @@ class CentreSystem:
     ----------
     points : :class:`Points` (n rows, transformed by a factor of M).
     centres : :class:`Points` (m rows, transformed by the same factor).
-    bandwidth : Laplace bandwidth L.
+    bandwidth : Laplace bandwidth L (or pass ``kernel``).
     reg : ridge >= 0 of the m-centre problem.
     store : keep the n x m block (one product pass per use instead of recomputing the kernel).
     memory_budget : bytes for the streamed row blocks (the held items are the caller's to plan).
     """
 
-    def __init__(self, points: Points, centres: Points, *, bandwidth: float, reg: float, store: bool = False,
-                 memory_budget: int | None = None):
+    def __init__(self, points: Points, centres: Points, *, bandwidth: float | None = None, reg: float,
+                 store: bool = False, memory_budget: int | None = None, kernel=None):
         self.points, self.centres = points, centres
-        self.bandwidth, self.reg = float(bandwidth), float(reg)
+        self.kernel = as_kernel(kernel, bandwidth)
+        self.bandwidth, self.reg = self.kernel.bandwidth, float(reg)
         self.n, self.m = len(points), len(centres)
         self.dtype, self.device = points.z.dtype, points.z.device
         budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
@@ -114,7 +115,7 @@ class CentreSystem:
         # the (rounded) centres whatever the working dtype: its float32 round-off (~1e-7) would need a jitter of that
         # order, above the small eigenvalues a learned metric produces, and the preconditioner would then miss them
         zc = centres.z.double()
-        kmm = laplace_kernel_transformed(zc, zc, bandwidth=self.bandwidth)
+        kmm = self.kernel.matrix(zc, zc)
         self.T, self.jitter = _cholesky_upper(kmm, torch.finfo(torch.float64).eps)
         del kmm
         S = self.T @ self.T.T
@@ -123,8 +124,7 @@ class CentreSystem:
         del S
 
     def _kernel(self, z, z_sq, out=None):
-        return laplace_kernel_transformed(z, self.centres.z, bandwidth=self.bandwidth, x_sq=z_sq,
-                                          z_sq=self.centres.z_sq, out=out)
+        return self.kernel.matrix(z, self.centres.z, x_sq=z_sq, z_sq=self.centres.z_sq, out=out)
 
     def _tiles(self):
         """(row offset, K[rows, :]) over row blocks of the n points (a view of the stored block when stored)."""
@@ -209,7 +209,7 @@ def solve_centres(
     centres: Points,
     Y: torch.Tensor,
     *,
-    bandwidth: float,
+    bandwidth: float | None = None,
     reg: float,
     x0: torch.Tensor | None = None,
     rtol: float = 1e-6,
@@ -218,6 +218,7 @@ def solve_centres(
     callback: Callable[[int, torch.Tensor, float], bool | None] | None = None,
     store: bool = False,
     memory_budget: int | None = None,
+    kernel=None,
 ) -> SolveResult:
     """Solve the m-centre kernel ridge problem ``(K_nm^T K_nm + reg K_mm) beta = K_nm^T Y`` (see the module).
 
@@ -234,6 +235,7 @@ def solve_centres(
     callback : ``callback(k, u, rel_residual)`` after each CG step; True stops.
     store : keep the n x m kernel block between products.
     memory_budget : bytes for the streamed kernel row blocks.
+    kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
 
     Returns
     -------
@@ -245,7 +247,8 @@ def solve_centres(
     if len(centres) < 1:
         raise ValueError("the m-centre solve needs at least one centre")
     B, X0, squeeze = as_columns(Y, x0)
-    system = CentreSystem(points, centres, bandwidth=bandwidth, reg=reg, store=store, memory_budget=memory_budget)
+    system = CentreSystem(points, centres, bandwidth=bandwidth, reg=reg, store=store, memory_budget=memory_budget,
+                          kernel=kernel)
     b = system._left(system.rhs(B))
     u0 = None if x0 is None else system.to_u(X0.double())
     res = solve_cg(_Operator(system), b, reg=0.0, x0=u0, rtol=rtol, atol=atol,
