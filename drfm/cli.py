@@ -502,10 +502,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"drfm {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(res, indent=None if isinstance(res, list) else 2, default=str))
-    else:
-        print(args.show(res))
+    text = json.dumps(res, indent=None if isinstance(res, list) else 2, default=str) if args.json else args.show(res)
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``drfm ... | head``): not an error of ours; silence the flush at exit too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -56,7 +56,12 @@ def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch):
     d2 = torch.addmm(zc_sq.unsqueeze(0), zb, zc.T, beta=1.0, alpha=-2.0, out=out)
     d2.add_(zb_sq.unsqueeze(1))
     floor = zb_sq.mul(2.0 * duplicate_tolerance(zb.dtype)).add_(torch.finfo(zb.dtype).tiny ** 0.5)
-    torch.maximum(d2, floor.unsqueeze(1), out=d2)
+    if kernel.power < 1.0:
+        # weights ~ d^(p-2) grow faster than 1/d^2 near 0: the floored terms' round-off (weight x eps) would show,
+        # so they are masked (d2 = inf gives weight 0) at one more pass over the tile
+        d2.masked_fill_(d2 < floor.unsqueeze(1), float("inf"))
+    else:
+        torch.maximum(d2, floor.unsqueeze(1), out=d2)
     return kernel.gradient_weights(d2, scratch)
 
 

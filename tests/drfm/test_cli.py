@@ -291,3 +291,13 @@ def test_compare_takes_metrics_and_checks_them_first(capsys):
                  "--metrics", "nc1", "effective_features", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert {r["metric"] for r in res["report"]["rows"]} >= {"nc1", "effective_features"}
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    # `drfm datasets --json | head -c 1`: the reader goes away before drfm writes
+    proc = subprocess.Popen([sys.executable, "-m", "drfm.cli", "datasets", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
