@@ -5,6 +5,12 @@ Peers measured in the same run: scikit-learn ``KernelRidge`` (same L2 Laplace ke
 ``MLPClassifier`` (2 x 256 ReLU, Adam, early stopping off) and the public ``xrfm`` package (optional: recorded as
 skipped when it is not installed; ``pip install xrfm``).
 
+The kernel family (``kernel=``) side by side on the low-rank task (n = 4000) and on MNIST (8000 training digits, the
+10 000 test digits), each at ``bandwidth='auto'`` (case key ``variant``); and MNIST (8000 digits and the full 60 000)
+against the peers on the same split: scikit-learn ``HistGradientBoostingClassifier`` and ``SVC`` (defaults), and
+``xrfm`` with a 10% validation split tuned on accuracy. MNIST is read from the standard IDX files in ``$DRFM_DATA``
+(or drfm's data folder); without them those cases are recorded as skipped.
+
 Cases are declared in ``CASES``; ``drfm bench rfm`` runs each one in its own process (see ``drfm.bench``).
 Targets (foundation issue, 2-core CPU): low-rank n=12800 fit <= 50 s with test R^2 >= 0.99; 10-class n=16000
 fit <= 150 s with accuracy >= 0.80; kernel build within 1.5x of GEMM + exp.
@@ -32,6 +38,27 @@ CASES = [
     {"suite": "rfm", "kind": "fit", "model": "xrfm.xRFM", "dataset": "classif10", "n": 16000},
 ]
 
+#: the kernel family at bandwidth='auto' (the kernel's distance unit at twice the median distance)
+KERNEL_VARIANTS = {
+    "laplace": {"kernel": "laplace"},
+    "gaussian": {"kernel": "gaussian"},
+    "laplace_exp_0.5": {"kernel": "laplace_exp", "exponent": 0.5},
+    "laplace_exp_1.5": {"kernel": "laplace_exp", "exponent": 1.5},
+    "product_laplace": {"kernel": "product_laplace"},
+}
+CASES += [
+    {"suite": "rfm", "kind": "fit", "model": f"drfm.{model}", "dataset": dataset, "n": n, "variant": name,
+     "params": {"bandwidth": "auto", **params}}
+    for dataset, model, n in (("lowrank", "RFMRegressor", 4000), ("mnist", "RFMClassifier", 8000))
+    for name, params in KERNEL_VARIANTS.items()
+]
+#: MNIST against the peers, drfm with its defaults (bandwidth 10, early stopping on)
+CASES += [
+    {"suite": "rfm", "kind": "fit", "model": model, "dataset": "mnist", "n": n}
+    for n in (8000, 60000)
+    for model in ("drfm.RFMClassifier", "sklearn.HistGradientBoostingClassifier", "sklearn.SVC", "xrfm.xRFM")
+]
+
 QUICK_CASES = [
     {"suite": "rfm", "kind": "kernel_build", "n": 2000, "d": 100},
     {"suite": "rfm", "kind": "fit", "model": "drfm.RFMRegressor", "dataset": "lowrank", "n": 1000},
@@ -45,7 +72,7 @@ def cases(*, quick: bool = False, sizes: list[int] | None = None, device: str = 
     """The suite's cases; ``sizes`` replaces the training sizes of the fit cases (one run per model and size)."""
     base = QUICK_CASES if quick else CASES
     if sizes:
-        fits = {(c["model"], c["dataset"]): c for c in base if c["kind"] == "fit"}
+        fits = {(c["model"], c["dataset"], c.get("variant")): c for c in base if c["kind"] == "fit"}
         base = [c for c in base if c["kind"] != "fit"] + [
             {**c, "n": n} for n in sizes for c in fits.values()
         ]
@@ -126,27 +153,35 @@ def _xrfm(case, data):
         Y = data.y_train.reshape(-1, 1)
     n_val = max(1, len(Y) // 10)  # xRFM tunes on a validation split: the last 10% of the training points
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=dev)  # noqa: E731
-    model = xRFM(device=dev, tuning_metric="mse", random_state=0, verbose=False)
+    metric = "accuracy" if data.task == "classification" else "mse"
+    model = xRFM(device=dev, tuning_metric=metric, random_state=0, verbose=False)
     t0 = time.perf_counter()
     model.fit(t(data.X_train[:-n_val]), t(Y[:-n_val]), t(data.X_train[-n_val:]), t(Y[-n_val:]))
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = model.predict(t(data.X_test))
+    # with a classification metric xRFM's predict returns class indices; its predict_proba has one column per class
+    out = model.predict_proba(t(data.X_test)) if classes is not None else model.predict(t(data.X_test))
     out = out.cpu().numpy() if hasattr(out, "cpu") else np.asarray(out)
     pred_s = time.perf_counter() - t0
     score = _score(data.task, data.y_test, out.reshape(len(data.y_test), -1) if classes is not None
                    else out.reshape(-1), classes)
-    return fit_s, pred_s, score, {"device": str(dev), "note": "xRFM defaults, tuning_metric='mse', 10% validation"}
+    return fit_s, pred_s, score, {"device": str(dev),
+                                  "note": f"xRFM defaults, tuning_metric={metric!r}, 10% validation"}
 
 
 def _fit(case):
     from drfm import RFMClassifier, RFMRegressor
     from drfm.datasets import load
 
-    data = load(case["dataset"], n_train=case["n"])
+    try:
+        data = load(case["dataset"], n_train=case["n"])
+    except ValueError as exc:  # MNIST without its files
+        return {"skipped": str(exc).splitlines()[0]}
     task = data.task
     model_name = case["model"]
-    if model_name == "xrfm.xRFM":
+    if model_name in PEERS:
+        fit_s, pred_s, score, extra = _peer(model_name, data)
+    elif model_name == "xrfm.xRFM":
         res = _xrfm(case, data)
         if res is None:
             return {"skipped": "xrfm is not installed (pip install xrfm)", "task": task}
@@ -175,7 +210,7 @@ def _fit(case):
         t0 = time.perf_counter()
         score = model.score(data.X_test, data.y_test)
         pred_s = time.perf_counter() - t0
-        extra = {"device": model.device_, "best_iter": model.best_iter_,
+        extra = {"device": model.device_, "best_iter": model.best_iter_, "bandwidth": model.bandwidth_,
                  "iter_seconds": [round(h["seconds"], 3) for h in model.history_],
                  "solvers": [f"{h['solver']}:{h['n_rows']}:{h['solver_iters']}" for h in model.history_]}
     else:
@@ -201,6 +236,26 @@ def _fit(case):
     return {"task": task, "d": data.n_features, "n_test": len(data.y_test), "fit_seconds": fit_s,
             "predict_seconds": pred_s, "score": float(score),
             "metric": "accuracy" if task == "classification" else "r2", **extra}
+
+
+#: scikit-learn peers (defaults), by case model name
+PEERS = {"sklearn.HistGradientBoostingClassifier": ("sklearn.ensemble", "HistGradientBoostingClassifier",
+                                                    {"random_state": 0}),
+         "sklearn.SVC": ("sklearn.svm", "SVC", {})}
+
+
+def _peer(model_name, data):
+    import importlib
+
+    module, name, kw = PEERS[model_name]
+    model = getattr(importlib.import_module(module), name)(**kw)
+    t0 = time.perf_counter()
+    model.fit(data.X_train, data.y_train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    score = model.score(data.X_test, data.y_test)
+    pred_s = time.perf_counter() - t0
+    return fit_s, pred_s, score, {"device": "cpu", "note": f"{name} defaults {kw or ''}".strip()}
 
 
 def run_case(case: dict) -> dict:

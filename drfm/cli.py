@@ -296,7 +296,7 @@ def show_bench(res: list[dict]) -> str:
     if res and "ratios" in res[0]:
         rows.append("new / old (time and memory: < 1 is better; score: > 1 is better)")
         for r in res:
-            name = " ".join(str(r[k]) for k in ("kind", "model", "dataset") if r.get(k))
+            name = " ".join(str(r[k]) for k in ("kind", "model", "variant", "dataset") if r.get(k))
             ratios = "  ".join(f"{f} {v:.3f}" for f, v in r["ratios"].items())
             rows.append(f"{name:<40} n={r.get('n', '')}: {ratios}")
         return "\n".join(rows)
@@ -319,8 +319,9 @@ def show_bench(res: list[dict]) -> str:
             rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: "
                         + ", ".join(f"{k}={v}" for k, v in r.items() if isinstance(v, (int, float))))
         else:
+            model = r.get("model", "") + (f" [{r['variant']}]" if r.get("variant") else "")
             rows.append(
-                f"{r.get('dataset', ''):<12} {r.get('model', ''):<20} n={r['n']:<7} fit {r['fit_seconds']:8.2f} s  "
+                f"{r.get('dataset', ''):<12} {model:<20} n={r['n']:<7} fit {r['fit_seconds']:8.2f} s  "
                 f"predict {r['predict_seconds']:6.2f} s  {r['metric']} {r['score']:.4f}  "
                 f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB  ({r['device']})"
             )
