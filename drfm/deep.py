@@ -35,6 +35,7 @@ from kernels.features import apply_feature_map, draw_cosine, draw_relu
 
 from ._backend import make_generator, resolve_budget, resolve_device, resolve_dtype, standardization, to_tensor
 from ._engine import RFMParams, run_rfm
+from ._threads import with_threads
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, InvalidParameterError, NoneOK, \
     Options, validate_params
 from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, encode_regression_targets, one_hot_classes,
@@ -107,6 +108,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
+        "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
         "random_state": RANDOM_STATE,
         "verbose": [BOOL, Interval("int", 0, None, closed="left")],
     }
@@ -125,6 +127,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         device="auto",
         dtype="float32",
         memory_budget=None,
+        n_threads=None,
         random_state=None,
         verbose=False,
     ):
@@ -139,6 +142,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.memory_budget = memory_budget
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
@@ -175,9 +179,10 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
     def _machine(self, template, *, iters, seed, budget):
         """A clone of the template with this Deep RFM's device, dtype, budget, a drawn seed and quieter verbosity."""
         runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
-                       verbose=max(0, int(self.verbose) - 1))
+                       verbose=max(0, int(self.verbose) - 1), n_threads=None)  # None: the Deep RFM's own count
         return clone(template).set_params(iters=iters, **runtime)
 
+    @with_threads
     def fit(self, X, y):
         """Fit ``depth`` layers greedily, then the final kernel machine on the last layer's features."""
         validate_params(self)
@@ -245,6 +250,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return validate_data(self, X, reset=False, dtype=DTYPES)
 
+    @with_threads
     def transform(self, X, layer=None):
         """Features after layer ``layer``'s nonlinear stage (0-based; default: the last layer), as numpy."""
         X = self._check_X(X)
@@ -265,11 +271,13 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         prefix = type(self).__name__.lower()
         return np.asarray([f"{prefix}{i}" for i in range(self.final_.n_features_in_)], dtype=object)
 
+    @with_threads
     def layer_features(self, X):
         """One dict per layer: ``{"input": X_l (row-normalised), "linear": X_l M_l^{1/2}, "nonlinear": Phi_l(...)}``."""
         X = self._check_X(X)
         return [{"input": a.numpy(), "linear": b.numpy(), "nonlinear": c.numpy()} for a, b, c in self._stages(X)]
 
+    @with_threads
     def _outputs(self, X):
         feats = self.transform(X)
         return self.final_.predict(feats).reshape(feats.shape[0], -1)
@@ -303,7 +311,8 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
     normalize_rows, standardize : bool, default=True
         Row-normalise each layer's input; standardise the raw features (training mean / std) first.
     target_encoding : {'pm1', 'onehot'}, default='pm1'
-    device, dtype, memory_budget, random_state, verbose : as in :class:`RFMRegressor`; they replace the template's
+    device, dtype, memory_budget, n_threads, random_state, verbose : as in :class:`RFMRegressor`; they replace the
+        template's
         (the layer machines' seeds are drawn from ``random_state``).
 
     Attributes

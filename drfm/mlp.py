@@ -18,6 +18,7 @@ from kernels.memory import available_memory, format_bytes
 
 from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
+from ._threads import with_threads
 from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, one_hot_classes, predict_labels, softmax_proba,
                        validate_classification_data)
 from .collapse import METRICS, CollapseReport
@@ -73,7 +74,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         copied and trained from its current weights. None builds :func:`build_mlp`.
     standardize : bool, default=False
         Standardise features with the training mean / std before the network.
-    device, dtype, random_state, verbose : as in the RFM estimators.
+    device, dtype, n_threads, random_state, verbose : as in the RFM estimators.
 
     Attributes
     ----------
@@ -102,13 +103,15 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         "standardize": [BOOL],
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
+        "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
         "random_state": RANDOM_STATE,
         "verbose": [BOOL, Interval("int", 0, None, closed="left")],
     }
 
     def __init__(self, depth=5, width=512, *, init_gain=0.1, bias=False, loss="mse", lr=5e-5, epochs=250,
                  batch_size=128, measure_every=None, measure_metrics=("nc1", "nc2"), agop_sample_size=1000,
-                 module=None, standardize=False, device="auto", dtype="float32", random_state=None, verbose=False):
+                 module=None, standardize=False, device="auto", dtype="float32", n_threads=None, random_state=None,
+                 verbose=False):
         self.depth = depth
         self.width = width
         self.init_gain = init_gain
@@ -124,6 +127,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.standardize = standardize
         self.device = device
         self.dtype = dtype
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
@@ -161,6 +165,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         nfa_report(self.network_, X, epoch=epoch, report=self.dynamics_, initial=self.initial_state_,
                    sample_size=self.agop_sample_size, generator=gen)
 
+    @with_threads
     def fit(self, X, y):
         """Train the network (deterministic under ``random_state``)."""
         validate_params(self)
@@ -271,6 +276,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             if measure and (epoch % self.measure_every == 0 or epoch == self.epochs):
                 self._snapshot(Xs, y, epoch, snap_gen)
 
+    @with_threads
     def _outputs(self, X) -> np.ndarray:
         X = self._prepare(X)
         x = _input_tensor(self.network_, X)
@@ -293,6 +299,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         temperature = 1.0 if self.loss == "cross_entropy" else 2.0 * DEFAULT_TEMPERATURE
         return softmax_proba(self._outputs(X), temperature)
 
+    @with_threads
     def layer_features(self, X):
         """Per Linear layer ``{"input", "linear", "nonlinear"}`` features, as in Deep RFM (see :func:`layer_features`)."""
         return layer_features(self, X)

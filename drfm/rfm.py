@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from kernels import Points, kernel_matmul, laplace_agop
 from kernels.family import KERNELS, Kernel
@@ -28,7 +28,9 @@ from kernels.solvers.plan import SOLVERS
 from ._backend import finite_tensor, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
 from ._engine import RFMParams, run_rfm
 from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
-from ._params import BOOL, RANDOM_STATE, DeviceString, Interval, NoneOK, Options, validate_params
+from ._categorical import CategoricalEncoding, fit_encoding
+from ._threads import with_threads
+from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
 from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, one_hot_classes,
                        predict_labels, r2_of_outputs, regression_output, validate_classification_data,
                        validate_regression_data)
@@ -59,6 +61,9 @@ class _BaseRFM(BaseEstimator):
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
+        "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
+        "categorical_features": [Options("from_dtype"), InstanceOf(list, tuple, np.ndarray, name="a list of column "
+                                 "names / indices or a boolean mask"), NoneOK],
         "random_state": RANDOM_STATE,
         "verbose": [BOOL, Interval("int", 0, None, closed="left")],
     }
@@ -87,6 +92,8 @@ class _BaseRFM(BaseEstimator):
         device="auto",
         dtype="float32",
         memory_budget=None,
+        n_threads=None,
+        categorical_features="from_dtype",
         random_state=None,
         verbose=False,
     ):
@@ -111,6 +118,8 @@ class _BaseRFM(BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.memory_budget = memory_budget
+        self.n_threads = n_threads
+        self.categorical_features = categorical_features
         self.random_state = random_state
         self.verbose = verbose
 
@@ -126,13 +135,14 @@ class _BaseRFM(BaseEstimator):
 
     def _validate_val(self, X_val, y_val):
         """Validation data checked like the training data (same features; for a classifier, known labels)."""
-        X_val = validate_data(self, X_val, reset=False, dtype=DTYPES)
+        X_val = self._input(X_val)
         y_val = np.asarray(y_val)
         if y_val.shape[0] != X_val.shape[0]:
             raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {y_val.shape[0]}.")
         return X_val, y_val
 
     # ---- fitting --------------------------------------------------------------------------------------------------
+    @with_threads
     def fit(self, X, y, X_val=None, y_val=None):
         """Fit the RFM: ``iters`` rounds of kernel ridge + AGOP, then a final kernel ridge fit.
 
@@ -150,7 +160,16 @@ class _BaseRFM(BaseEstimator):
         validate_params(self)
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be given together (validation data), or neither.")
-        X, y = self._validate_xy(X, y)
+        owner = type(self).__name__
+        enc = fit_encoding(X, self.categorical_features, owner)
+        names = np.asarray(X.columns, dtype=object) if enc is not None and hasattr(X, "columns") else None
+        X, y = self._validate_xy(X if enc is None else enc.transform(X, owner), y)
+        # the input's columns (before one-hot encoding) and the categorical ones with their categories
+        self.categorical_ = None if enc is None else enc.state
+        if enc is not None:
+            self.n_features_in_ = enc.n_columns
+            if names is not None and all(isinstance(c, str) for c in names):
+                self.feature_names_in_ = names
         Y = self._encode_targets(y)
         if X_val is not None:
             X_val, y_val = self._validate_val(X_val, y_val)
@@ -158,7 +177,7 @@ class _BaseRFM(BaseEstimator):
         state = run_rfm(X, y, Y, params=RFMParams.of(self), score=self._scorer(), device=device,
                         dtype=resolve_dtype(self.dtype), budget=resolve_budget(self.memory_budget, device),
                         generator=make_generator(self.random_state), owner=type(self).__name__,
-                        X_val=X_val, y_val=y_val)
+                        X_val=X_val, y_val=y_val, tied_groups=None if enc is None else enc.tied)
         d = X.shape[1]
         r64 = state.sqrt_m if state.sqrt_m is not None else (np.ones(d) if self.diag else np.eye(d))
         self.sqrt_m_ = r64
@@ -205,9 +224,25 @@ class _BaseRFM(BaseEstimator):
         return {"device": device, "dtype": dtype, "r": r, "r64": r64, "centres": centres, "shift": shift,
                 "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
 
+    def _encoding(self) -> CategoricalEncoding | None:
+        state = getattr(self, "categorical_", None)
+        return None if state is None else CategoricalEncoding(state, self.n_features_in_)
+
+    def _input(self, X) -> np.ndarray:
+        """Prediction-time input: validated like the training input (categorical columns one-hot encoded)."""
+        enc = self._encoding()
+        if enc is None:
+            return validate_data(self, X, reset=False, dtype=DTYPES)
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None and hasattr(X, "columns") and list(X.columns) != list(names):
+            raise ValueError(f"The feature names should match those that were passed during fit: got "
+                             f"{list(X.columns)}, expected {list(names)}.")
+        return check_array(enc.transform(X, type(self).__name__), dtype=DTYPES)
+
+    @with_threads
     def _raw_predict(self, X) -> np.ndarray:
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=DTYPES)
+        X = self._input(X)
         tc = self._tensors()
         xt = finite_tensor(X, tc["dtype"], tc["device"])
         if tc["shift"] is not None:
@@ -216,6 +251,7 @@ class _BaseRFM(BaseEstimator):
                             memory_budget=resolve_budget(self.memory_budget, tc["device"]), accumulate=torch.float64)
         return out.cpu().double().numpy()
 
+    @with_threads
     def agop(self, X=None, *, diag=None, centering=None) -> np.ndarray:
         """AGOP of the fitted predictor, averaged over ``X`` (default: up to ``agop_sample_size`` training points).
 
@@ -227,8 +263,7 @@ class _BaseRFM(BaseEstimator):
         if X is None:
             xs = tc["x"][: self.agop_sample_size]
         else:
-            X = validate_data(self, X, reset=False, dtype=DTYPES)
-            xs = finite_tensor(X, tc["dtype"], tc["device"])
+            xs = finite_tensor(self._input(X), tc["dtype"], tc["device"])
         a = laplace_agop(
             xs, tc["x"], tc["alpha"], kernel=self._fitted_kernel(), sqrt_m=tc["r"],
             diag=self.diag if diag is None else diag, centering=self.centering if centering is None else centering,
@@ -238,9 +273,13 @@ class _BaseRFM(BaseEstimator):
 
     @property
     def feature_importances_(self) -> np.ndarray:
-        """Per-feature importances: the diagonal of the learned feature matrix ``M_``, normalised to sum to 1."""
+        """Per-feature importances: the diagonal of the learned feature matrix ``M_``, normalised to sum to 1 (one
+        entry per input column: a categorical column's one-hot block counts once, the sum of its entries)."""
         check_is_fitted(self)
         dg = np.asarray(self.M_ if self.M_.ndim == 1 else np.diag(self.M_), dtype=np.float64)
+        enc = self._encoding()
+        if enc is not None:
+            dg = np.array([dg[g].sum() for g in enc.groups])
         total = dg.sum()
         return dg / total if total > 0 else dg
 
@@ -334,6 +373,19 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     dtype : {'float32', 'float64'}, default='float32'
     memory_budget : int or None, default=None
         Bytes the fit may use for kernel blocks; default: 60% of the memory available at fit time.
+    n_threads : int, 'auto' or None, default=None
+        CPU threads while fitting and predicting (torch and the BLAS pools; restored after each call). None: torch's
+        current setting, reproducible bit for bit, with a logged warning when other processes are measured to occupy
+        the cores at the start of a fit; 'auto': the cores left idle by other processes (measured for 0.1 s when fit
+        starts; fastest on a shared machine, last bits may vary between runs); an int: that many. See
+        :mod:`drfm._threads`.
+    categorical_features : 'from_dtype', list of column names / indices, boolean mask or None, default='from_dtype'
+        Categorical input columns, one-hot encoded inside the estimator with each one-hot block counting as one
+        feature in M (its AGOP entries tied over the block's permutations: one learned "same / different category"
+        weight per column; :mod:`drfm._categorical`). 'from_dtype': a DataFrame's ``category``, ``object``,
+        ``string`` and ``bool`` columns; None: every column numeric. ``M_`` is over the encoded columns;
+        ``feature_importances_`` has one entry per input column; ``categorical_`` lists the categorical columns and
+        their categories (a category unseen in fit gets an all-zero block).
     random_state : int, RandomState or None
         Seeds a local torch.Generator (AGOP subsets, validation split); global RNGs are never touched.
     verbose : bool, default=False
