@@ -80,10 +80,11 @@ def load_suite(path: Path):
 
 
 def select_cases(suite_file: Path, *, quick=False, sizes=None, device="auto", only=None) -> list[dict]:
-    """The suite's cases; with ``only``, those whose kind/model/dataset contain every given text."""
+    """The suite's cases; with ``only``, those whose kind/model/dataset/variant contain every given text."""
     todo = load_suite(suite_file).cases(quick=quick, sizes=sizes, device=device)
     if only:
-        todo = [c for c in todo if all(t.lower() in " ".join(str(c.get(k, "")) for k in ("kind", "model", "dataset"))
+        fields = ("kind", "model", "dataset", "variant")
+        todo = [c for c in todo if all(t.lower() in " ".join(str(c.get(k, "")) for k in fields)
                                        .lower() for t in only)]
         if not todo:
             raise BenchError(f"no case of suite {Path(suite_file).stem!r} matches --only {' '.join(only)}")

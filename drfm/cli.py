@@ -58,19 +58,21 @@ def cmd_collapse(args) -> dict:
     report = collapse_study(args.dataset, depth=args.depth, feature_map=args.feature_map, width=args.width,
                             sigma=args.sigma, bandwidth=args.bandwidth, device=args.device, seed=args.seed,
                             verbose=args.verbose, n_train=args.n_train, metrics=tuple(args.metrics),
-                            data_home=args.data_home)
+                            data_home=args.data_home, spectra=64 if args.spectra else None)
     if args.out:
         report.to_json(args.out, indent=1)
     if args.plot:
         report.plot(args.plot)
+    if args.spectra:
+        report.plot_spectra(args.spectra)
     return {**report.meta, "table": report.to_markdown(), "summary": report.summary(), "report": report.to_dict(),
-            "out": args.out, "plot": args.plot}
+            "out": args.out, "plot": args.plot, "spectra": args.spectra}
 
 
 def show_collapse(res: dict) -> str:
     head = (f"Deep RFM on {res['dataset']} (depth {res['depth']}, {res['feature_map']} features, "
             f"{res['n_train']} train): test accuracy {res['test_accuracy']:.4f}, fit {res['fit_seconds']:.1f} s")
-    tail = "".join(f"\n{k}: {res[k]}" for k in ("out", "plot") if res.get(k))
+    tail = "".join(f"\n{k}: {res[k]}" for k in ("out", "plot", "spectra") if res.get(k))
     return f"{head}\n{res['table']}\n\n{res['summary']}{tail}"
 
 
@@ -235,6 +237,33 @@ def cmd_compare(args) -> dict:
             "plots": [str(p) for p in plots]}
 
 
+def cmd_feature_learning(args) -> dict:
+    from .studies import feature_learning_study, plot_feature_learning
+
+    if any(n < 2 for n in args.n) or args.d < 2 or args.seeds < 1 or args.iters < 1:
+        raise UsageError("--n sizes and --d must be >= 2, --seeds and --iters >= 1")
+    rows = feature_learning_study(sizes=tuple(args.n), d=args.d, iters=args.iters, seeds=tuple(range(args.seeds)),
+                                  device=args.device, verbose=args.verbose)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    if args.plot:
+        plot_feature_learning(rows, args.plot)
+    return {"rows": rows, "out": args.out, "plot": args.plot}
+
+
+def show_feature_learning(res: dict) -> str:
+    table = {}
+    for r in res["rows"]:
+        table.setdefault((r["target"], r["n"]), {}).setdefault(r["model"], []).append(r["test_rel_mse"])
+    lines = ["| target | n | kernel, iters=0 | RFM | RFM / kernel |", "|---|---|---|---|---|"]
+    for (target, n), by in table.items():
+        k, f = (sum(by[m]) / len(by[m]) for m in ("kernel (iters=0)", "rfm"))
+        lines.append(f"| {target} | {n} | {k:.4g} | {f:.4g} | {f / k:.3g} |")
+    tail = "".join(f"\n{k}: {res[k]}" for k in ("out", "plot") if res.get(k))
+    return "test MSE / var(y), mean over seeds (RFM / kernel > 1: feature learning hurt)\n" + "\n".join(lines) + tail
+
+
 def show_compare(res: dict) -> str:
     m, d = res["mlp"], res["deep_rfm"]
     head = (f"{res['dataset']}: {res['n_train']} train / {res['n_test']} test, depth {res['depth']}\n"
@@ -394,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics_arg(sp)
     sp.add_argument("--out", help="write the report as JSON here")
     sp.add_argument("--plot", help="write a plot of each metric against depth here (needs matplotlib)")
+    sp.add_argument("--spectra", metavar="FILE",
+                    help="write the per-layer feature spectra (the kernel picture of collapse, top 64 eigenvalues of "
+                         "each layer's centred feature covariance) here (needs matplotlib)")
     sp.add_argument("--seed", type=int, default=0, help="random seed")
     common(sp)
     sp.set_defaults(func=cmd_collapse, show=show_collapse)
@@ -469,6 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_compare, show=show_compare)
 
+    sp = add("feature-learning", help="when feature learning hurts: RFM against the same kernel without feature "
+                                      "learning (iters=0), test error against n, on a target smooth in every "
+                                      "direction and on a low-rank target (points on the unit sphere)")
+    sp.add_argument("--n", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000], help="training sizes")
+    sp.add_argument("--d", type=int, default=20, help="input dimension (default 20)")
+    sp.add_argument("--iters", type=int, default=5, help="RFM's AGOP steps (default 5)")
+    sp.add_argument("--seeds", type=int, default=1, help="repetitions with seeds 0..SEEDS-1 (default 1)")
+    sp.add_argument("--out", help="write the rows here (JSON)")
+    sp.add_argument("--plot", help="write the figure here (needs matplotlib)")
+    common(sp)
+    sp.set_defaults(func=cmd_feature_learning, show=show_feature_learning)
+
     sp = add("datasets", help="list the datasets available offline")
     common(sp, device=None)
     sp.set_defaults(func=cmd_datasets, show=show_datasets)
@@ -481,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, nargs="+", help="training sizes to run instead of the suite's defaults")
     sp.add_argument("--quick", action="store_true", help="tiny sizes, to check the suite runs")
     sp.add_argument("--only", nargs="+", metavar="TEXT",
-                    help="run only the cases whose kind/model/dataset contain every TEXT (e.g. --only RFMRegressor)")
+                    help="run only the cases whose kind/model/dataset/variant contain every TEXT "
+                         "(e.g. --only RFMRegressor)")
     sp.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case (default 3600)")
     sp.add_argument("--suite-dir", help="directory holding the suites (default: the checkout's benchmarks/)")
     common(sp)

@@ -39,6 +39,15 @@ __all__ = [
     "nc1_sphere",
     "nc2_sphere",
     "nc3_sphere",
+    "nc3_uniform",
+    "nc5",
+    "nc2_uniformity",
+    "uniformity_energy",
+    "UNIFORMITY_KERNELS",
+    "CollapseAccumulator",
+    "layer_cka",
+    "feature_matrix_sparsity",
+    "sparsity_report",
     "effective_features",
     "mf_share",
     "MF_VARIANCE_SHARE",
@@ -147,19 +156,88 @@ def nc2_equiangularity(features, labels, *, global_mean: str = "classes") -> flo
     return float(np.mean(np.abs(G[off] + 1.0 / (K - 1))))
 
 
-def nc3(features, labels, classifier, *, global_mean: str = "classes") -> float:
-    """Self-duality ``|| W/||W||_F - Mc/||Mc||_F ||_F^2`` for a linear classifier W (K, p), classes in sorted order."""
-    _, means, mu_g, _, K = class_means(features, labels, global_mean=global_mean)
+def _classifier(classifier, shape) -> np.ndarray:
     W = np.asarray(classifier, dtype=np.float64)
-    if W.shape != means.shape:
-        raise ValueError(f"classifier must have shape {means.shape} (classes x features), got {W.shape}")
-    Mc = means - mu_g
+    if W.shape != shape:
+        raise ValueError(f"classifier must have shape {shape} (classes x features), got {W.shape}")
     if not np.any(W):
-        raise ValueError("classifier is all zeros: NC3 (the distance between normalised classifier and means) is "
-                         "undefined")
+        raise ValueError("classifier is all zeros: its alignment with the class means is undefined")
+    return W
+
+
+def _self_duality(classifier, Mc) -> float:
+    W = _classifier(classifier, Mc.shape)
     if not np.any(Mc):
         return math.inf  # all class means coincide: no direction to align with (as nc1 is inf there)
     return float(np.sum((W / np.linalg.norm(W) - Mc / np.linalg.norm(Mc)) ** 2))
+
+
+def nc3(features, labels, classifier, *, global_mean: str = "classes") -> float:
+    """Self-duality ``|| W/||W||_F - Mc/||Mc||_F ||_F^2`` for a linear classifier W (K, p), classes in sorted order."""
+    _, means, mu_g, _, _ = class_means(features, labels, global_mean=global_mean)
+    return _self_duality(classifier, means - mu_g)
+
+
+def _cosines(A, B) -> np.ndarray:
+    """Row-wise cosines of A and B (0 where a row is zero)."""
+    na, nb = np.linalg.norm(A, axis=1), np.linalg.norm(B, axis=1)
+    dots = np.einsum("ij,ij->i", A, B)
+    return np.divide(dots, na * nb, out=np.zeros_like(dots), where=(na > 0) & (nb > 0))
+
+
+def _uniform_duality(classifier, Mc) -> float:
+    return float(np.var(_cosines(_classifier(classifier, Mc.shape), Mc)))
+
+
+def nc3_uniform(features, labels, classifier, *, global_mean: str = "classes") -> float:
+    """Uniform NC3: the variance over classes of ``cos(w_c, mu_c - mu_G)`` -- 0 when every class's classifier row
+    makes the same angle with its centred mean (whatever their norms), as self-duality up to per-class scale needs."""
+    _, means, mu_g, _, _ = class_means(features, labels, global_mean=global_mean)
+    return _uniform_duality(classifier, means - mu_g)
+
+
+def _ood_orthogonality(Mc, ood_direction) -> float:
+    return float(np.mean(np.abs(_cosines(Mc, np.broadcast_to(ood_direction, Mc.shape)))))
+
+
+def nc5(features, labels, ood_features, *, global_mean: str = "classes") -> float:
+    """NC5 (ID / OOD orthogonality): the mean over classes of ``|cos(mu_c - mu_G, mu_OOD - mu_G)|``, mu_OOD the mean
+    of out-of-distribution features of the same layer; 0 when the OOD mean lies orthogonal to every centred class
+    mean (or at the global mean)."""
+    _, means, mu_g, _, _ = class_means(features, labels, global_mean=global_mean)
+    O = np.asarray(ood_features, dtype=np.float64)
+    if O.ndim != 2 or O.shape[1] != means.shape[1] or len(O) == 0:
+        raise ValueError(f"ood_features must be (M >= 1, {means.shape[1]}), got shape {O.shape}")
+    return _ood_orthogonality(means - mu_g, O.mean(0) - mu_g)
+
+
+#: the kernels of hyperspherical uniformity (generalised NC2); each an energy, lower = more uniform
+UNIFORMITY_KERNELS = ("log", "riesz", "distance")
+
+
+def uniformity_energy(points, *, kernel: str = "log", s: float = 1.0) -> float:
+    """Mean pairwise energy of unit vectors (K, p): ``log``: mean ``log(1 / d)``; ``riesz``: mean ``d^(-s)``;
+    ``distance``: mean ``-d`` (d the Euclidean distance between two of them). A simplex ETF minimises each for
+    K <= p + 1 (all distances ``sqrt(2K / (K - 1))``)."""
+    if kernel not in UNIFORMITY_KERNELS:
+        raise ValueError(f"kernel must be one of {UNIFORMITY_KERNELS}, got {kernel!r}")
+    if not s > 0:
+        raise ValueError(f"s must be > 0, got {s!r}")
+    m = np.asarray(points, dtype=np.float64)
+    iu = np.triu_indices(len(m), 1)
+    sq = (m**2).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * m @ m.T, 0.0))[iu]
+    if kernel == "distance":
+        return float(-d.mean())
+    if np.any(d == 0):
+        return math.inf  # two coinciding means: infinite energy
+    return float(np.mean(-np.log(d)) if kernel == "log" else np.mean(d ** (-s)))
+
+
+def nc2_uniformity(features, labels, *, kernel: str = "log", s: float = 1.0, global_mean: str = "classes") -> float:
+    """Generalised NC2 (hyperspherical uniformity): :func:`uniformity_energy` of the normalised centred class means."""
+    m, _, _ = _normalised_centred_means(features, labels, global_mean)
+    return uniformity_energy(m, kernel=kernel, s=s)
 
 
 def nc4(features, labels, predictions) -> float:
@@ -202,6 +280,73 @@ def linear_cka(X, Y) -> float:
         num = np.sum((Y.T @ X) ** 2)
         dx, dy = np.linalg.norm(X.T @ X), np.linalg.norm(Y.T @ Y)
     return float(num / (dx * dy)) if dx > 0 and dy > 0 else 0.0
+
+
+def layer_cka(features_a, features_b=None) -> np.ndarray:
+    """Linear CKA between every pair of layers: ``features_a`` and ``features_b`` are lists of (N, p_l) arrays for the
+    same N points (e.g. a Deep RFM's and an MLP's layers); without ``features_b``, the layers of one model against
+    each other (a symmetric matrix with ones on the diagonal). Returns (L_a, L_b)."""
+    same = features_b is None
+    features_b = features_a if same else features_b
+    out = np.zeros((len(features_a), len(features_b)))
+    for i, A in enumerate(features_a):
+        for j, B in enumerate(features_b):
+            if same and j < i:
+                out[i, j] = out[j, i]
+            else:
+                out[i, j] = linear_cka(A, B)
+    return out
+
+
+#: the share of diag(M) the "input directions used" count must carry
+INPUT_SHARE_MASS = 0.9
+
+
+def feature_matrix_sparsity(M) -> dict:
+    """How sparse a learned feature matrix is: a layer's M (Deep RFM; a vector for a diagonal M) or ``W^T W`` of a
+    network layer. ``effective_rank``: the participation ratio ``(sum l)^2 / sum l^2`` of M's eigenvalues (1 for a
+    rank-one M, d for a multiple of the identity); ``input_share``: the smallest share of the d input coordinates
+    whose diagonal entries of M carry INPUT_SHARE_MASS of its trace (1/d when one coordinate carries it, about 0.9 for
+    the identity)."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim == 1:
+        lam, dg = np.clip(M, 0.0, None), np.clip(M, 0.0, None)
+    elif M.ndim == 2 and M.shape[0] == M.shape[1]:
+        lam = np.clip(np.linalg.eigvalsh(0.5 * (M + M.T)), 0.0, None)
+        dg = np.clip(np.diag(M), 0.0, None)
+    else:
+        raise ValueError(f"M must be a square matrix or a diagonal vector, got shape {M.shape}")
+    if not np.isfinite(M).all():
+        raise ValueError("M contains NaN or infinity")
+    total, dsum = float(lam.sum()), float(dg.sum())
+    er = total**2 / float(np.sum(lam**2)) if total > 0 else 0.0
+    if dsum > 0:
+        cum = np.cumsum(np.sort(dg)[::-1]) / dsum
+        used = int(np.searchsorted(cum, INPUT_SHARE_MASS - 1e-12) + 1)
+    else:
+        used = 0
+    return {"effective_rank": float(er), "input_share": used / len(dg), "inputs_used": used, "d": len(dg)}
+
+
+def sparsity_report(model, *, model_name: str, report: CollapseReport | None = None) -> CollapseReport:
+    """Rows (stage ``"weights"``, metrics ``m_effective_rank`` and ``m_input_share``) of every layer's feature matrix:
+    a Deep RFM's ``M_l``, or ``W^T W`` of a trained network's hidden layers (:func:`feature_matrix_sparsity`)."""
+    report = report if report is not None else CollapseReport(meta={"model": model_name})
+    if hasattr(model, "layers_"):
+        mats = [layer.M for layer in model.layers_]
+    else:
+        from .nets import layer_blocks
+
+        net = getattr(model, "network_", model)
+        mats = [b.linear.weight.detach().double().cpu().numpy() for b in layer_blocks(net) if b.has_activation]
+        mats = [W.T @ W for W in mats]
+    for layer, M in enumerate(mats):
+        sp = feature_matrix_sparsity(M)
+        report.add(model=model_name, layer=layer, stage="weights", metric="m_effective_rank",
+                   value=sp["effective_rank"], n_samples=0)
+        report.add(model=model_name, layer=layer, stage="weights", metric="m_input_share", value=sp["input_share"],
+                   n_samples=0)
+    return report
 
 
 # ---- the kernel picture of collapse: the spectrum of a layer's centred features --------------------------------------
@@ -310,6 +455,7 @@ METRICS = {
     "nc1_sphere": nc1_sphere,
     "nc2_sphere": nc2_sphere,
     "label_alignment": label_alignment,
+    "nc2_uniformity": nc2_uniformity,
 }
 
 
@@ -333,8 +479,8 @@ def least_squares_classifier(features, labels, *, ridge: float = 1e-6) -> np.nda
 def _layer_metric(name, feats, y, predictions):
     """The metrics that need more than (features, labels), defined per layer: NC3 against the layer's least-squares
     readout, NC4 against the model's predictions (or that readout's), linear CKA against the one-hot labels."""
-    if name == "nc3":
-        return nc3(feats, y, least_squares_classifier(feats, y))
+    if name in ("nc3", "nc3_uniform"):
+        return (nc3 if name == "nc3" else nc3_uniform)(feats, y, least_squares_classifier(feats, y))
     if name == "nc4":
         if predictions is None:
             H = np.asarray(feats, dtype=np.float64)
@@ -346,7 +492,7 @@ def _layer_metric(name, feats, y, predictions):
 
 
 #: metrics defined per layer from (features, labels[, the model's predictions]); see _layer_metric
-LAYER_METRICS = ("nc3", "nc4", "linear_cka")
+LAYER_METRICS = ("nc3", "nc3_uniform", "nc4", "linear_cka")
 
 
 #: stage order in tables: Deep RFM / MLP layer stages, the final predictor, and the weight-level rows (NFA)
@@ -368,7 +514,10 @@ class CollapseReport:
                           "value": float(value), "n_samples": int(n_samples), **extra})
 
     def __add__(self, other: "CollapseReport") -> "CollapseReport":
-        return CollapseReport(self.rows + other.rows, {**self.meta, **other.meta})
+        meta = {**self.meta, **other.meta}
+        if "spectra" in self.meta and "spectra" in other.meta:  # per model: both models' spectra are kept
+            meta["spectra"] = {**self.meta["spectra"], **other.meta["spectra"]}
+        return CollapseReport(self.rows + other.rows, meta)
 
     def values(self, metric, *, model=None, stage=None):
         return [r for r in self.rows if r["metric"] == metric and (model is None or r["model"] == model)
@@ -491,6 +640,46 @@ class CollapseReport:
         plt.close(fig)
         return path
 
+    def plot_spectra(self, path, *, stage: str = "nonlinear", top: int | None = None):
+        """The kernel picture per layer: the eigenvalues of each layer's centred feature covariance at ``stage``
+        (divided by the largest; log scale), one panel per model, one line per layer. Needs a report made with
+        ``spectra=`` (``collapse_report``, ``drfm collapse --spectra``). Saved to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        spectra = self.meta.get("spectra")
+        if not spectra:
+            raise ValueError("the report holds no spectra: make it with collapse_report(..., spectra=K)")
+        models = [m for m in spectra if stage in spectra[m]]
+        if not models:
+            raise ValueError(f"no spectra at stage {stage!r}; stages: {sorted({s for m in spectra.values() for s in m})}")
+        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            layers = spectra[model][stage]
+            cmap = plt.get_cmap("viridis")
+            for i, (layer, eig) in enumerate(sorted(layers.items(), key=lambda kv: int(kv[0]))):
+                lam = np.asarray(eig, dtype=np.float64)[:top]
+                lam = lam[lam > 0]
+                if len(lam):
+                    ax.plot(np.arange(1, len(lam) + 1), lam / lam[0], color=cmap(i / max(len(layers) - 1, 1)),
+                            label=f"layer {layer}")
+            K = self.meta.get("n_classes")
+            if K:
+                ax.axvline(K - 1, color="grey", ls=":", lw=1)
+            ax.set_yscale("log")
+            ax.set_xscale("log")
+            ax.set_xlabel("eigenvalue index")
+            ax.set_ylabel("eigenvalue / largest (log scale)")
+            ax.set_title(f"{model}: {stage} features")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
     @staticmethod
     def _figure(plt, rows, metrics, x, log):
         """One panel per metric (y label: the metric and its scale) and one legend for all panels, below them."""
@@ -545,11 +734,12 @@ def check_metrics(metrics) -> None:
 
 
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
-                 report: CollapseReport | None = None, predictions=None) -> CollapseReport:
+                 report: CollapseReport | None = None, predictions=None, spectra: int | None = None) -> CollapseReport:
     """Report rows from per-layer stage features (a list of ``{stage: (n, p) array}``, one dict per layer) and
     labels; rows are appended to ``report`` when given, and carry ``epoch`` when given. ``nc3`` is measured against
     each layer's least-squares readout, ``nc4`` against ``predictions`` (the model's; else that readout's) and
-    ``linear_cka`` against the one-hot labels."""
+    ``linear_cka`` against the one-hot labels. ``spectra=k`` keeps the top k eigenvalues of every layer and stage's
+    feature covariance in ``meta["spectra"][model][stage][layer]`` (:meth:`CollapseReport.plot_spectra`)."""
     check_metrics(metrics)
     y = np.asarray(y)
     if report is None:
@@ -558,6 +748,11 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     for layer, stages in enumerate(features):
         for stage, feats in stages.items():
             spectrum = None  # one eigendecomposition for every spectrum metric of this stage
+            if spectra:
+                spectrum = feature_spectrum(feats, y)
+                store = report.meta.setdefault("spectra", {}).setdefault(model_name, {}).setdefault(stage, {})
+                store[layer] = [float(v) for v in spectrum["eigenvalues"][: int(spectra)]]
+                report.meta["n_classes"] = spectrum["n_classes"]
             for m in metrics:
                 if m in _FROM_SPECTRUM:
                     spectrum = spectrum or feature_spectrum(feats, y)
@@ -569,9 +764,15 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     return report
 
 
-def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm") -> CollapseReport:
+def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm",
+                    spectra: int | None = None) -> CollapseReport:
     """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
-    on (X, y), per layer and stage (input / linear / nonlinear)."""
+    on (X, y), per layer and stage (input / linear / nonlinear); ``spectra=k`` also keeps each layer's top k feature
+    eigenvalues for :meth:`CollapseReport.plot_spectra`."""
     check_metrics(metrics)  # before the (possibly long) feature pass
     predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None
-    return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name, predictions=predictions)
+    return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name, predictions=predictions,
+                        spectra=spectra)
+
+
+from .collapse_stream import CollapseAccumulator  # noqa: E402  (re-exported; it imports the formulas above lazily)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._backend import make_generator
 from ._params import plain_params
-from .collapse import CollapseReport, collapse_report
+from .collapse import CollapseReport, collapse_report, linear_cka, sparsity_report
 from .mlp import TorchMLPClassifier
 from .nets import mlp_collapse_report, nfa_report
 
@@ -23,7 +23,8 @@ def effective_rank(eigvals) -> float:
 
 
 def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.05, bandwidth=2.0, device="auto",
-                   seed=0, verbose=False, n_train=None, metrics=("nc1", "nc2"), data_home=None) -> CollapseReport:
+                   seed=0, verbose=False, n_train=None, metrics=("nc1", "nc2"), data_home=None,
+                   spectra: int | None = None) -> CollapseReport:
     """Fit a Deep RFM on a named dataset and report its collapse metrics per layer and stage (test accuracy and fit
     time in ``meta``)."""
     from .datasets import load
@@ -39,7 +40,7 @@ def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.
     model.fit(data.X_train, data.y_train)
     fit_s = time.perf_counter() - t0
     acc = model.score(data.X_test, data.y_test)
-    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics)
+    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics, spectra=spectra)
     from .bench import environment
 
     report.meta.update({"dataset": dataset, "feature_map": feature_map, "test_accuracy": float(acc),
@@ -111,6 +112,16 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
     for r in init_rows.rows:
         r["model"] = "mlp_init"
     report = report + init_rows + mlp.dynamics_
+    # sparsity of each layer's feature matrix (M_l; W^T W), and CKA between the two models' layers, stage by stage
+    report = sparsity_report(deep, model_name="deep_rfm", report=report)
+    report = sparsity_report(mlp, model_name="mlp", report=report)
+    deep_feats, mlp_feats = deep.layer_features(X_train), mlp.layer_features(X_train)
+    for layer in range(min(len(deep_feats), len(mlp_feats))):
+        for stage in ("input", "linear", "nonlinear"):
+            if stage in deep_feats[layer] and stage in mlp_feats[layer]:
+                report.add(model="deep_rfm_vs_mlp", layer=layer, stage=stage, metric="cka",
+                           value=linear_cka(deep_feats[layer][stage], mlp_feats[layer][stage]),
+                           n_samples=len(y_train))
     report.meta = {
         "depth": depth, "n_train": len(y_train), "n_test": len(y_test),
         "deep_rfm": {"test_accuracy": float(deep.score(X_test, y_test)), "fit_seconds": deep_s,
@@ -153,3 +164,94 @@ def comparison_table(report: CollapseReport, metric: str = "nc1") -> str:
                   fmt(by("mlp_init", "weights", layer, "nfa_sqrt"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---- when feature learning hurts ---------------------------------------------------------------------------------
+#: the targets of :func:`feature_learning_study`
+FEATURE_LEARNING_TARGETS = ("smooth", "low_rank")
+
+
+def _sphere_points(n, d, rng):
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _study_target(name, d, rng, width=512, lengthscale=1.0):
+    """A target on the unit sphere in R^d: 'smooth', a Gaussian random function (random Fourier features of a
+    Gaussian process with an RBF kernel of the given lengthscale: it varies along every direction alike), or
+    'low_rank', ``d x_0 x_1`` (two directions)."""
+    if name == "low_rank":
+        return lambda X: d * X[:, 0] * X[:, 1]
+    W = rng.standard_normal((d, width)) / lengthscale
+    b = rng.uniform(0, 2 * np.pi, width)
+    a = rng.standard_normal(width) * np.sqrt(2.0 / width)
+    return lambda X: np.cos(X @ W + b) @ a
+
+
+def feature_learning_study(*, sizes=(250, 500, 1000, 2000, 4000), d: int = 20, iters: int = 5, n_test: int = 2000,
+                           seeds=(0,), targets=FEATURE_LEARNING_TARGETS, bandwidth="auto", device="auto",
+                           verbose=False) -> list[dict]:
+    """RFM (``iters`` AGOP steps, every iterate kept: no early stopping) against the same kernel without feature
+    learning (``iters=0``) on points of the unit sphere in R^d, for a target smooth in every direction and a low-rank
+    target; per (target, n, seed, model): the test error relative to the target's variance
+    (``mean (f - y)^2 / var y``), and for RFM the effective rank of the learned M."""
+    from .collapse import feature_matrix_sparsity
+    from .rfm import RFMRegressor
+
+    for t in targets:
+        if t not in FEATURE_LEARNING_TARGETS:
+            raise ValueError(f"target must be one of {FEATURE_LEARNING_TARGETS}, got {t!r}")
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for target in targets:
+            f = _study_target(target, d, np.random.default_rng([seed, 1]))
+            X_all = _sphere_points(max(sizes) + n_test, d, rng)
+            y_all = f(X_all)
+            Xte, yte = X_all[-n_test:], y_all[-n_test:]
+            for n in sizes:
+                for model_iters in (0, iters):
+                    model = RFMRegressor(bandwidth, iters=model_iters, early_stopping=False, device=device,
+                                         random_state=seed, verbose=verbose)
+                    t0 = time.perf_counter()
+                    model.fit(X_all[:n], y_all[:n])
+                    rel = float(np.mean((model.predict(Xte) - yte) ** 2) / np.var(yte))
+                    rows.append({"target": target, "n": n, "seed": seed, "iters": model_iters,
+                                 "model": "rfm" if model_iters else "kernel (iters=0)", "test_rel_mse": rel,
+                                 "m_effective_rank": feature_matrix_sparsity(model.M_)["effective_rank"],
+                                 "fit_seconds": time.perf_counter() - t0, "d": d})
+    return rows
+
+
+def plot_feature_learning(rows, path):
+    """Test error (relative MSE, log scale) against n, one panel per target, RFM vs the same kernel without feature
+    learning (mean over seeds, error bars: min-max). Saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = {}
+            for r in rows:
+                if r["target"] == target and r["model"] == model:
+                    pts.setdefault(r["n"], []).append(r["test_rel_mse"])
+            ns = sorted(pts)
+            mean = np.array([np.mean(pts[n]) for n in ns])
+            lo = mean - np.array([np.min(pts[n]) for n in ns])
+            hi = np.array([np.max(pts[n]) for n in ns]) - mean
+            ax.errorbar(ns, mean, yerr=[lo, hi], marker="o", ms=4, capsize=3, label=model)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training points n")
+        ax.set_ylabel("test MSE / var(y) (log scale)")
+        ax.set_title({"smooth": "smooth in every direction", "low_rank": "low-rank (x0 x1)"}.get(target, target))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

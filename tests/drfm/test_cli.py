@@ -238,7 +238,7 @@ def test_compare_command(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Deep RFM   test accuracy" in text and "NFA corr" in text and "| 2 |" in text
     data = json.loads(out.read_text())
-    assert {r["model"] for r in data["rows"]} == {"deep_rfm", "mlp", "mlp_init"}
+    assert {r["model"] for r in data["rows"]} == {"deep_rfm", "mlp", "mlp_init", "deep_rfm_vs_mlp"}
     assert png.stat().st_size > 1000 and (tmp_path / "c-epochs.png").stat().st_size > 1000
 
 

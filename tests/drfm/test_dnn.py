@@ -280,7 +280,14 @@ def test_compare_report_and_table():
     rep = dnn.compare(X[:90], y[:90], X[90:], y[90:], depth=2, measure_every=2,
                       mlp_params=dict(width=16, lr=1e-2, epochs=4, agop_sample_size=40))
     models = {r["model"] for r in rep.rows}
-    assert models == {"deep_rfm", "mlp", "mlp_init"}
+    assert models == {"deep_rfm", "mlp", "mlp_init", "deep_rfm_vs_mlp"}
+    # CKA between the two models' layers, stage by stage
+    cka = [r for r in rep.rows if r["model"] == "deep_rfm_vs_mlp"]
+    assert {r["metric"] for r in cka} == {"cka"} and {r["layer"] for r in cka} == {0, 1}
+    assert all(0.0 <= r["value"] <= 1.0 + 1e-12 for r in cka)
+    # sparsity of every layer's feature matrix for both models
+    ranks = {(r["model"], r["layer"]) for r in rep.rows if r["metric"] == "m_effective_rank"}
+    assert {("deep_rfm", 0), ("deep_rfm", 1), ("mlp", 0), ("mlp", 1)} <= ranks
     assert 0 <= rep.meta["mlp"]["test_accuracy"] <= 1 and 0 <= rep.meta["deep_rfm"]["test_accuracy"] <= 1
     table = dnn.comparison_table(rep)
     lines = table.splitlines()
