@@ -92,6 +92,7 @@ def select_cases(suite_file: Path, *, quick=False, sizes=None, device="auto", on
 
 
 def _run_one(suite_file: Path, case: dict, timeout: float) -> dict:
+    t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "drfm.bench", str(suite_file), json.dumps(case)],
                               capture_output=True, text=True, timeout=timeout)
@@ -99,6 +100,13 @@ def _run_one(suite_file: Path, case: dict, timeout: float) -> dict:
         # a case over the limit is a result too: recorded, and the run goes on with the next case
         return {**case, "error": f"timed out after {timeout:g} s (--timeout)", "returncode": None}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
+    if proc.returncode < 0:  # killed by a signal: its last output line says nothing about why
+        import signal
+
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else "?"
+        why = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return {**case, "error": f"killed by {name} after {time.perf_counter() - t0:.0f} s{why}",
+                "returncode": proc.returncode}
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {**case, "error": tail[0], "returncode": proc.returncode}

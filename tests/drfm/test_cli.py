@@ -85,6 +85,22 @@ def test_bench_records_a_case_over_its_timeout_and_goes_on(tmp_path):
     assert len(lines) == 5 and all("timed out after 0.05 s" in r["error"] for r in lines)
 
 
+def test_bench_names_a_killed_case(tmp_path):
+    # a case whose process is killed (as by the out-of-memory killer) is recorded as such, not by its last log line
+    suite = tmp_path / "killer.py"
+    suite.write_text(
+        "import os, signal, sys\n"
+        "def cases(*, quick=False, sizes=None, device='auto'):\n"
+        "    return [{'suite': 'killer', 'kind': 'fit', 'model': 'm', 'dataset': 'x', 'n': 1}]\n"
+        "def run_case(case):\n"
+        "    print('Warning: something unrelated', file=sys.stderr, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    from drfm.bench import run_suite, select_cases
+
+    rec = run_suite(suite, select_cases(suite), tmp_path / "k.jsonl", timeout=120)[0]
+    assert rec["returncode"] == -9 and rec["error"].startswith("killed by SIGKILL") and "memory" in rec["error"]
+
+
 def test_console_script_entry_point():
     res = subprocess.run([sys.executable, "-m", "drfm.cli", "datasets"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "digits" in res.stdout

@@ -449,3 +449,27 @@ def test_predict_proba_is_temperature_scaled_on_held_out_data(tmp_path):
     # works inside scikit-learn's calibration wrapper
     cal = CalibratedClassifierCV(RFMClassifier(iters=1, random_state=0), cv=3).fit(X, y)
     assert np.isfinite(log_loss(yte, cal.predict_proba(Xte)))
+
+
+def test_refit_is_skipped_when_all_rows_fit_only_the_m_centre_model(monkeypatch):
+    # the MNIST 60000 case: the kept iterate was solved exactly on the training rows, and all n rows would only
+    # fit the m-centre model; that approximate refit scored lower, so the exact model is kept
+    import drfm._engine as engine
+    from kernels.solvers.plan import plan_solve
+
+    X, y = smooth_everywhere(2400, seed=1)
+    n = len(X)
+
+    def plan(rows, *args, **kw):
+        if rows == n:  # only the refit sees all rows
+            kw = {**kw, "requested": "nystrom", "n_centres": 300}
+        return plan_solve(rows, *args, **kw)
+
+    monkeypatch.setattr(engine, "plan_solve", plan)
+    model = RFMRegressor(iters=2, random_state=0).fit(X, y)
+    hist = model.history_
+    assert not any("refit" in h for h in hist) and all(h["solver"] == "direct" for h in hist)
+    assert "m-centre" in hist[model.best_iter_]["refit_skipped"]
+    assert model.X_fit_.shape[0] == 2160 and model.solver_ == "direct"
+    # the kept model is the exact solve: refitting was skipped, not its result dropped
+    assert model.dual_coef_.shape[0] == 2160
