@@ -230,6 +230,7 @@ def plot_feature_learning(rows, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.6), squeeze=False)
@@ -246,6 +247,9 @@ def plot_feature_learning(rows, path):
             ax.errorbar(ns, mean, yerr=[lo, hi], marker="o", ms=4, capsize=3, label=model)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sizes = sorted({r["n"] for r in rows})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("training points n")
         ax.set_ylabel("test MSE / var(y) (log scale)")
         ax.set_title({"smooth": "smooth in every direction", "low_rank": "low-rank (x0 x1)"}.get(target, target))
