@@ -19,10 +19,6 @@ from ._result import ConvergenceWarning, SolveResult, as_columns
 __all__ = ["solve_cg"]
 
 
-def _col_dot(a, b):
-    return torch.einsum("nc,nc->c", a, b).double()
-
-
 def solve_cg(
     A: KernelOperator,
     B: torch.Tensor,
@@ -39,7 +35,8 @@ def solve_cg(
 
     Parameters
     ----------
-    A : KernelOperator for K (n x n).
+    A : KernelOperator for K (n x n); a row-sharded one (:class:`~kernels.distributed.ShardedKernel`) makes B, x0 and
+        the result this rank's rows, with every inner product all-reduced.
     B : (n,) or (n, c) right-hand sides.
     reg : ridge >= 0.
     x0 : optional warm start of B's shape.
@@ -55,12 +52,20 @@ def solve_cg(
     """
     B, X, squeeze = as_columns(B, x0)
     out_dtype = B.dtype
+    # a row-sharded operator (kernels.distributed) holds this rank's rows of every vector: inner products are summed
+    # over the ranks
+    reduce = getattr(A, "allreduce", None)
+
+    def _col_dot(a, b):
+        d = torch.einsum("nc,nc->c", a, b).double()
+        return d if reduce is None else reduce(d)
+
     if B.dtype != torch.float64:
         # mixed precision: kernel products in the working precision, every CG vector and scalar in float64. In
         # float32 the recurrences lose orthogonality on the ill-conditioned kernel systems RFM produces (measured at
         # n = 30000: float32 CG stalled near 1e-2 and broke down; with float64 vectors it reached 1e-5 in 100 steps)
         B, X = B.double(), X.double()
-    n, c = B.shape
+    n = A.shape[0]  # the global size (B holds this rank's rows when A is sharded)
     max_iter = max(100, n // 10) if max_iter is None else int(max_iter)
     bnorm = _col_dot(B, B).sqrt().clamp_min(1e-300)
 

@@ -61,6 +61,8 @@ class NystromEigensystem:
         s = default_n_centres(n, op.device) if n_centres is None else int(min(n_centres, n))
         perm = torch.randperm(n, generator=generator)
         self.centres = perm[:s].sort().values.to(op.device)
+        if hasattr(op, "broadcast"):  # row-sharded: rank 0's draw, identical on every rank
+            self.centres = op.broadcast(self.centres)
         k_ss = op.block(self.centres, self.centres).double()
         k_ss.diagonal().fill_(1.0)
         w, v = torch.linalg.eigh(k_ss / s)
@@ -98,7 +100,10 @@ class NystromPreconditioner:
         self.eigensystem = eig
         self.reg = float(reg)
         q = min(int(eig.eigvals.numel()), DEFAULT_RANK if rank is None else int(rank))
-        n, s = op.shape[0], eig.n_centres
+        # a row-sharded operator (kernels.distributed): this rank's rows of the basis; Gram matrix and projections
+        # summed over the ranks, the small eigen-system taken from rank 0
+        n, s = getattr(op, "n_local", op.shape[0]), eig.n_centres
+        offset, self._reduce = getattr(op, "row_offset", 0), getattr(op, "allreduce", None)
         itemsize = torch.empty((), dtype=op.dtype).element_size()
         budget = default_memory_budget(op.device) if memory_budget is None else int(memory_budget)
         lam = eig.eigvals[:q] * s  # eigenvalues of K_SS
@@ -109,11 +114,15 @@ class NystromPreconditioner:
         tile = torch.empty(rows * s, dtype=op.dtype, device=op.device)
         for i in range(0, n, rows):
             j = min(i + rows, n)
-            kb = op.block(slice(i, j), eig.centres, out=tile[: (j - i) * s].view(j - i, s))
+            kb = op.block(slice(offset + i, offset + j), eig.centres, out=tile[: (j - i) * s].view(j - i, s))
             torch.mm(kb, proj, out=C[i:j])
         del tile
         gram = (C.T @ C).double() if op.dtype != torch.float64 else C.T @ C
+        if self._reduce is not None:
+            gram = self._reduce(gram)
         sig2, V = torch.linalg.eigh(gram)
+        if hasattr(op, "broadcast"):
+            sig2, V = op.broadcast(sig2), op.broadcast(V)
         sig2, V = sig2.flip(0), V.flip(1)
         ok = sig2 > float(sig2[0]) * 1e-8
         sig2, V = sig2[ok], V[:, ok]
@@ -138,12 +147,14 @@ class NystromPreconditioner:
         """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""
         mu, reg = self.mu, self.reg
         scale = ((mu[-1] + reg) / (mu + reg) - 1.0).to(r.dtype)
+        reduce = getattr(self, "_reduce", None) or (lambda t: t)  # sharded: U^T r summed over the ranks
         if self.U.dtype == r.dtype:
-            return r + self.U @ ((self.U.T @ r) * scale.unsqueeze(1))
+            return r + self.U @ (reduce(self.U.T @ r) * scale.unsqueeze(1))
         chunk = max(1, _PROMOTE_ELEMENTS // max(1, self.U.shape[1]))
         coef = torch.zeros((self.U.shape[1], r.shape[1]), dtype=r.dtype, device=r.device)
         for i in range(0, r.shape[0], chunk):
             coef += self.U[i : i + chunk].to(r.dtype).T @ r[i : i + chunk]
+        coef = reduce(coef)
         coef *= scale.unsqueeze(1)
         out = r.clone()
         for i in range(0, r.shape[0], chunk):

@@ -1,0 +1,62 @@
+"""One rank of the distributed tests (started by tests/kernels/test_distributed.py, never collected by pytest).
+
+python -m tests.kernels._dist_worker WORLD RANK PORT MODE OUT
+"""
+import sys
+from datetime import timedelta
+
+import torch
+
+
+def problem(seed=0, n=101, d=5, c=3):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    R = A @ A.T / d + 0.2 * torch.eye(d, dtype=torch.float64)
+    alpha = torch.randn(n, c, generator=g, dtype=torch.float64)
+    Y = torch.randn(n, c, generator=g, dtype=torch.float64)
+    return X, R, alpha, Y
+
+
+def shard_sizes(n, world):
+    """Uneven shards: rank 0 holds one row, the others split the rest (the last one the remainder)."""
+    if world == 1:
+        return [n]
+    rest = n - 1
+    each = rest // (world - 1)
+    return [1] + [each] * (world - 2) + [rest - each * (world - 2)]
+
+
+def main(world, rank, port, mode, out):
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=30))
+    from kernels.distributed import Comm, ShardedKernel, distributed_agop
+    from kernels.family import Kernel
+    from kernels.solvers import NystromEigensystem, NystromPreconditioner, solve_cg
+
+    X, R, alpha, Y = problem()
+    sizes = shard_sizes(X.shape[0], world)
+    off = sum(sizes[:rank])
+    rows = slice(off, off + sizes[rank])
+    comm = Comm()
+    kern = Kernel("laplace", 2.0)
+    op = ShardedKernel(X[rows], comm, kernel=kern, sqrt_m=R)
+    res = {"rank": rank, "rows": (off, off + sizes[rank]), "product": op.matmul(alpha[rows])}
+    if mode == "raise" and rank == 1:
+        raise RuntimeError("rank 1 failed on purpose")
+    eig = NystromEigensystem(op, n_centres=40, generator=torch.Generator().manual_seed(rank))  # rank 0's draw wins
+    pre = NystromPreconditioner(op, reg=1e-2, eigensystem=eig, rank=30)
+    sol = solve_cg(op, Y[rows], reg=1e-2, rtol=1e-12, max_iter=1000, M=pre)
+    res.update(cg=sol.x, cg_iters=sol.n_iter, centres=eig.centres,
+               agop=distributed_agop(X[rows], op.all, alpha, comm, kernel=kern, sqrt_m=R),
+               bytes=comm.bytes_communicated)
+    torch.save(res, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    w, r, p = (int(v) for v in sys.argv[1:4])
+    main(w, r, p, sys.argv[4], sys.argv[5])

@@ -1,0 +1,74 @@
+"""Row-sharded kernel operators across processes (gloo on localhost): world sizes 2 and 3 against one process on the
+same data, float64; uneven shards (one rank holds a single row); a rank that raises stops the others, and no test
+can hang (every process has a deadline)."""
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import laplace_agop
+from kernels._reference import family_kernel_numpy
+from tests.kernels._dist_worker import problem
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(world, mode, tmp_path, deadline=120):
+    port = _free_port()
+    procs, outs = [], []
+    for rank in range(world):
+        out = tmp_path / f"rank{rank}.pt"
+        outs.append(out)
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.kernels._dist_worker", str(world), str(rank),
+                                       str(port), mode, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"a rank did not finish within {deadline} s")
+        results.append((p.returncode, err))
+    return results, outs
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_products_cg_and_agop_equal_one_process(world, tmp_path):
+    results, outs = _launch(world, "ok", tmp_path)
+    assert all(rc == 0 for rc, _ in results), [err[-2000:] for _, err in results]
+    parts = [torch.load(o) for o in outs]
+    X, R, alpha, Y = problem()
+    K = torch.as_tensor(family_kernel_numpy(X.numpy(), X.numpy(), name="laplace", bandwidth=2.0, r=R.numpy()))
+    assert parts[0]["rows"] == (0, 1)  # uneven: rank 0 holds one row
+    product = torch.cat([p["product"] for p in parts])
+    torch.testing.assert_close(product, K @ alpha, rtol=1e-10, atol=1e-10)
+    # distributed preconditioned CG reaches the single-process solution
+    x = torch.cat([p["cg"] for p in parts])
+    ref = torch.linalg.solve(K + 1e-2 * torch.eye(len(K), dtype=torch.float64), Y)
+    assert float((x - ref).norm() / ref.norm()) < 1e-6
+    assert len({p["cg_iters"] for p in parts}) == 1  # every rank stopped at the same step
+    assert all(torch.equal(p["centres"], parts[0]["centres"]) for p in parts)  # rank 0's centres everywhere
+    # the AGOP over every rank's rows equals the single-process AGOP
+    ref_agop = laplace_agop(X, X, alpha, bandwidth=2.0, sqrt_m=R)
+    for p in parts:  # (summed in another order: equal to round-off of the whole matrix)
+        assert float((p["agop"] - ref_agop).norm() / ref_agop.norm()) < 1e-10
+    assert all(p["bytes"] > 0 for p in parts)
+
+
+def test_a_rank_that_raises_stops_the_others(tmp_path):
+    results, _ = _launch(2, "raise", tmp_path, deadline=90)
+    (rc0, err0), (rc1, err1) = results
+    assert rc1 != 0 and "rank 1 failed on purpose" in err1
+    assert rc0 != 0  # rank 0 did not hang in its next collective: it failed with the lost peer
