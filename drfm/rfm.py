@@ -62,6 +62,7 @@ class _BaseRFM(BaseEstimator):
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
         "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
+        "distributed": [BOOL],
         "categorical_features": [Options("from_dtype"), InstanceOf(list, tuple, np.ndarray, name="a list of column "
                                  "names / indices or a boolean mask"), NoneOK],
         "random_state": RANDOM_STATE,
@@ -94,6 +95,7 @@ class _BaseRFM(BaseEstimator):
         memory_budget=None,
         n_threads=None,
         categorical_features="from_dtype",
+        distributed=False,
         random_state=None,
         verbose=False,
     ):
@@ -120,6 +122,7 @@ class _BaseRFM(BaseEstimator):
         self.memory_budget = memory_budget
         self.n_threads = n_threads
         self.categorical_features = categorical_features
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -132,6 +135,10 @@ class _BaseRFM(BaseEstimator):
 
     def _scorer(self):  # -> score(outputs, y_true) -> float
         raise NotImplementedError
+
+    def _encode_targets_distributed(self, y, comm) -> np.ndarray:
+        """The encoded targets when every rank holds a shard (a classifier agrees on the classes first)."""
+        return self._encode_targets(y)
 
     def _validate_val(self, X_val, y_val):
         """Validation data checked like the training data (same features; for a classifier, known labels)."""
@@ -161,6 +168,14 @@ class _BaseRFM(BaseEstimator):
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be given together (validation data), or neither.")
         owner = type(self).__name__
+        comm = None
+        if self.distributed:
+            from kernels.distributed import Comm
+
+            from ._distributed import validated_on_every_rank
+
+            comm = Comm()
+            X, y = validated_on_every_rank(comm, owner, lambda: self._validate_xy(X, y), resolve_dtype(self.dtype))
         enc = fit_encoding(X, self.categorical_features, owner)
         names = np.asarray(X.columns, dtype=object) if enc is not None and hasattr(X, "columns") else None
         X, y = self._validate_xy(X if enc is None else enc.transform(X, owner), y)
@@ -170,14 +185,19 @@ class _BaseRFM(BaseEstimator):
             self.n_features_in_ = enc.n_columns
             if names is not None and all(isinstance(c, str) for c in names):
                 self.feature_names_in_ = names
-        Y = self._encode_targets(y)
+        Y = self._encode_targets(y) if comm is None else self._encode_targets_distributed(y, comm)
         if X_val is not None:
             X_val, y_val = self._validate_val(X_val, y_val)
         device = resolve_device(self.device, type(self).__name__)
-        state = run_rfm(X, y, Y, params=RFMParams.of(self), score=self._scorer(), device=device,
-                        dtype=resolve_dtype(self.dtype), budget=resolve_budget(self.memory_budget, device),
-                        generator=make_generator(self.random_state), owner=type(self).__name__,
-                        X_val=X_val, y_val=y_val, tied_groups=None if enc is None else enc.tied)
+        common = dict(params=RFMParams.of(self), score=self._scorer(), device=device, dtype=resolve_dtype(self.dtype),
+                      budget=resolve_budget(self.memory_budget, device), generator=make_generator(self.random_state),
+                      owner=owner, X_val=X_val, y_val=y_val)
+        if comm is not None:
+            from ._distributed import run_rfm_distributed
+
+            state = run_rfm_distributed(X, y, Y, comm=comm, **common)
+        else:
+            state = run_rfm(X, y, Y, tied_groups=None if enc is None else enc.tied, **common)
         d = X.shape[1]
         r64 = state.sqrt_m if state.sqrt_m is not None else (np.ones(d) if self.diag else np.eye(d))
         self.sqrt_m_ = r64
@@ -232,7 +252,9 @@ class _BaseRFM(BaseEstimator):
         """Prediction-time input: validated like the training input (categorical columns one-hot encoded)."""
         enc = self._encoding()
         if enc is None:
-            return validate_data(self, X, reset=False, dtype=DTYPES)
+            # a distributed model may be asked for the predictions of a rank without test rows
+            return validate_data(self, X, reset=False, dtype=DTYPES,
+                                 ensure_min_samples=0 if getattr(self, "distributed", False) else 1)
         names = getattr(self, "feature_names_in_", None)
         if names is not None and hasattr(X, "columns") and list(X.columns) != list(names):
             raise ValueError(f"The feature names should match those that were passed during fit: got "
@@ -386,6 +408,11 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         ``string`` and ``bool`` columns; None: every column numeric. ``M_`` is over the encoded columns;
         ``feature_importances_`` has one entry per input column; ``categorical_`` lists the categorical columns and
         their categories (a category unseen in fit gets an all-zero block).
+    distributed : bool, default=False
+        Fit across the processes of an initialised ``torch.distributed`` process group (e.g. under ``torchrun``):
+        every rank calls ``fit`` with its own rows (rank order = row order), the kernel operator is row-sharded and
+        the fitted model is complete and identical on every rank (:mod:`drfm._distributed`: the iterative solver on
+        all rows; early stopping only with explicit ``X_val, y_val``).
     random_state : int, RandomState or None
         Seeds a local torch.Generator (AGOP subsets, validation split); global RNGs are never touched.
     verbose : bool, default=False
@@ -442,6 +469,14 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
 
     def _validate_xy(self, X, y):
         return validate_classification_data(self, X, y)
+
+    def _encode_targets_distributed(self, y, comm):
+        from ._distributed import agree_classes
+
+        self.classes_ = agree_classes(comm, y)  # a shard may hold only some classes
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes over all ranks.")
+        return (np.asarray(y)[:, None] == self.classes_[None, :]).astype(np.float64)
 
     def _encode_targets(self, y):
         self.classes_, Y = one_hot_classes(y, type(self).__name__)

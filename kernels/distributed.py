@@ -122,6 +122,11 @@ class ShardedKernel:
         self.memory_budget = memory_budget
         self.n_products = 0
 
+    def set_kernel(self, kernel) -> None:
+        """Use another kernel on the same gathered points (e.g. once the bandwidth is measured on them)."""
+        self.kernel = as_kernel(kernel)
+        self.bandwidth = self.kernel.bandwidth
+
     def allreduce(self, t):
         return self.comm.allreduce(t)
 

@@ -27,12 +27,55 @@ def shard_sizes(n, world):
     return [1] + [each] * (world - 2) + [rest - each * (world - 2)]
 
 
+def lowrank(n=240, d=6, seed=3):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, X[:, 0] * X[:, 1]
+
+
+#: the RFM settings of the distributed-vs-single-process fits: the iterative path solved tightly on all rows
+RFM_KW = dict(bandwidth=3.0, iters=2, reg=1e-2, solver="cg", solver_tol=1e-11, solver_max_iter=2000,
+              iter_sample_size=None, early_stopping=False, dtype="float64", random_state=0)
+
+
+def fit_rfm(world, rank, out):
+    import numpy as np
+
+    from drfm import RFMClassifier, RFMRegressor
+
+    X, y = lowrank()
+    Xte = np.random.default_rng(9).standard_normal((50, X.shape[1]))
+    sizes = shard_sizes(len(X), world)
+    off = sum(sizes[:rank])
+    rows = slice(off, off + sizes[rank])
+    reg = RFMRegressor(distributed=True, **RFM_KW).fit(X[rows], y[rows])
+    clf = RFMClassifier(distributed=True, **RFM_KW).fit(X[rows], (y[rows] > 0).astype(int))
+    mine = Xte if rank != 1 else Xte[:0]  # rank 1 has no test rows
+    torch.save({"M": reg.M_, "pred": reg.predict(Xte), "pred_mine": reg.predict(mine), "alpha": reg.dual_coef_,
+                "clf_M": clf.M_, "clf_dec": clf.decision_function(Xte), "classes": clf.classes_,
+                "history": reg.history_}, out)
+
+
 def main(world, rank, port, mode, out):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=30))
+    if mode == "rfm":
+        fit_rfm(world, rank, out)
+        dist.destroy_process_group()
+        return
+    if mode == "bad_shape":
+
+        from drfm import RFMRegressor
+
+        X, y = lowrank()
+        X = X[:, :5] if rank == 1 else X
+        RFMRegressor(distributed=True, **RFM_KW).fit(X[rank::world], y[rank::world])
+        return
     from kernels.distributed import Comm, ShardedKernel, distributed_agop
     from kernels.family import Kernel
     from kernels.solvers import NystromEigensystem, NystromPreconditioner, solve_cg

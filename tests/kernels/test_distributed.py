@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +73,34 @@ def test_a_rank_that_raises_stops_the_others(tmp_path):
     (rc0, err0), (rc1, err1) = results
     assert rc1 != 0 and "rank 1 failed on purpose" in err1
     assert rc0 != 0  # rank 0 did not hang in its next collective: it failed with the lost peer
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_rfm_fit_equals_one_process(world, tmp_path):
+    from drfm import RFMClassifier, RFMRegressor
+    from tests.kernels._dist_worker import RFM_KW, lowrank
+
+    results, outs = _launch(world, "rfm", tmp_path, deadline=240)
+    assert all(rc == 0 for rc, _ in results), [err[-3000:] for _, err in results]
+    parts = [torch.load(o, weights_only=False) for o in outs]
+    X, y = lowrank()
+    Xte = np.random.default_rng(9).standard_normal((50, X.shape[1]))
+    ref = RFMRegressor(**RFM_KW).fit(X, y)
+    ref_clf = RFMClassifier(**RFM_KW).fit(X, (y > 0).astype(int))
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    for p in parts:  # the complete model on every rank, equal to the single-process fit
+        assert rel(p["M"], ref.M_) < 1e-6 and rel(p["pred"], ref.predict(Xte)) < 1e-6
+        assert rel(p["clf_M"], ref_clf.M_) < 1e-6 and rel(p["clf_dec"], ref_clf.decision_function(Xte)) < 1e-6
+        assert list(p["classes"]) == [0, 1]  # agreed although rank 0 holds one row
+        np.testing.assert_array_equal(p["pred"], parts[0]["pred"])
+    assert parts[1]["pred_mine"].shape == (0,)  # a rank without test rows
+    assert parts[0]["history"][0]["world_size"] == world
+
+
+def test_mismatched_features_are_one_clear_error_on_every_rank(tmp_path):
+    results, _ = _launch(2, "bad_shape", tmp_path, deadline=120)
+    for rc, err in results:
+        assert rc != 0 and "the ranks' data disagree" in err and "rank 1: 5 features" in err, err[-1500:]
