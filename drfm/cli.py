@@ -135,9 +135,14 @@ def cmd_fit(args) -> dict:
     defaults = {"random_state": args.seed, "verbose": args.verbose}
     if "device" in valid:
         defaults["device"] = args.device
+    rank, world = _distributed_launch(cls, valid, defaults)
     model = cls(**defaults).set_params(**params)
+    X_fit, y_fit = data.X, data.y
+    if world > 1:  # under torchrun: this rank's contiguous range of the training rows
+        lo, hi = rank * len(data.y) // world, (rank + 1) * len(data.y) // world
+        X_fit, y_fit = data.X[lo:hi], data.y[lo:hi]
     t0 = time.perf_counter()
-    model.fit(data.X, data.y)
+    model.fit(X_fit, y_fit)
     fit_s = time.perf_counter() - t0
     metric = "accuracy" if data.task == "classification" else "r2"
     res = {"model": cls.__name__, "task": data.task, "data": data.source, "n_train": len(data.y),
@@ -145,12 +150,37 @@ def cmd_fit(args) -> dict:
            "train_score": float(model.score(data.X, data.y)),
            "n_test": 0 if data.y_test is None else len(data.y_test),
            "test_score": None if data.y_test is None else float(model.score(data.X_test, data.y_test)),
-           "saved": None}
-    if args.save:
+           "saved": None, "world_size": world, "rank": rank}
+    if args.save and rank == 0:  # the model is identical on every rank: rank 0 writes it
         save_model(model, args.save, metadata={"task": data.task, "data": data.source, "test_score": res["test_score"],
                                                "feature_names": data.feature_names, "input_scale": data.input_scale})
         res["saved"] = str(args.save)
     return res
+
+
+def _distributed_launch(cls, valid, defaults) -> tuple[int, int]:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): initialise the process group (NCCL with one GPU per
+    rank when CUDA is used, gloo otherwise; collective timeout DEFAULT_TIMEOUT) and set ``distributed=True`` (and the
+    rank's GPU). Returns (rank, world size); (0, 1) outside torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if "distributed" not in valid:
+        raise UsageError(f"{cls.__name__} does not run distributed; under torchrun use --model rfm")
+    import torch
+    import torch.distributed as dist
+
+    from kernels.distributed import DEFAULT_TIMEOUT
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = defaults.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(local)
+        defaults["device"] = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo", timeout=DEFAULT_TIMEOUT)
+    defaults["distributed"] = True
+    return dist.get_rank(), dist.get_world_size()
 
 
 def show_fit(res: dict) -> str:
@@ -548,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"drfm {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    if isinstance(res, dict) and res.get("rank", 0) != 0:
+        return 0  # under torchrun only rank 0 reports (every rank holds the same model)
     text = json.dumps(res, indent=None if isinstance(res, list) else 2, default=str) if args.json else args.show(res)
     try:
         print(text)

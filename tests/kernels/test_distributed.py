@@ -104,3 +104,35 @@ def test_mismatched_features_are_one_clear_error_on_every_rank(tmp_path):
     results, _ = _launch(2, "bad_shape", tmp_path, deadline=120)
     for rc, err in results:
         assert rc != 0 and "the ranks' data disagree" in err and "rank 1: 5 features" in err, err[-1500:]
+
+
+def test_drfm_fit_under_torchrun(tmp_path):
+    # `torchrun --nproc-per-node=2 -m drfm.cli fit ...`: each rank fits its row range; rank 0 reports and saves a
+    # model that predicts as the single-process fit
+    from drfm.cli import main
+    from drfm.persistence import load_model
+    from tests.kernels._dist_worker import lowrank
+
+    X, y = lowrank(300, seed=5)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    params = ["--param", "iters=1", "--param", "solver=cg", "--param", "solver_tol=1e-11", "--param",
+              "solver_max_iter=2000", "--param", "early_stopping=False", "--param", "dtype='float64'",
+              "--param", "bandwidth=3.0", "--param", "reg=0.01"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "drfm.cli",
+           "fit", "--X", str(tmp_path / "X.npy"), "--y", str(tmp_path / "y.npy"), "--json", "--device", "cpu",
+           "--save", str(tmp_path / "m.drfm"), *params]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    res = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert res["world_size"] == 2 and res["rank"] == 0
+    model = load_model(tmp_path / "m.drfm")
+    assert model.distributed and model.X_fit_.shape[0] == res["n_train"]
+    # the same fit in one process (the CLI's own split: same seed)
+    single = tmp_path / "s.drfm"
+    assert main(["fit", "--X", str(tmp_path / "X.npy"), "--y", str(tmp_path / "y.npy"), "--device", "cpu",
+                 "--save", str(single), *params]) == 0
+    ref = load_model(single)
+    Xte = np.random.default_rng(1).standard_normal((40, X.shape[1]))
+    np.testing.assert_allclose(model.predict(Xte), ref.predict(Xte), rtol=1e-6, atol=1e-8)
