@@ -22,7 +22,7 @@ __all__ = ["BenchError", "MARKER", "RATIO_FIELDS", "RESULT_KEYS", "compare_resul
            "load_suite", "read_results", "run_suite", "select_cases"]
 
 MARKER = "DRFM-BENCH-RESULT "
-RESULT_KEYS = ("suite", "kind", "model", "dataset", "n", "d", "device", "depth", "variant")
+RESULT_KEYS = ("suite", "kind", "model", "dataset", "n", "d", "device", "depth", "variant", "world_size")
 RATIO_FIELDS = ("fit_seconds", "predict_seconds", "kernel_seconds", "peak_rss_bytes", "score", "ratio")
 
 

@@ -36,7 +36,8 @@ DEFAULT_TIMEOUT = timedelta(minutes=10)
 
 
 class Comm:
-    """The collectives of one process group, with a count of the bytes they move on this rank.
+    """The collectives of one process group, with a count of the bytes they move on this rank (received from other
+    ranks: an all-gather counts the other ranks' parts, a ring all-reduce 2 (P-1)/P of the tensor; 0 at P = 1).
 
     Parameters
     ----------
@@ -69,7 +70,7 @@ class Comm:
         """``t`` as rank ``src`` holds it (every rank must pass a tensor of the same shape and dtype)."""
         out = t.clone().contiguous()
         self.dist.broadcast(out, src=src, group=self.group)
-        self._count(out)
+        self._count(out, 1.0 if self.world_size > 1 else 0.0)  # received (or sent) once
         return out
 
     def sizes(self, n_local: int, device) -> list[int]:
@@ -77,7 +78,7 @@ class Comm:
         mine = torch.tensor([n_local], dtype=torch.long, device=device)
         got = [torch.zeros_like(mine) for _ in range(self.world_size)]
         self.dist.all_gather(got, mine, group=self.group)
-        self._count(mine, self.world_size)
+        self._count(mine, self.world_size - 1)  # received from every other rank
         return [int(g) for g in got]
 
     def all_gather_rows(self, t: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
@@ -89,7 +90,7 @@ class Comm:
         pad[: t.shape[0]] = t
         parts = [torch.empty_like(pad) for _ in range(self.world_size)]
         self.dist.all_gather(parts, pad, group=self.group)
-        self._count(pad, self.world_size)
+        self._count(pad, self.world_size - 1)  # received from every other rank
         return torch.cat([p[:s] for p, s in zip(parts, sizes)], 0)
 
 

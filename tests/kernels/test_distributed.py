@@ -136,3 +136,15 @@ def test_drfm_fit_under_torchrun(tmp_path):
     ref = load_model(single)
     Xte = np.random.default_rng(1).standard_normal((40, X.shape[1]))
     np.testing.assert_allclose(model.predict(Xte), ref.predict(Xte), rtol=1e-6, atol=1e-8)
+
+
+def test_bench_distributed_quick(tmp_path):
+    # the suite runs, counts no bytes at world size 1 and the same result at world size 2
+    from drfm.cli import main
+    import json
+
+    out = tmp_path / "d.jsonl"
+    assert main(["bench", "distributed", "--quick", "--out", str(out)]) == 0
+    one, two = [json.loads(line) for line in out.read_text().splitlines()]
+    assert one["world_size"] == 1 and one["bytes_per_step"] == 0 and two["bytes_per_step"] > 4 * 1000
+    assert abs(one["score"] - two["score"]) < 1e-5
