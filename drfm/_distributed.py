@@ -31,7 +31,7 @@ from kernels.distributed import Comm, ShardedKernel, distributed_agop
 from ._backend import finite_tensor
 from ._engine import RFMState, _kernel_bandwidth, kernel_of
 
-__all__ = ["agree_classes", "run_rfm_distributed", "validated_on_every_rank"]
+__all__ = ["agree_classes", "run_rfm_distributed", "standardization_distributed", "validated_on_every_rank"]
 
 logger = logging.getLogger("drfm.rfm")
 
@@ -75,10 +75,25 @@ def _gather_np(comm: Comm, a: np.ndarray) -> np.ndarray:
     return np.concatenate(everyone, 0)
 
 
+def standardization_distributed(comm: Comm, X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`drfm._backend.standardization` over every rank's rows: the global per-feature mean and standard
+    deviation (constant features keep scale 1), from two all-reduces."""
+    d = X.shape[1]
+    if not enabled:
+        return np.zeros(d), np.ones(d)
+    X = np.asarray(X, dtype=np.float64)
+    stats = comm.allreduce(torch.as_tensor(np.r_[X.sum(0), len(X)], dtype=torch.float64)).numpy()
+    mean = stats[:d] / stats[d]
+    var = comm.allreduce(torch.as_tensor(((X - mean) ** 2).sum(0), dtype=torch.float64)).numpy() / stats[d]
+    scale = np.sqrt(var)
+    return mean, np.where(scale > 0, scale, 1.0)
+
+
 def run_rfm_distributed(X, y, Y, *, params, score, device, dtype, budget, generator, owner, comm: Comm,
-                        X_val=None, y_val=None) -> RFMState:
+                        X_val=None, y_val=None, final_solve: bool = True) -> RFMState:
     """The RFM loop on this rank's rows (X, y, Y encoded targets) -- see the module text. Returns the state of the
-    complete model (every row's coefficients and the kept rows, identical on every rank)."""
+    complete model (every row's coefficients and the kept rows, identical on every rank). ``final_solve=False`` (a
+    Deep RFM layer): ``iters`` solves, each followed by its AGOP step; ``last_sqrt_m`` is the new data map."""
     p, gen = params, generator
     if p.solver not in ("auto", "cg"):
         raise ValueError(f"{owner}: distributed=True runs the iterative solver (solver='cg' or 'auto'); got "
@@ -101,7 +116,8 @@ def run_rfm_distributed(X, y, Y, *, params, score, device, dtype, budget, genera
     sqrt_m = factor = None
     history, best = [], None
     warned: set = set()
-    for t in range(p.iters + 1):
+    n_solves = p.iters + 1 if final_solve else max(p.iters, 1)
+    for t in range(n_solves):
         t0 = time.perf_counter()
         local = Points.of(Xt, factor)
         op = ShardedKernel(local, comm, kernel=kernel_of(_with(p, 1.0)), memory_budget=budget)
@@ -124,7 +140,7 @@ def run_rfm_distributed(X, y, Y, *, params, score, device, dtype, budget, genera
             rec["val_score"] = score(_gather_np(comm, val_out.cpu().double().numpy()), yv_all)
         if best is None or rec["val_score"] is None or rec["val_score"] > best[0]:
             best = (rec["val_score"], t, sqrt_m, factor, alpha_all, op.all, L)
-        if t < p.iters:
+        if t < p.iters:  # (without a final solve every solve is followed by an AGOP step)
             # the AGOP over a global random sample of rows (indices drawn identically on every rank)
             n_agop = min(p.agop_sample_size, n)
             pick = torch.randperm(n, generator=gen)[:n_agop] if n_agop < n else torch.arange(n)

@@ -109,6 +109,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
         "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
+        "distributed": [BOOL],
         "random_state": RANDOM_STATE,
         "verbose": [BOOL, Interval("int", 0, None, closed="left")],
     }
@@ -128,6 +129,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         dtype="float32",
         memory_budget=None,
         n_threads=None,
+        distributed=False,
         random_state=None,
         verbose=False,
     ):
@@ -143,6 +145,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.memory_budget = memory_budget
         self.n_threads = n_threads
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -165,6 +168,9 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
     def _encode(self, y) -> np.ndarray:
         raise NotImplementedError
 
+    def _encode_distributed(self, y, comm) -> np.ndarray:
+        return self._encode(y)
+
     def _template(self) -> RFMRegressor:
         """A validated clone of the layer template."""
         template = default_layer() if self.layer is None else clone(self.layer)
@@ -179,7 +185,8 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
     def _machine(self, template, *, iters, seed, budget):
         """A clone of the template with this Deep RFM's device, dtype, budget, a drawn seed and quieter verbosity."""
         runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
-                       verbose=max(0, int(self.verbose) - 1), n_threads=None)  # None: the Deep RFM's own count
+                       verbose=max(0, int(self.verbose) - 1), n_threads=None,  # None: the Deep RFM's own count
+                       distributed=self.distributed)
         return clone(template).set_params(iters=iters, **runtime)
 
     @with_threads
@@ -187,14 +194,25 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         """Fit ``depth`` layers greedily, then the final kernel machine on the last layer's features."""
         validate_params(self)
         template = self._template()
-        X, y = self._validate_xy(X, y)
-        Y = self._encode(y)
+        comm = None
+        if self.distributed:  # each rank its rows: see drfm._distributed
+            from kernels.distributed import Comm
+
+            from ._distributed import standardization_distributed, validated_on_every_rank
+
+            comm = Comm()
+            X, y = validated_on_every_rank(comm, type(self).__name__, lambda: self._validate_xy(X, y),
+                                           resolve_dtype(self.dtype))
+        else:
+            X, y = self._validate_xy(X, y)
+        Y = self._encode(y) if comm is None else self._encode_distributed(y, comm)
         device = resolve_device(self.device, type(self).__name__)
         self.device_ = str(device)
         dtype = resolve_dtype(self.dtype)
         budget = resolve_budget(self.memory_budget, device)
         gen = make_generator(self.random_state)
-        self.mean_, self.scale_ = standardization(X, self.standardize)
+        self.mean_, self.scale_ = (standardization(X, self.standardize) if comm is None
+                                   else standardization_distributed(comm, X, self.standardize))
         h = to_tensor((X - self.mean_) / self.scale_, torch.float64, torch.device("cpu"))
         n = h.shape[0]
         layers = []
@@ -211,9 +229,15 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
             held.check(f"{type(self).__name__} layer {idx}", hint=f"(n = {n}, d = {d_l}, width = {width})")
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             km = self._machine(template, iters=template.iters, seed=seed, budget=held.left())
-            state = run_rfm(h.numpy(), Y, Y, params=RFMParams.of(km), score=r2_of_outputs, device=device, dtype=dtype,
-                            budget=km.memory_budget, generator=make_generator(seed),
-                            owner=f"{type(self).__name__} layer {idx}", final_solve=False)
+            run = dict(params=RFMParams.of(km), score=r2_of_outputs, device=device, dtype=dtype,
+                       budget=km.memory_budget, generator=make_generator(seed),
+                       owner=f"{type(self).__name__} layer {idx}", final_solve=False)
+            if comm is None:
+                state = run_rfm(h.numpy(), Y, Y, **run)
+            else:
+                from ._distributed import run_rfm_distributed
+
+                state = run_rfm_distributed(h.numpy(), Y, Y, comm=comm, **run)
             R = state.last_sqrt_m if state.last_sqrt_m is not None else (
                 np.ones(d_l) if km.diag else np.eye(d_l))
             W, b = _draw_map(self.feature_map, d_l, width, self.sigma, gen)
@@ -311,8 +335,9 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
     normalize_rows, standardize : bool, default=True
         Row-normalise each layer's input; standardise the raw features (training mean / std) first.
     target_encoding : {'pm1', 'onehot'}, default='pm1'
-    device, dtype, memory_budget, n_threads, random_state, verbose : as in :class:`RFMRegressor`; they replace the
-        template's
+    device, dtype, memory_budget, n_threads, distributed, random_state, verbose : as in :class:`RFMRegressor`; they
+        replace the template's (``distributed=True``: every layer's machine and the final one are fit across the
+        process group, each rank on its rows; standardisation uses every rank's rows)
         (the layer machines' seeds are drawn from ``random_state``).
 
     Attributes
@@ -327,6 +352,15 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
 
     def _encode(self, y):
         self.classes_, Y = one_hot_classes(y, type(self).__name__)
+        return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
+
+    def _encode_distributed(self, y, comm):
+        from ._distributed import agree_classes
+
+        self.classes_ = agree_classes(comm, y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes over all ranks.")
+        Y = (np.asarray(y)[:, None] == self.classes_[None, :]).astype(np.float64)
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
     def decision_function(self, X):

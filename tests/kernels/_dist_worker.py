@@ -58,14 +58,38 @@ def fit_rfm(world, rank, out):
                 "history": reg.history_}, out)
 
 
+def deep_kw():
+    from drfm import RFMRegressor
+
+    layer = RFMRegressor(2.0, iters=1, reg=1e-2, solver="cg", solver_tol=1e-11, solver_max_iter=2000,
+                         iter_sample_size=None, early_stopping=False)
+    return dict(layer=layer, feature_map="cosine", width=64, dtype="float64", random_state=0)
+
+
+def fit_deep(world, rank, out):
+    import numpy as np
+
+    from drfm import DeepRFMClassifier
+
+    X, y = lowrank(200, seed=4)
+    labels = np.digitize(y, [-0.5, 0.5])  # 3 classes
+    sizes = shard_sizes(len(X), world)
+    off = sum(sizes[:rank])
+    rows = slice(off, off + sizes[rank])
+    deep = DeepRFMClassifier(3, distributed=True, **deep_kw()).fit(X[rows], labels[rows])
+    Xte = np.random.default_rng(2).standard_normal((30, X.shape[1]))
+    torch.save({"Ms": [layer.M for layer in deep.layers_], "dec": deep.decision_function(Xte),
+                "mean": deep.mean_}, out)
+
+
 def main(world, rank, port, mode, out):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=30))
-    if mode == "rfm":
-        fit_rfm(world, rank, out)
+    if mode in ("rfm", "deep"):
+        (fit_rfm if mode == "rfm" else fit_deep)(world, rank, out)
         dist.destroy_process_group()
         return
     if mode == "bad_shape":

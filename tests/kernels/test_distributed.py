@@ -148,3 +148,23 @@ def test_bench_distributed_quick(tmp_path):
     one, two = [json.loads(line) for line in out.read_text().splitlines()]
     assert one["world_size"] == 1 and one["bytes_per_step"] == 0 and two["bytes_per_step"] > 4 * 1000
     assert abs(one["score"] - two["score"]) < 1e-5
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_deep_rfm_equals_one_process(world, tmp_path):
+    from drfm import DeepRFMClassifier
+    from tests.kernels._dist_worker import deep_kw, lowrank
+
+    results, outs = _launch(world, "deep", tmp_path, deadline=300)
+    assert all(rc == 0 for rc, _ in results), [err[-3000:] for _, err in results]
+    parts = [torch.load(o, weights_only=False) for o in outs]
+    X, y = lowrank(200, seed=4)
+    labels = np.digitize(y, [-0.5, 0.5])
+    ref = DeepRFMClassifier(3, **deep_kw()).fit(X, labels)
+    Xte = np.random.default_rng(2).standard_normal((30, X.shape[1]))
+    ref_dec = ref.decision_function(Xte)
+    for p in parts:
+        np.testing.assert_allclose(p["mean"], ref.mean_, rtol=1e-12, atol=1e-14)
+        for M, R in zip(p["Ms"], [layer.M for layer in ref.layers_]):
+            assert np.linalg.norm(M - R) / np.linalg.norm(R) < 1e-6
+        assert np.linalg.norm(p["dec"] - ref_dec) / np.linalg.norm(ref_dec) < 1e-6
