@@ -31,7 +31,7 @@ from kernels.distributed import Comm, ShardedKernel, distributed_agop
 from ._backend import finite_tensor
 from ._engine import RFMState, _kernel_bandwidth, kernel_of
 
-__all__ = ["agree_classes", "run_rfm_distributed", "standardization_distributed", "validated_on_every_rank"]
+__all__ = ["agree_classes", "agreed_generator", "run_rfm_distributed", "standardization_distributed", "validated_on_every_rank"]
 
 logger = logging.getLogger("drfm.rfm")
 
@@ -73,6 +73,17 @@ def _gather_np(comm: Comm, a: np.ndarray) -> np.ndarray:
     everyone = [None] * comm.world_size
     comm.dist.all_gather_object(everyone, a, group=comm.group)
     return np.concatenate(everyone, 0)
+
+
+def agreed_generator(comm: Comm, random_state) -> torch.Generator:
+    """The generator of a distributed fit: rank 0's seed (from ``random_state``, which may be None) on every rank,
+    so that every random draw (validation rows, AGOP samples, Nystrom centres, feature-map weights) is the same
+    everywhere."""
+    from ._backend import make_generator
+
+    gen = make_generator(random_state)  # with a fixed random_state: the single-process stream itself
+    gen.set_state(comm.broadcast(gen.get_state()))
+    return gen
 
 
 def standardization_distributed(comm: Comm, X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -210,7 +210,12 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         self.device_ = str(device)
         dtype = resolve_dtype(self.dtype)
         budget = resolve_budget(self.memory_budget, device)
-        gen = make_generator(self.random_state)
+        if comm is None:
+            gen = make_generator(self.random_state)
+        else:  # rank 0's seed on every rank: the same layer seeds and feature-map weights everywhere
+            from ._distributed import agreed_generator
+
+            gen = agreed_generator(comm, self.random_state)
         self.mean_, self.scale_ = (standardization(X, self.standardize) if comm is None
                                    else standardization_distributed(comm, X, self.standardize))
         h = to_tensor((X - self.mean_) / self.scale_, torch.float64, torch.device("cpu"))

@@ -193,8 +193,9 @@ class _BaseRFM(BaseEstimator):
                       budget=resolve_budget(self.memory_budget, device), generator=make_generator(self.random_state),
                       owner=owner, X_val=X_val, y_val=y_val)
         if comm is not None:
-            from ._distributed import run_rfm_distributed
+            from ._distributed import agreed_generator, run_rfm_distributed
 
+            common["generator"] = agreed_generator(comm, self.random_state)  # rank 0's draws everywhere
             state = run_rfm_distributed(X, y, Y, comm=comm, **common)
         else:
             state = run_rfm(X, y, Y, tied_groups=None if enc is None else enc.tied, **common)

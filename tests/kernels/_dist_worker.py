@@ -53,9 +53,12 @@ def fit_rfm(world, rank, out):
     reg = RFMRegressor(distributed=True, **RFM_KW).fit(X[rows], y[rows])
     clf = RFMClassifier(distributed=True, **RFM_KW).fit(X[rows], (y[rows] > 0).astype(int))
     mine = Xte if rank != 1 else Xte[:0]  # rank 1 has no test rows
+    # random_state=None and a random AGOP sample: the draws must still agree across ranks (rank 0's seed)
+    free = RFMRegressor(distributed=True, **{**RFM_KW, "random_state": None, "agop_sample_size": 100})
+    free.fit(X[rows], y[rows])
     torch.save({"M": reg.M_, "pred": reg.predict(Xte), "pred_mine": reg.predict(mine), "alpha": reg.dual_coef_,
                 "clf_M": clf.M_, "clf_dec": clf.decision_function(Xte), "classes": clf.classes_,
-                "history": reg.history_}, out)
+                "history": reg.history_, "free_M": free.M_}, out)
 
 
 def deep_kw():
@@ -78,8 +81,10 @@ def fit_deep(world, rank, out):
     rows = slice(off, off + sizes[rank])
     deep = DeepRFMClassifier(3, distributed=True, **deep_kw()).fit(X[rows], labels[rows])
     Xte = np.random.default_rng(2).standard_normal((30, X.shape[1]))
+    # random_state=None: the feature-map weights must still be the same on every rank (rank 0's generator)
+    free = DeepRFMClassifier(2, distributed=True, **{**deep_kw(), "random_state": None}).fit(X[rows], labels[rows])
     torch.save({"Ms": [layer.M for layer in deep.layers_], "dec": deep.decision_function(Xte),
-                "mean": deep.mean_}, out)
+                "mean": deep.mean_, "free_W": free.layers_[0].W, "free_dec": free.decision_function(Xte)}, out)
 
 
 def main(world, rank, port, mode, out):

@@ -97,6 +97,8 @@ def test_distributed_rfm_fit_equals_one_process(world, tmp_path):
         assert list(p["classes"]) == [0, 1]  # agreed although rank 0 holds one row
         np.testing.assert_array_equal(p["pred"], parts[0]["pred"])
     assert parts[1]["pred_mine"].shape == (0,)  # a rank without test rows
+    for p in parts[1:]:  # random_state=None: every rank used rank 0's draws
+        np.testing.assert_array_equal(p["free_M"], parts[0]["free_M"])
     assert parts[0]["history"][0]["world_size"] == world
 
 
@@ -168,3 +170,5 @@ def test_distributed_deep_rfm_equals_one_process(world, tmp_path):
         for M, R in zip(p["Ms"], [layer.M for layer in ref.layers_]):
             assert np.linalg.norm(M - R) / np.linalg.norm(R) < 1e-6
         assert np.linalg.norm(p["dec"] - ref_dec) / np.linalg.norm(ref_dec) < 1e-6
+        np.testing.assert_array_equal(p["free_W"], parts[0]["free_W"])
+        np.testing.assert_array_equal(p["free_dec"], parts[0]["free_dec"])
