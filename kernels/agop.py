@@ -227,6 +227,7 @@ def laplace_agop(
     sample_block: int | None = None,
     centre_block: int | None = None,
     kernel=None,
+    factor_coordinates: bool = False,
 ) -> torch.Tensor:
     """Average gradient outer product of the kernel predictor ``f = K_M(., centres) @ alpha`` (Laplace by default).
 
@@ -240,6 +241,8 @@ def laplace_agop(
     sqrt_m : None, (d,) or (d, d') tensor R with ``M = R R^T`` (for the product Laplace kernel: the map ``x R``).
     kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
     diag : keep only the diagonal (per-feature importances; O(d) memory for the result).
+    factor_coordinates : with a (d, r) matrix factor F, return the (r, r) AGOP ``A_F`` in its coordinates (the
+        d x d AGOP is ``F A_F F^T``): what ranks all-reduce in a distributed fit (r^2 instead of d^2 values).
     centering : subtract the mean gradient over ``samples`` (per output channel) before the outer products.
     memory_budget : bytes for tiles and temporaries; ``sample_block`` / ``centre_block`` override the plan.
 
@@ -270,6 +273,8 @@ def laplace_agop(
         gbar = gsum / n_s  # (c, d)
         acc -= gbar.T @ gbar if full else (gbar * gbar).sum(0)
     if factor:
+        if factor_coordinates:
+            return acc
         f = sqrt_m.double()
         return ((f @ acc) * f).sum(1) if diag else f @ acc @ f.T
     return acc

@@ -176,10 +176,17 @@ def distributed_agop(samples, centres, alpha, comm: Comm, *, kernel=None, bandwi
     total = int(comm.allreduce(torch.tensor([float(n_local)], dtype=torch.float64, device=samples.device)).item())
     if total == 0:
         raise ValueError("no rank holds any AGOP sample rows")
+    # with a (d, r) matrix factor the ranks sum the r x r AGOP of the factor coordinates (a learned M is often of
+    # low rank) and map it back once: r^2 values communicated instead of d^2
+    factor = sqrt_m is not None and sqrt_m.dim() == 2 and not diag
+    d = sqrt_m.shape[1] if factor else samples.shape[1]
     if n_local:
         part = laplace_agop(samples, centres, alpha, kernel=as_kernel(kernel, bandwidth), sqrt_m=sqrt_m, diag=diag,
-                            memory_budget=memory_budget) * n_local
+                            memory_budget=memory_budget, factor_coordinates=factor) * n_local
     else:
-        d = samples.shape[1]
         part = torch.zeros((d,) if diag else (d, d), dtype=torch.float64, device=samples.device)
-    return comm.allreduce(part) / total
+    agop = comm.allreduce(part) / total
+    if factor:
+        f = sqrt_m.double()
+        return f @ agop @ f.T
+    return agop

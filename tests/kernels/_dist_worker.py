@@ -105,6 +105,7 @@ def main(world, rank, port, mode, out):
         X = X[:, :5] if rank == 1 else X
         RFMRegressor(distributed=True, **RFM_KW).fit(X[rank::world], y[rank::world])
         return
+    from kernels import Points
     from kernels.distributed import Comm, ShardedKernel, distributed_agop
     from kernels.family import Kernel
     from kernels.solvers import NystromEigensystem, NystromPreconditioner, solve_cg
@@ -124,6 +125,8 @@ def main(world, rank, port, mode, out):
     sol = solve_cg(op, Y[rows], reg=1e-2, rtol=1e-12, max_iter=1000, M=pre)
     res.update(cg=sol.x, cg_iters=sol.n_iter, centres=eig.centres,
                agop=distributed_agop(X[rows], op.all, alpha, comm, kernel=kern, sqrt_m=R),
+               # a low-rank (d, 2) factor: the ranks sum the 2 x 2 AGOP of its coordinates
+               agop_low=distributed_agop(X[rows], Points.of(X, R[:, :2]), alpha, comm, kernel=kern, sqrt_m=R[:, :2]),
                bytes=comm.bytes_communicated)
     torch.save(res, out)
     dist.destroy_process_group()

@@ -63,8 +63,10 @@ def test_sharded_products_cg_and_agop_equal_one_process(world, tmp_path):
     assert all(torch.equal(p["centres"], parts[0]["centres"]) for p in parts)  # rank 0's centres everywhere
     # the AGOP over every rank's rows equals the single-process AGOP
     ref_agop = laplace_agop(X, X, alpha, bandwidth=2.0, sqrt_m=R)
+    ref_low = laplace_agop(X, X, alpha, bandwidth=2.0, sqrt_m=R[:, :2])
     for p in parts:  # (summed in another order: equal to round-off of the whole matrix)
         assert float((p["agop"] - ref_agop).norm() / ref_agop.norm()) < 1e-10
+        assert float((p["agop_low"] - ref_low).norm() / ref_low.norm()) < 1e-10
     assert all(p["bytes"] > 0 for p in parts)
 
 
