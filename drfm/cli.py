@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["main"]
 
 
@@ -122,9 +124,10 @@ def cmd_fit(args) -> dict:
     from .persistence import save_model
 
     check_output_path(args.save, "--save")  # before the data are read and the model is fitted
+    rank, world = _init_distributed(args.device)
     data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
                          task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed,
-                         data_home=args.data_home)
+                         data_home=args.data_home, shard=(rank, world) if world > 1 else None)
     cls = _model_class(args.model, data.task)
     params = _parse_params(args.param)
     valid = set(cls().get_params(deep=True))  # nested parameters too (e.g. a Deep RFM's layer__reg)
@@ -135,19 +138,25 @@ def cmd_fit(args) -> dict:
     defaults = {"random_state": args.seed, "verbose": args.verbose}
     if "device" in valid:
         defaults["device"] = args.device
-    rank, world = _distributed_launch(cls, valid, defaults)
+    if world > 1:
+        if "distributed" not in valid:
+            raise UsageError(f"{cls.__name__} does not run distributed; under torchrun use --model rfm or deep-rfm")
+        defaults["distributed"] = True
+        if defaults.get("device") in ("auto", "cuda") and _gpu_rank():
+            defaults["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     model = cls(**defaults).set_params(**params)
     X_fit, y_fit = data.X, data.y
-    if world > 1:  # under torchrun: this rank's contiguous range of the training rows
+    if world > 1 and not data.sharded:  # a named dataset: this rank's contiguous range of the training rows
         lo, hi = rank * len(data.y) // world, (rank + 1) * len(data.y) // world
         X_fit, y_fit = data.X[lo:hi], data.y[lo:hi]
     t0 = time.perf_counter()
     model.fit(X_fit, y_fit)
     fit_s = time.perf_counter() - t0
     metric = "accuracy" if data.task == "classification" else "r2"
-    res = {"model": cls.__name__, "task": data.task, "data": data.source, "n_train": len(data.y),
+    train_score, n_train = _train_score(model, X_fit, y_fit, data.task, world)
+    res = {"model": cls.__name__, "task": data.task, "data": data.source, "n_train": n_train,
            "n_features": data.X.shape[1], "params": plain_params(model), "fit_seconds": fit_s, "metric": metric,
-           "train_score": float(model.score(data.X, data.y)),
+           "train_score": train_score,
            "n_test": 0 if data.y_test is None else len(data.y_test),
            "test_score": None if data.y_test is None else float(model.score(data.X_test, data.y_test)),
            "saved": None, "world_size": world, "rank": rank}
@@ -158,29 +167,46 @@ def cmd_fit(args) -> dict:
     return res
 
 
-def _distributed_launch(cls, valid, defaults) -> tuple[int, int]:
-    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): initialise the process group (NCCL with one GPU per
-    rank when CUDA is used, gloo otherwise; collective timeout DEFAULT_TIMEOUT) and set ``distributed=True`` (and the
-    rank's GPU). Returns (rank, world size); (0, 1) outside torchrun."""
+def _gpu_rank() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _init_distributed(device) -> tuple[int, int]:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): initialise the process group -- NCCL with one GPU per
+    rank when CUDA is used, gloo otherwise; collective timeout DEFAULT_TIMEOUT. Returns (rank, world size); (0, 1)
+    outside torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    if "distributed" not in valid:
-        raise UsageError(f"{cls.__name__} does not run distributed; under torchrun use --model rfm")
     import torch
     import torch.distributed as dist
 
     from kernels.distributed import DEFAULT_TIMEOUT
 
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    gpu = defaults.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
+    gpu = device in ("auto", "cuda") and torch.cuda.is_available()
     if gpu:
-        torch.cuda.set_device(local)
-        defaults["device"] = f"cuda:{local}"
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if gpu else "gloo", timeout=DEFAULT_TIMEOUT)
-    defaults["distributed"] = True
     return dist.get_rank(), dist.get_world_size()
+
+
+def _train_score(model, X, y, task, world) -> tuple[float, int]:
+    """The training score over every rank's rows (predictions gathered), and the number of training rows."""
+    if world <= 1:
+        return float(model.score(X, y)), len(y)
+    import torch.distributed as dist
+
+    everyone = [None] * world
+    dist.all_gather_object(everyone, (model.predict(X), np.asarray(y)))
+    pred = np.concatenate([p for p, _ in everyone])
+    truth = np.concatenate([t for _, t in everyone])
+    from sklearn.metrics import accuracy_score, r2_score
+
+    score = accuracy_score(truth, pred) if task == "classification" else r2_score(truth, pred)
+    return float(score), len(truth)
 
 
 def show_fit(res: dict) -> str:

@@ -15,11 +15,12 @@ class DataFileError(ValueError):
     """A data file or data argument that cannot be used; the message is one line naming the file or argument."""
 
 
-def read_array(path: str, what: str, *, numeric: bool = True):
+def read_array(path: str, what: str, *, numeric: bool = True, mmap: bool = False):
     """A 2-D (or 1-D) array from a .npy or .csv/.txt file; ``DataFileError`` with one line for every problem.
 
     CSV: comma separated, an optional header row (kept as column names), ``numeric=False`` keeps text labels.
-    Returns (array, column names or None).
+    ``mmap=True``: a .npy file is memory-mapped (only the rows indexed later are read; their values are checked by
+    the caller). Returns (array, column names or None).
     """
     p = Path(path)
     if not p.is_file():
@@ -27,7 +28,7 @@ def read_array(path: str, what: str, *, numeric: bool = True):
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:
-            arr = np.load(p, allow_pickle=False)
+            arr = np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
         except Exception as exc:  # noqa: BLE001 - any read failure is a bad file
             raise DataFileError(f"{what} file {path!r} is not a readable .npy array ({type(exc).__name__})") from None
         names = None
@@ -55,7 +56,8 @@ def read_array(path: str, what: str, *, numeric: bool = True):
             arr = np.array([[v.strip() for v in r] for r in rows])
     else:
         raise DataFileError(f"{what} file {path!r} must be .npy or .csv, got {suffix or 'no extension'!r}")
-    if arr.dtype.kind in "biuf" and arr.size and not np.all(np.isfinite(arr.astype(np.float64))):
+    if not isinstance(arr, np.memmap) and arr.dtype.kind in "biuf" and arr.size and \
+            not np.all(np.isfinite(arr.astype(np.float64))):
         raise DataFileError(f"{what} file {path!r} contains NaN or infinite values")
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise DataFileError(f"{what} file {path!r} must hold a non-empty 1-D or 2-D array, got shape {arr.shape}")
@@ -147,12 +149,17 @@ class TrainingData:
     source: str
     feature_names: list[str] | None = None  # from a CSV header
     input_scale: float | None = None  # a named dataset's raw features were divided by this
+    sharded: bool = False  # X / y hold only this rank's training rows (drfm fit under torchrun)
 
 
 def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=None, test_size=0.2, n_train=None,
-                  seed=0, data_home=None) -> TrainingData:
+                  seed=0, data_home=None, shard: tuple[int, int] | None = None) -> TrainingData:
     """Exactly one source: a named ``dataset`` (its own split), feature and target files ``X`` / ``y``, or one table
-    ``data`` with a ``target`` column (name or index; default the last); files are split with ``test_size``."""
+    ``data`` with a ``target`` column (name or index; default the last); files are split with ``test_size``.
+
+    ``shard=(rank, world_size)`` (``drfm fit`` under torchrun): the training rows are this rank's contiguous range of
+    the (shuffled) training split, the same split on every rank; a .npy ``X`` file is memory-mapped so that a rank
+    reads only its rows (and the test rows). ``TrainingData.sharded`` is then True."""
     from .datasets import load
 
     sources = sum(v is not None for v in (dataset, X, data))
@@ -166,7 +173,7 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
     if X_path:
         if not y_path:
             raise DataFileError("--X needs --y (the targets file)")
-        X, names = read_array(X_path, "--X")
+        X, names = read_array(X_path, "--X", mmap=shard is not None)
         y, _ = read_array(y_path, "--y", numeric=False)
         source = X_path
     else:
@@ -211,12 +218,27 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
         raise DataFileError("targets are text labels; regression needs numbers (use --task classification)")
     if not 0 <= test_size < 1:
         raise DataFileError(f"--test-size must be in [0, 1), got {test_size}")
-    if test_size == 0:
-        return TrainingData(X, y, None, None, task, source, names)
-    from sklearn.model_selection import train_test_split
+    # the split as row indices (the same permutation as splitting the arrays themselves), then the rows
+    te = None
+    tr = np.arange(len(y))
+    if test_size > 0:
+        from sklearn.model_selection import train_test_split
 
-    strat = y if task == "classification" and min(np.unique(y, return_counts=True)[1]) >= 2 else None
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=strat)
-    return TrainingData(Xtr, ytr, Xte, yte, task, source, names)
+        strat = y if task == "classification" and min(np.unique(y, return_counts=True)[1]) >= 2 else None
+        tr, te = train_test_split(tr, test_size=test_size, random_state=seed, stratify=strat)
+    if shard is not None:
+        rank, world = shard
+        tr = tr[rank * len(tr) // world : (rank + 1) * len(tr) // world]
+
+    def rows(idx):
+        if not isinstance(X, np.memmap):
+            return X[idx]
+        part = np.asarray(X[np.sort(idx)], dtype=np.float64)[np.argsort(np.argsort(idx))]  # only these rows read
+        if part.size and not np.all(np.isfinite(part)):
+            raise DataFileError(f"--X file {source!r} contains NaN or infinite values")
+        return part
+
+    return TrainingData(rows(tr), y[tr], None if te is None else rows(te), None if te is None else y[te], task,
+                        source, names, sharded=shard is not None)
 
 

@@ -132,7 +132,7 @@ def test_drfm_fit_under_torchrun(tmp_path):
     res = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert res["world_size"] == 2 and res["rank"] == 0
     model = load_model(tmp_path / "m.drfm")
-    assert model.distributed and model.X_fit_.shape[0] == res["n_train"]
+    assert model.distributed and model.X_fit_.shape[0] == res["n_train"] == 240  # 300 rows, 20% held out
     # the same fit in one process (the CLI's own split: same seed)
     single = tmp_path / "s.drfm"
     assert main(["fit", "--X", str(tmp_path / "X.npy"), "--y", str(tmp_path / "y.npy"), "--device", "cpu",
@@ -140,6 +140,12 @@ def test_drfm_fit_under_torchrun(tmp_path):
     ref = load_model(single)
     Xte = np.random.default_rng(1).standard_normal((40, X.shape[1]))
     np.testing.assert_allclose(model.predict(Xte), ref.predict(Xte), rtol=1e-6, atol=1e-8)
+    # the scores are over all rows: equal to the single-process run's
+    single_res = json.loads(subprocess.run([sys.executable, "-m", "drfm.cli", "fit", "--X", str(tmp_path / "X.npy"),
+                                            "--y", str(tmp_path / "y.npy"), "--device", "cpu", "--json", *params],
+                                           cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    assert abs(res["train_score"] - single_res["train_score"]) < 1e-6
+    assert abs(res["test_score"] - single_res["test_score"]) < 1e-6
 
 
 def test_bench_distributed_quick(tmp_path):
