@@ -46,6 +46,8 @@ __all__ = [
     "UNIFORMITY_KERNELS",
     "CollapseAccumulator",
     "layer_cka",
+    "within_share",
+    "between_share",
     "feature_matrix_sparsity",
     "sparsity_report",
     "effective_features",
@@ -109,6 +111,30 @@ def nc1(features, labels, *, scale: str = "textbook", global_mean: str = "classe
         raise ValueError(f"scale must be 'textbook' or 'seed', got {scale!r}")
     val = tr_w / tr_b if tr_b > 0 else math.inf
     return val / K if scale == "seed" else val
+
+
+def _trace_shares(features, labels):
+    H, means, _, idx, K = class_means(features, labels, global_mean="samples")
+    N = H.shape[0]
+    mu = H.mean(0)
+    tr_t = float(np.sum((H - mu) ** 2)) / N
+    tr_w = float(np.sum(_within(H, means, idx) ** 2)) / N
+    counts = np.bincount(idx, minlength=K).astype(np.float64)
+    tr_b = float(np.sum(counts[:, None] * (means - mu) ** 2)) / N
+    return tr_w, tr_b, tr_t
+
+
+def within_share(features, labels) -> float:
+    """``tr(Sigma_W) / tr(Sigma_T)`` (a training panel of the seed paper): the share of the total variance (about
+    the sample mean) inside the classes; with ``between_share`` it sums to 1 (Sigma_B weighted by class sizes)."""
+    tr_w, _, tr_t = _trace_shares(features, labels)
+    return tr_w / tr_t if tr_t > 0 else math.nan
+
+
+def between_share(features, labels) -> float:
+    """``tr(Sigma_B) / tr(Sigma_T)``, Sigma_B weighted by class sizes (see :func:`within_share`)."""
+    _, tr_b, tr_t = _trace_shares(features, labels)
+    return tr_b / tr_t if tr_t > 0 else math.nan
 
 
 def nc1_papyan(features, labels, *, global_mean: str = "classes", rcond: float = 1e-10) -> float:
@@ -456,6 +482,8 @@ METRICS = {
     "nc2_sphere": nc2_sphere,
     "label_alignment": label_alignment,
     "nc2_uniformity": nc2_uniformity,
+    "within_share": within_share,
+    "between_share": between_share,
 }
 
 

@@ -57,6 +57,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         Hidden Linear+ReLU layers and their width (ignored when ``module`` is given).
     init_gain : float, default=0.1
         Gain of the Xavier-uniform initialisation.
+    readout_init : {'xavier', 'pytorch'}, default='xavier'
+        The output layer's initialisation: Xavier with ``init_gain`` like the hidden layers, or PyTorch's default
+        ``nn.Linear`` initialisation (the seed paper's code).
+    reset_adam : bool, default=False
+        Create a fresh Adam optimiser at every epoch (its moment estimates start from zero each epoch), as the seed
+        paper's code does.
     bias : bool, default=False
     loss : {'mse', 'cross_entropy'}, default='mse'
         MSE against ``2 * onehot - 1`` (the paper) or cross-entropy on the logits.
@@ -92,6 +98,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         "width": [Interval("int", 1, None, closed="left")],
         "init_gain": [Interval("float", 0, None, closed="neither")],
         "bias": [BOOL],
+        "readout_init": [Options("xavier", "pytorch")],
+        "reset_adam": [BOOL],
         "loss": [Options("mse", "cross_entropy")],
         "lr": [Interval("float", 0, None, closed="neither")],
         "epochs": [Interval("int", 0, None, closed="left")],
@@ -108,13 +116,16 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         "verbose": [BOOL, Interval("int", 0, None, closed="left")],
     }
 
-    def __init__(self, depth=5, width=512, *, init_gain=0.1, bias=False, loss="mse", lr=5e-5, epochs=250,
+    def __init__(self, depth=5, width=512, *, init_gain=0.1, bias=False, readout_init="xavier", reset_adam=False,
+                 loss="mse", lr=5e-5, epochs=250,
                  batch_size=128, measure_every=None, measure_metrics=("nc1", "nc2"), agop_sample_size=1000,
                  module=None, standardize=False, device="auto", dtype="float32", n_threads=None, random_state=None,
                  verbose=False):
         self.depth = depth
         self.width = width
         self.init_gain = init_gain
+        self.readout_init = readout_init
+        self.reset_adam = reset_adam
         self.bias = bias
         self.loss = loss
         self.lr = lr
@@ -130,6 +141,17 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
+
+    @classmethod
+    def paper(cls, **overrides) -> "TorchMLPClassifier":
+        """The seed paper's training as its code runs it (a named preset): 5 hidden ReLU layers of 512 units without
+        biases, Xavier gain 0.1 on the hidden layers and PyTorch's default initialisation on the readout layer, MSE
+        against +-1 one-hot targets, Adam with learning rate 5e-5 re-created at every epoch, batch size 128, 250
+        epochs, inputs standardised with the training mean / std. ``overrides`` replace any of these (e.g.
+        ``epochs=50``, ``measure_every=10`` for the training panels)."""
+        preset = dict(depth=5, width=512, init_gain=0.1, bias=False, readout_init="pytorch", reset_adam=True,
+                      loss="mse", lr=5e-5, epochs=250, batch_size=128, standardize=True)
+        return cls(**{**preset, **overrides})
 
     # -- helpers
     def _prepare(self, X):
@@ -196,6 +218,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         else:
             self._check_memory([X.shape[1]] + [self.width] * self.depth + [K], dtype, device, len(y))
             net = build_mlp(X.shape[1], K, depth=self.depth, width=self.width, init_gain=self.init_gain,
+                            readout_init=self.readout_init,
                             bias=self.bias, generator=gen)
         self.initial_state_ = {k: v.detach().clone() for k, v in net.state_dict().items()}
         net = net.to(device=device, dtype=dtype)
@@ -221,6 +244,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                 with torch.cuda.device(device):
                     torch.cuda.manual_seed(_layer_rng_seed(gen))
             self._train(net, x, target, labels, loss_fn, opt, gen, Xs, y, snap_gen, measure)
+        if measure:  # the loss beside the per-epoch collapse rows (the training panels)
+            for h in self.history_:
+                if h["epoch"] % self.measure_every == 0 or h["epoch"] == self.epochs:
+                    self.dynamics_.add(model="mlp", layer=self.depth if self.module is None else 0, stage="final",
+                                       metric="train_loss", value=h["train_loss"], n_samples=len(y),
+                                       epoch=h["epoch"])
         net.eval()
         self._check_learned(labels)
         return self
@@ -255,6 +284,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         bar = tqdm(range(1, self.epochs + 1), desc=type(self).__name__, disable=not self.verbose, unit="epoch")
         for epoch in bar:
             t0 = time.perf_counter()
+            if self.reset_adam and epoch > 1:  # the seed paper's code creates a new Adam every epoch
+                opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             net.train()
             perm = torch.randperm(n, generator=gen).to(device)
             total = 0.0

@@ -98,19 +98,26 @@ def layer_blocks(net) -> list[_Block]:
 
 
 def build_mlp(d_in: int, n_out: int, *, depth: int = 5, width: int = 512, init_gain: float = 0.1, bias: bool = False,
-              generator: torch.Generator | None = None) -> nn.Sequential:
+              generator: torch.Generator | None = None, readout_init: str = "xavier") -> nn.Sequential:
     """``depth`` hidden Linear+ReLU layers of ``width`` units and a Linear output layer, Xavier-uniform initialised
     with gain ``init_gain`` (drawn from ``generator`` on the CPU; biases, if any, start at zero; torch's global RNG is
-    not used)."""
+    not used). ``readout_init="pytorch"``: the output layer gets PyTorch's default ``nn.Linear`` initialisation
+    instead, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for its weights and bias (as the seed paper's code)."""
+    if readout_init not in ("xavier", "pytorch"):
+        raise ValueError(f"readout_init must be 'xavier' or 'pytorch', got {readout_init!r}")
     sizes = [d_in] + [width] * depth + [n_out]
     mods: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = torch.nn.utils.skip_init(nn.Linear, a, b, bias=bias)  # no default init: torch's global RNG untouched
-        bound = init_gain * np.sqrt(6.0 / (a + b))
+        readout_default = readout_init == "pytorch" and i == depth
+        bound = 1.0 / np.sqrt(a) if readout_default else init_gain * np.sqrt(6.0 / (a + b))
         with torch.no_grad():
             lin.weight.uniform_(-bound, bound, generator=generator)
             if bias:
-                lin.bias.zero_()
+                if readout_default:
+                    lin.bias.uniform_(-bound, bound, generator=generator)
+                else:
+                    lin.bias.zero_()
         mods.append(lin)
         if i < depth:
             mods.append(nn.ReLU())

@@ -145,7 +145,9 @@ def compute() -> dict[str, np.ndarray]:
         out["mlp/decision"] = mlp.decision_function(X[:40])
         out["mlp/losses"] = np.array([h["train_loss"] for h in mlp.history_])
         rows = sorted((r["epoch"], r["layer"], r["stage"], r["metric"], r["value"]) for r in mlp.dynamics_.rows)
-        out["mlp/dynamics_nc"] = np.array([r[-1] for r in rows if not r[3].startswith("nfa")])
+        # (the train_loss rows added for the training panels repeat mlp/losses)
+        out["mlp/dynamics_nc"] = np.array([r[-1] for r in rows if not r[3].startswith("nfa")
+                                           and r[3] != "train_loss"])
         out["mlp/dynamics_nfa"] = np.array([r[-1] for r in rows if r[3].startswith("nfa")])
         out["mlp/nfa"] = np.array([[rec[k] for k in sorted(rec)] for rec in dnn.nfa_correlations(mlp, X[40:])])
     return out
