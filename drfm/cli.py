@@ -320,6 +320,27 @@ def show_feature_learning(res: dict) -> str:
     return "test MSE / var(y), mean over seeds (RFM / kernel > 1: feature learning hurt)\n" + "\n".join(lines) + tail
 
 
+def cmd_reproduce(args) -> dict:
+    from .reproduce import reproduce
+
+    from .collapse import check_metrics
+
+    if args.depth < 1 or args.epochs < 1 or args.seeds < 1 or args.measure_every < 1:
+        raise UsageError("--depth, --epochs, --seeds and --measure-every must be >= 1")
+    check_metrics(args.metrics)  # before any data are read or models trained
+    summary = reproduce(args.dataset, args.out, seeds=tuple(range(args.seeds)), depth=args.depth,
+                        n_train=args.n_train, epochs=args.epochs, measure_every=args.measure_every,
+                        feature_map=args.feature_map, sigma=args.sigma, metrics=tuple(args.metrics),
+                        data_home=args.data_home, device=args.device, verbose=args.verbose)
+    return {"out": args.out, "n_seeds": summary["n_seeds"], "test_accuracy": summary["test_accuracy"]}
+
+
+def show_reproduce(res: dict) -> str:
+    acc = res["test_accuracy"]
+    return "\n".join([f"{res['n_seeds']} seed(s) in {res['out']} (summary.json, depth.png, epochs.png)"] + [
+        f"  {m:<9} test accuracy {a['mean']:.4f} +- {a['std']:.4f}" for m, a in acc.items()])
+
+
 def show_compare(res: dict) -> str:
     m, d = res["mlp"], res["deep_rfm"]
     head = (f"{res['dataset']}: {res['n_train']} train / {res['n_test']} test, depth {res['depth']}\n"
@@ -449,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "mf_share (the kernel picture: participation ratio, variance share of the top K-1 "
                              "eigenvalues), and per layer nc3 (against the layer's least-squares readout), nc4 "
                              "(against the model's predictions), linear_cka (against the one-hot labels) "
-                             "(default nc1 nc2)")
+                             "(default nc1 nc2); also nc2_uniformity, within_share, between_share, nc3_uniform")
 
     def data_home_arg(sp):
         sp.add_argument("--data-home", default=None,
@@ -556,6 +577,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="random seed")
     common(sp)
     sp.set_defaults(func=cmd_compare, show=show_compare)
+
+    sp = add("reproduce", help="the seed paper's experiment: Deep RFM (depth 20, cosine sigma 0.05) and the paper's "
+                               "MLP (250 epochs) on the same digits, several seeds, resumable per seed; per layer and "
+                               "stage mean +- std over seeds, test accuracy, NFA, training panels and figures")
+    sp.add_argument("--dataset", default="mnist", help="dataset name (default mnist: the IDX files, see --data-home)")
+    data_home_arg(sp)
+    sp.add_argument("--out", required=True, help="folder for the per-seed files, summary.json and the figures")
+    sp.add_argument("--depth", type=int, default=20, help="layers of both models (default 20)")
+    sp.add_argument("--n-train", type=int, default=50000, help="training digits (default 50000)")
+    sp.add_argument("--epochs", type=int, default=250, help="MLP epochs (default 250)")
+    sp.add_argument("--measure-every", type=int, default=25, help="MLP snapshot interval in epochs (default 25)")
+    sp.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 (default 3)")
+    sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"])
+    sp.add_argument("--sigma", type=float, default=0.05, help="cosine feature scale (default 0.05)")
+    metrics_arg(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_reproduce, show=show_reproduce)
 
     sp = add("feature-learning", help="when feature learning hurts: RFM against the same kernel without feature "
                                       "learning (iters=0), test error against n, on a target smooth in every "

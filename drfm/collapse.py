@@ -574,6 +574,14 @@ class CollapseReport:
     def to_dict(self) -> dict:
         return {"rows": self.rows, "linear_share": self.linear_share(), "meta": self.meta}
 
+    @classmethod
+    def from_json(cls, path) -> "CollapseReport":
+        """A report written by :meth:`to_json` (null values read back as NaN)."""
+        with open(path) as fh:
+            d = json.load(fh)
+        rows = [{**r, "value": math.nan if r["value"] is None else r["value"]} for r in d["rows"]]
+        return cls(rows, d.get("meta", {}))
+
     def to_json(self, path=None, **kw) -> str:
         """Standard JSON (non-finite values, e.g. NC1 of a dead layer, are written as null)."""
         text = json.dumps(_finite_or_none(self.to_dict()), allow_nan=False, **kw)
