@@ -325,10 +325,11 @@ def cmd_reproduce(args) -> dict:
 
     from .collapse import check_metrics
 
-    if args.depth < 1 or args.epochs < 1 or args.seeds < 1 or args.measure_every < 1:
-        raise UsageError("--depth, --epochs, --seeds and --measure-every must be >= 1")
+    if min(args.depth, args.mlp_depth, args.epochs, args.seeds, args.measure_every) < 1:
+        raise UsageError("--depth, --mlp-depth, --epochs, --seeds and --measure-every must be >= 1")
     check_metrics(args.metrics)  # before any data are read or models trained
     summary = reproduce(args.dataset, args.out, seeds=tuple(range(args.seeds)), depth=args.depth,
+                        mlp_depth=args.mlp_depth,
                         n_train=args.n_train, epochs=args.epochs, measure_every=args.measure_every,
                         feature_map=args.feature_map, sigma=args.sigma, metrics=tuple(args.metrics),
                         data_home=args.data_home, device=args.device, verbose=args.verbose)
@@ -584,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", default="mnist", help="dataset name (default mnist: the IDX files, see --data-home)")
     data_home_arg(sp)
     sp.add_argument("--out", required=True, help="folder for the per-seed files, summary.json and the figures")
-    sp.add_argument("--depth", type=int, default=20, help="layers of both models (default 20)")
+    sp.add_argument("--depth", type=int, default=20, help="Deep RFM layers (default 20)")
+    sp.add_argument("--mlp-depth", type=int, default=5, help="the MLP's hidden layers of 512 units (default 5)")
     sp.add_argument("--n-train", type=int, default=50000, help="training digits (default 50000)")
     sp.add_argument("--epochs", type=int, default=250, help="MLP epochs (default 250)")
     sp.add_argument("--measure-every", type=int, default=25, help="MLP snapshot interval in epochs (default 25)")

@@ -1,7 +1,8 @@
 """``drfm reproduce``: the seed paper's experiment, resumable per seed, aggregated over seeds.
 
 Per seed: a Deep RFM (``depth`` layers, cosine random features with sigma 0.05 by default, on ``n_train`` training
-digits) and the paper's MLP (:meth:`TorchMLPClassifier.paper`, ``epochs`` epochs, snapshots every ``measure_every``)
+digits) and the paper's MLP (:meth:`TorchMLPClassifier.paper`: ``mlp_depth`` = 5 hidden layers of 512 units,
+``epochs`` epochs, snapshots every ``measure_every``)
 on the same data (:func:`drfm.studies.compare`), written to ``OUT/seed-S.json`` (the report rows and meta) as soon as
 the seed finishes. A run that is stopped continues with the seeds whose files are missing. The summary
 (``OUT/summary.json``): per model, layer and stage, the mean and standard deviation over seeds of every metric, test
@@ -27,9 +28,9 @@ def _seed_file(out: Path, seed: int) -> Path:
     return out / f"seed-{seed}.json"
 
 
-def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, n_train: int | None = 50000,
-              epochs: int = 250, measure_every: int = 25, feature_map: str = "cosine", sigma: float = 0.05,
-              metrics=("nc1", "nc2"), data_home=None, device="auto", verbose=False) -> dict:
+def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth: int = 5,
+              n_train: int | None = 50000, epochs: int = 250, measure_every: int = 25, feature_map: str = "cosine",
+              sigma: float = 0.05, metrics=("nc1", "nc2"), data_home=None, device="auto", verbose=False) -> dict:
     """Run (or continue) the study into the folder ``out``; returns :func:`summarise`'s result."""
     from .datasets import load
     from .studies import compare
@@ -44,8 +45,8 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, n_train: i
         data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
         report = compare(data.X_train, data.y_train, data.X_test, data.y_test, depth=depth, metrics=metrics,
                          measure_every=measure_every, random_state=seed, verbose=verbose,
-                         mlp_params={"epochs": epochs, "device": device, "readout_init": "pytorch",
-                                     "reset_adam": True, "standardize": True},
+                         mlp_params={"depth": mlp_depth, "epochs": epochs, "device": device,
+                                     "readout_init": "pytorch", "reset_adam": True, "standardize": True},
                          deep_params={"feature_map": feature_map, "sigma": sigma, "device": device})
         tmp = path.with_suffix(".tmp")
         report.to_json(tmp)
@@ -113,8 +114,9 @@ def _plot(rows, out: Path):
         fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             for layer in sorted({r["layer"] for r in per_epoch if r["metric"] == metric}):
-                pts = sorted((r["epoch"], r["mean"]) for r in per_epoch if r["metric"] == metric and r["mean"] is not None
-                             and r["layer"] == layer and r["stage"] in ("nonlinear", "weights", "final"))
+                pts = sorted((r["epoch"], r["mean"]) for r in per_epoch
+                             if r["metric"] == metric and r["mean"] is not None and r["layer"] == layer
+                             and r["stage"] in ("nonlinear", "weights", "final"))
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=2, label=f"layer {layer}")
             ax.set_xlabel("epoch")

@@ -92,8 +92,9 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
     per-epoch rows (``measure_every``), and test accuracy / seconds in ``meta``."""
     from .deep import DeepRFMClassifier
 
-    mlp = TorchMLPClassifier(depth, **{"random_state": random_state, "verbose": verbose,
-                                       "measure_every": measure_every, **(mlp_params or {})})
+    # mlp_params may set the MLP's own depth (the seed paper compares Deep RFM depth 20 with a 5-layer MLP)
+    mlp = TorchMLPClassifier(**{"depth": depth, "random_state": random_state, "verbose": verbose,
+                                "measure_every": measure_every, **(mlp_params or {})})
     deep = DeepRFMClassifier(depth, **{"random_state": random_state, "verbose": verbose, **(deep_params or {})})
     t0 = time.perf_counter()
     deep.fit(X_train, y_train)

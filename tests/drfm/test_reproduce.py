@@ -29,6 +29,8 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
     assert summary["test_accuracy"]["mlp"]["mean"] == pytest.approx(np.mean(accs))
     # the paper's MLP training: readout init and Adam reset recorded in the seed's parameters
     assert reps[0].meta["mlp"]["params"]["reset_adam"] is True
+    # the MLP keeps its own depth (5 hidden layers, the paper's) whatever the Deep RFM depth
+    assert reps[0].meta["mlp"]["params"]["depth"] == 5 and reps[0].meta["deep_rfm"]["params"]["depth"] == 2
     assert any(r["metric"] == "train_loss" for r in reps[0].rows)
 
 
