@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .laplace import sq_distances
+from .laplace import laplace_kernel_transformed, sq_distances
 
 __all__ = ["KERNELS", "Kernel", "as_kernel", "l1_distances"]
 
@@ -123,11 +123,11 @@ class Kernel:
         """
         if not self.radial:
             return l1_distances(xr, zr, out=out).mul_(-1.0 / self.bandwidth).exp_()
-        d2 = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out)
         p = self.power
-        if p == 1.0:
-            d2.sqrt_()
-        elif p != 2.0:
+        if p == 1.0:  # the Laplace kernel (and laplace_exp with p = 1)
+            return laplace_kernel_transformed(xr, zr, bandwidth=self.scale, x_sq=x_sq, z_sq=z_sq, out=out)
+        d2 = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out)
+        if p != 2.0:
             d2.pow_(0.5 * p)
         return d2.mul_(-1.0 / self.scale).exp_()
 
@@ -149,13 +149,6 @@ class Kernel:
     def gradient_scale(self) -> float:
         """``p / s``: the constant factor of a radial kernel's gradient weights (see :meth:`gradient_weights`)."""
         return self.power / self.scale
-
-    def describe(self) -> str:
-        """A short formula with the numbers, for logs and reports."""
-        L = f"{self.bandwidth:g}"
-        return {"laplace": f"exp(-||x-z||_M / {L})", "gaussian": f"exp(-||x-z||_M^2 / (2*{L}^2))",
-                "laplace_exp": f"exp(-||x-z||_M^{self.exponent:g} / {L})",
-                "product_laplace": f"exp(-|xR - zR|_1 / {L})"}[self.name]
 
 
 def as_kernel(kernel: "Kernel | str | None" = None, bandwidth: float | None = None, exponent: float = 1.0) -> Kernel:
