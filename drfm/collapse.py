@@ -143,12 +143,22 @@ def nc1_papyan(features, labels, *, global_mean: str = "classes", rcond: float =
     Mc = means - mu_g  # (K, p); Sigma_B = Mc^T Mc / K
     if not np.any(Mc):
         return math.inf  # all class means coincide: Sigma_B = 0, no collapse (as nc1 is inf there)
+    sv, Vt = _mean_span(Mc, rcond)
+    proj = _within(H, means, idx) @ Vt.T  # (N, r): coordinates of within-class deviations on the span
+    return _papyan_of((proj**2).sum(0) / H.shape[0], sv, K)
+
+
+def _mean_span(Mc, rcond):
+    """Singular values and right singular vectors of the centred means (K, p), those above ``rcond`` of the largest."""
     _, sv, Vt = np.linalg.svd(Mc, full_matrices=False)
     keep = sv > rcond * max(sv.max(), 1e-300)
-    sv, Vt = sv[keep], Vt[keep]
-    proj = _within(H, means, idx) @ Vt.T  # (N, r): coordinates of within-class deviations on the span
-    # tr(Sigma_W Sigma_B^+) = sum_j (K / s_j^2) * (1/N) sum_i (w_i . v_j)^2
-    return float(np.sum((proj**2).sum(0) / H.shape[0] * (K / sv**2))) / K
+    return sv[keep], Vt[keep]
+
+
+def _papyan_of(within_var, sv, K) -> float:
+    """``tr(Sigma_W Sigma_B^+) / K = sum_j (K / s_j^2) v_j^T Sigma_W v_j / K`` from the within-class variance along each
+    kept direction v_j of the centred means and their singular values s_j."""
+    return float(np.sum(within_var * (K / sv**2))) / K
 
 
 def _normalised_centred_means(features, labels, global_mean):
@@ -161,11 +171,16 @@ def _normalised_centred_means(features, labels, global_mean):
 def nc2(features, labels, *, global_mean: str = "classes") -> float:
     """ETF distance ``||G - Sigma_ETF||_F^2 / K^2``, G the Gram matrix of normalised centred class means and
     ``Sigma_ETF`` with ones on the diagonal and ``-1/(K-1)`` off it (0 for a simplex ETF)."""
-    m, _, K = _normalised_centred_means(features, labels, global_mean)
-    G = m @ m.T
+    m, _, _ = _normalised_centred_means(features, labels, global_mean)
+    return _etf_distance(m)
+
+
+def _etf_distance(m) -> float:
+    """``||m m^T - Sigma_ETF||_F^2 / K^2`` for the (K, p) normalised centred class means ``m``."""
+    K = len(m)
     etf = np.full((K, K), -1.0 / (K - 1))
     np.fill_diagonal(etf, 1.0)
-    return float(np.sum((G - etf) ** 2)) / K**2
+    return float(np.sum((m @ m.T - etf) ** 2)) / K**2
 
 
 def nc2_equinorm(features, labels, *, global_mean: str = "classes") -> float:
@@ -176,10 +191,15 @@ def nc2_equinorm(features, labels, *, global_mean: str = "classes") -> float:
 
 def nc2_equiangularity(features, labels, *, global_mean: str = "classes") -> float:
     """Mean over class pairs of ``|cos(mu_c, mu_c') + 1/(K-1)|`` (0 for a simplex ETF)."""
-    m, _, K = _normalised_centred_means(features, labels, global_mean)
-    G = m @ m.T
+    m, _, _ = _normalised_centred_means(features, labels, global_mean)
+    return _equiangularity(m)
+
+
+def _equiangularity(m) -> float:
+    """Mean over pairs of ``|cos + 1/(K-1)|`` for the (K, p) normalised centred class means ``m``."""
+    K = len(m)
     off = ~np.eye(K, dtype=bool)
-    return float(np.mean(np.abs(G[off] + 1.0 / (K - 1))))
+    return float(np.mean(np.abs((m @ m.T)[off] + 1.0 / (K - 1))))
 
 
 def _classifier(classifier, shape) -> np.ndarray:
@@ -283,7 +303,12 @@ def cdnv(features, labels) -> float:
     """Class-distance normalised variance: mean over pairs of ``(Var_c + Var_c') / (2 ||mu_c - mu_c'||^2)``."""
     H, means, _, idx, K = class_means(features, labels)
     w = _within(H, means, idx)
-    var = np.bincount(idx, weights=(w**2).sum(1), minlength=K) / np.bincount(idx, minlength=K)
+    return _cdnv_of(np.bincount(idx, weights=(w**2).sum(1), minlength=K) / np.bincount(idx, minlength=K), means)
+
+
+def _cdnv_of(var, means) -> float:
+    """CDNV from per-class variances (K,) and class means (K, p)."""
+    K = len(means)
     sq = (means**2).sum(1)
     dist2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * means @ means.T, 1e-300)
     iu = np.triu_indices(K, 1)
@@ -400,18 +425,24 @@ def feature_spectrum(features, labels, *, top: int | None = None) -> dict:
         raise ValueError(f"labels has {len(idx)} entries for {H.shape[0]} feature rows")
     N, K = H.shape[0], len(classes)
     Hc = H - H.mean(0)
-    lam, V = np.linalg.eigh(Hc.T @ Hc / N)
+    Yc = np.eye(K)[idx]
+    Yc = Yc - Yc.mean(0)
+    return _spectrum_of(Hc.T @ Hc / N, Hc.T @ Yc, float(np.sum(Yc**2)), N, K, top)
+
+
+def _spectrum_of(cov, hy, ynorm, N, K, top=None) -> dict:
+    """:func:`feature_spectrum` from the centred feature covariance (p, p), the features' products with the centred
+    one-hot labels ``H_c^T Y_c`` (p, K) and ``||Y_c||_F^2``: the eigenfunctions ``u_i = H_c v_i / sqrt(N l_i)`` carry
+    ``||u_i^T Y_c||^2 = ||v_i^T H_c^T Y_c||^2 / (N l_i)`` of the labels (no per-sample quantity needed)."""
+    lam, V = np.linalg.eigh(cov)
     lam, V = np.clip(lam[::-1], 0.0, None), V[:, ::-1]
     total = float(lam.sum())
     k = len(lam) if top is None else min(int(top), len(lam))
-    Yc = np.eye(K)[idx]
-    Yc = Yc - Yc.mean(0)
     keep = lam[:k] > lam[0] * 1e-12 if total > 0 else np.zeros(k, bool)
-    U = Hc @ V[:, :k][:, keep] / np.sqrt(N * lam[:k][keep])
     share = np.zeros(k)
-    ynorm = float(np.sum(Yc**2))
     if ynorm > 0 and keep.any():
-        share[keep] = np.sum((U.T @ Yc) ** 2, axis=1) / ynorm
+        proj = (V[:, :k][:, keep].T @ hy) / np.sqrt(N * lam[:k][keep])[:, None]
+        share[keep] = np.sum(proj**2, axis=1) / ynorm
     mf = float(lam[: max(K - 1, 1)].sum() / total) if total > 0 else 0.0
     return {"eigenvalues": lam[:k], "participation_ratio": float(total**2 / np.sum(lam**2)) if total > 0 else 0.0,
             "n_above_1pct": int(np.sum(lam > 0.01 * lam[0])) if total > 0 else 0, "label_share": share,
@@ -811,4 +842,4 @@ def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "d
                         spectra=spectra)
 
 
-from .collapse_stream import CollapseAccumulator  # noqa: E402  (re-exported; it imports the formulas above lazily)
+from .collapse_stream import CollapseAccumulator  # noqa: E402  (re-exported; it uses the formulas above)

@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from . import collapse as C
+
 __all__ = ["CollapseAccumulator", "STREAM_METRICS"]
 
 #: metrics :meth:`CollapseAccumulator.metrics` serves (those after the first five need ``second_moments=True``)
@@ -135,56 +137,33 @@ class CollapseAccumulator:
         return mc / np.maximum(norms, 1e-300)[:, None], norms
 
     def nc2(self) -> float:
-        m, _ = self._unit_means()
-        K = len(m)
-        etf = np.full((K, K), -1.0 / (K - 1))
-        np.fill_diagonal(etf, 1.0)
-        return float(np.sum((m @ m.T - etf) ** 2)) / K**2
+        return C._etf_distance(self._unit_means()[0])
 
     def nc2_equinorm(self) -> float:
         _, norms = self._unit_means()
         return float(norms.std() / norms.mean()) if norms.mean() > 0 else math.inf
 
     def nc2_equiangularity(self) -> float:
-        m, _ = self._unit_means()
-        K = len(m)
-        off = ~np.eye(K, dtype=bool)
-        return float(np.mean(np.abs((m @ m.T)[off] + 1.0 / (K - 1))))
+        return C._equiangularity(self._unit_means()[0])
 
     def nc2_uniformity(self, kernel: str = "log", s: float = 1.0) -> float:
-        from .collapse import uniformity_energy
-
-        m, _ = self._unit_means()
-        return uniformity_energy(m, kernel=kernel, s=s)
+        return C.uniformity_energy(self._unit_means()[0], kernel=kernel, s=s)
 
     def cdnv(self) -> float:
         n, mean, ss = self._sorted()
-        var = ss / n
-        sq = (mean**2).sum(1)
-        dist2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * mean @ mean.T, 1e-300)
-        iu = np.triu_indices(len(n), 1)
-        return float(np.mean((var[:, None] + var[None, :])[iu] / (2.0 * dist2[iu])))
+        return C._cdnv_of(ss / n, mean)
 
     def nc3(self, classifier) -> float:
-        from .collapse import _self_duality
-
-        _, _, mc = self._centred_means()
-        return _self_duality(classifier, mc)
+        return C._self_duality(classifier, self._centred_means()[2])
 
     def nc3_uniform(self, classifier) -> float:
-        from .collapse import _uniform_duality
-
-        _, _, mc = self._centred_means()
-        return _uniform_duality(classifier, mc)
+        return C._uniform_duality(classifier, self._centred_means()[2])
 
     def nc5(self, ood: "CollapseAccumulator") -> float:
         """NC5 against another accumulator holding out-of-distribution features (any labels)."""
-        from .collapse import _ood_orthogonality
-
-        n, mean, _ = self._sorted()
-        mu_g = mean.mean(0)
+        _, mean, mc = self._centred_means()
         ood_mean = (ood.mean * ood.n[:, None]).sum(0) / ood.n.sum()
-        return _ood_orthogonality(mean - mu_g, ood_mean - mu_g)
+        return C._ood_orthogonality(mc, ood_mean - mean.mean(0))
 
     def _within_scatter(self):
         if self.scatter is None:
@@ -194,40 +173,21 @@ class CollapseAccumulator:
 
     def nc1_papyan(self, rcond: float = 1e-10) -> float:
         n, _, mc = self._centred_means()
-        K, N = len(n), n.sum()
         if not np.any(mc):
             return math.inf
-        _, sv, Vt = np.linalg.svd(mc, full_matrices=False)
-        keep = sv > rcond * max(sv.max(), 1e-300)
-        sv, Vt = sv[keep], Vt[keep]
-        proj = np.einsum("jp,pq,jq->j", Vt, self._within_scatter(), Vt) / N
-        return float(np.sum(proj * (K / sv**2))) / K
+        sv, Vt = C._mean_span(mc, rcond)
+        within_var = np.einsum("jp,pq,jq->j", Vt, self._within_scatter(), Vt) / n.sum()
+        return C._papyan_of(within_var, sv, len(n))
 
     def spectrum(self, top: int | None = None) -> dict:
         """:func:`drfm.collapse.feature_spectrum` of the accumulated features."""
-        from .collapse import MF_VARIANCE_SHARE
-
         n, mean, _ = self._sorted()
-        N, K = n.sum(), len(n)
+        N = n.sum()
         mu = (mean * n[:, None]).sum(0) / N
         between = mean - mu
         cov = (self._within_scatter() + (between * n[:, None]).T @ between) / N
-        lam, V = np.linalg.eigh(cov)
-        lam, V = np.clip(lam[::-1], 0.0, None), V[:, ::-1]
-        total = float(lam.sum())
-        k = len(lam) if top is None else min(int(top), len(lam))
-        keep = lam[:k] > lam[0] * 1e-12 if total > 0 else np.zeros(k, bool)
-        # U^T Y_c = V^T H_c^T Y_c / sqrt(N l), with H_c^T Y_c = (n_c (mu_c - mu))^T
-        hy = (between * n[:, None]).T  # (p, K)
-        share = np.zeros(k)
-        ynorm = float(np.sum(n - n**2 / N))
-        if ynorm > 0 and keep.any():
-            proj = (V[:, :k][:, keep].T @ hy) / np.sqrt(N * lam[:k][keep])[:, None]
-            share[keep] = np.sum(proj**2, axis=1) / ynorm
-        mf = float(lam[: max(K - 1, 1)].sum() / total) if total > 0 else 0.0
-        return {"eigenvalues": lam[:k], "participation_ratio": float(total**2 / np.sum(lam**2)) if total > 0 else 0.0,
-                "n_above_1pct": int(np.sum(lam > 0.01 * lam[0])) if total > 0 else 0, "label_share": share,
-                "mf_share": mf, "verdict": "MF" if mf >= MF_VARIANCE_SHARE else "EF", "n_classes": K}
+        # H_c^T Y_c = (n_c (mu_c - mu))^T and ||Y_c||^2 = sum_c n_c - n_c^2 / N
+        return C._spectrum_of(cov, (between * n[:, None]).T, float(np.sum(n - n**2 / N)), N, len(n), top)
 
     def metrics(self, names=("nc1", "nc2")) -> dict:
         """The named metrics (from :data:`STREAM_METRICS`) as a dict."""
@@ -237,10 +197,9 @@ class CollapseAccumulator:
                              f"{', '.join(STREAM_METRICS)}")
         out, spec = {}, None
         for m in names:
-            if m in ("effective_features", "mf_share", "label_alignment"):
+            if m in C._FROM_SPECTRUM:  # one eigendecomposition for every spectrum metric
                 spec = spec or self.spectrum()
-                out[m] = {"effective_features": spec["participation_ratio"], "mf_share": spec["mf_share"],
-                          "label_alignment": float(np.sum(spec["label_share"][: max(spec["n_classes"] - 1, 1)]))}[m]
+                out[m] = C._FROM_SPECTRUM[m](spec)
             else:
                 out[m] = getattr(self, m)()
         return out
