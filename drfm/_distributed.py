@@ -25,13 +25,15 @@ import time
 import numpy as np
 import torch
 
-from kernels import NystromEigensystem, NystromPreconditioner, Points, compact_factor, feature_matrix_update, solve_cg
+from kernels import (NystromEigensystem, NystromPreconditioner, Points, compact_factor, feature_matrix_update,
+                     kernel_matmul, solve_cg)
 from kernels.distributed import Comm, ShardedKernel, distributed_agop
 
 from ._backend import finite_tensor
 from ._engine import RFMState, _kernel_bandwidth, kernel_of
 
-__all__ = ["agree_classes", "agreed_generator", "run_rfm_distributed", "standardization_distributed", "validated_on_every_rank"]
+__all__ = ["agree_classes", "agreed_generator", "one_hot_agreed", "run_rfm_distributed", "standardization_distributed",
+           "validated_on_every_rank"]
 
 logger = logging.getLogger("drfm.rfm")
 
@@ -66,6 +68,14 @@ def agree_classes(comm: Comm, y) -> np.ndarray:
     everyone = [None] * comm.world_size
     comm.dist.all_gather_object(everyone, np.unique(y).tolist(), group=comm.group)
     return np.unique(np.concatenate([np.asarray(v, dtype=object) for v in everyone if len(v)]).tolist())
+
+
+def one_hot_agreed(comm: Comm, y, owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of every rank (:func:`agree_classes`; at least two) and this rank's (n_p, K) one-hot targets."""
+    classes = agree_classes(comm, y)
+    if len(classes) < 2:
+        raise ValueError(f"{owner} needs samples of at least 2 classes over all ranks.")
+    return classes, (np.asarray(y)[:, None] == classes[None, :]).astype(np.float64)
 
 
 def _gather_np(comm: Comm, a: np.ndarray) -> np.ndarray:
@@ -145,12 +155,10 @@ def run_rfm_distributed(X, y, Y, *, params, score, device, dtype, budget, genera
                "train_score": score(train_out, y_all), "val_score": None, "world_size": comm.world_size,
                "agop_rows": None}
         if Xv is not None:
-            from kernels import kernel_matmul
-
             val_out = kernel_matmul(Xv, op.all, alpha_all, kernel=kern, sqrt_m=factor, memory_budget=budget)
             rec["val_score"] = score(_gather_np(comm, val_out.cpu().double().numpy()), yv_all)
         if best is None or rec["val_score"] is None or rec["val_score"] > best[0]:
-            best = (rec["val_score"], t, sqrt_m, factor, alpha_all, op.all, L)
+            best = (rec["val_score"], t, sqrt_m, factor, alpha_all, L)
         if t < p.iters:  # (without a final solve every solve is followed by an AGOP step)
             # the AGOP over a global random sample of rows (indices drawn identically on every rank)
             n_agop = min(p.agop_sample_size, n)
@@ -168,7 +176,7 @@ def run_rfm_distributed(X, y, Y, *, params, score, device, dtype, budget, genera
         if stopping and t - best[1] >= p.n_iter_no_change:
             rec["early_stop"] = f"no better validation score in {p.n_iter_no_change} solves"
             break
-    _, best_t, best_r, best_factor, best_alpha, best_points, best_L = best
+    _, best_t, best_r, best_factor, best_alpha, best_L = best
     # the kept rows, untransformed, from every rank (the model predicts like a single-process one)
     X_fit = comm.all_gather_rows(Xt)
     return RFMState(sqrt_m=None if best_r is None else best_r.double().cpu().numpy(), factor=best_factor,

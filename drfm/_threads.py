@@ -104,17 +104,21 @@ def busy_cores(seconds: float = PROBE_SECONDS, *, wait: bool = True) -> float | 
     drfm's import) when that is at least MIN_WINDOW_SECONDS -- free, no waiting --, otherwise (with ``wait``) over
     the next ``seconds``. None where /proc cannot be read, or without a window and without ``wait``."""
     global _LAST
+
+    def complete(snap):  # every counter read
+        return snap is not None and snap[2] is not None and snap[3] is not None
+
     prev, now = _LAST, _snapshot()
     _LAST = now
-    if now is None or now[2] is None or now[3] is None:
+    if not complete(now):
         return None
-    if prev is None or prev[2] is None or prev[3] is None or now[0] - prev[0] < MIN_WINDOW_SECONDS:
+    if not complete(prev) or now[0] - prev[0] < MIN_WINDOW_SECONDS:
         if not wait:
             return None
         time.sleep(seconds)
         prev, now = now, _snapshot()
         _LAST = now
-        if now is None or now[2] is None or now[3] is None:
+        if not complete(now):
             return None
     (_, cores, a, own_a), (_, _, b, own_b) = prev, now
     if b[1] <= a[1]:

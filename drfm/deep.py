@@ -360,12 +360,9 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
     def _encode_distributed(self, y, comm):
-        from ._distributed import agree_classes
+        from ._distributed import one_hot_agreed
 
-        self.classes_ = agree_classes(comm, y)
-        if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes over all ranks.")
-        Y = (np.asarray(y)[:, None] == self.classes_[None, :]).astype(np.float64)
+        self.classes_, Y = one_hot_agreed(comm, y, type(self).__name__)
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
     def decision_function(self, X):

@@ -168,17 +168,22 @@ class _BaseRFM(BaseEstimator):
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be given together (validation data), or neither.")
         owner = type(self).__name__
+
+        def validated():
+            enc = fit_encoding(X, self.categorical_features, owner)
+            names = np.asarray(X.columns, dtype=object) if enc is not None and hasattr(X, "columns") else None
+            return (*self._validate_xy(X if enc is None else enc.transform(X, owner), y), enc, names)
+
         comm = None
-        if self.distributed:
+        if self.distributed:  # every rank checks its rows, and they agree on the outcome before any heavy work
             from kernels.distributed import Comm
 
             from ._distributed import validated_on_every_rank
 
             comm = Comm()
-            X, y = validated_on_every_rank(comm, owner, lambda: self._validate_xy(X, y), resolve_dtype(self.dtype))
-        enc = fit_encoding(X, self.categorical_features, owner)
-        names = np.asarray(X.columns, dtype=object) if enc is not None and hasattr(X, "columns") else None
-        X, y = self._validate_xy(X if enc is None else enc.transform(X, owner), y)
+            X, y, enc, names = validated_on_every_rank(comm, owner, validated, resolve_dtype(self.dtype))
+        else:
+            X, y, enc, names = validated()
         # the input's columns (before one-hot encoding) and the categorical ones with their categories
         self.categorical_ = None if enc is None else enc.state
         if enc is not None:
@@ -399,8 +404,8 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     n_threads : int, 'auto' or None, default=None
         CPU threads while fitting and predicting (torch and the BLAS pools; restored after each call). None: torch's
         current setting, reproducible bit for bit, with a logged warning when other processes are measured to occupy
-        the cores at the start of a fit; 'auto': the cores left idle by other processes (measured for 0.1 s when fit
-        starts; fastest on a shared machine, last bits may vary between runs); an int: that many. See
+        the cores at the start of a fit; 'auto': the cores left idle by other processes (measured from the CPU counters
+        when fit starts; fastest on a shared machine, last bits may vary between runs); an int: that many. See
         :mod:`drfm._threads`.
     categorical_features : 'from_dtype', list of column names / indices, boolean mask or None, default='from_dtype'
         Categorical input columns, one-hot encoded inside the estimator with each one-hot block counting as one
@@ -472,12 +477,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         return validate_classification_data(self, X, y)
 
     def _encode_targets_distributed(self, y, comm):
-        from ._distributed import agree_classes
+        from ._distributed import one_hot_agreed
 
-        self.classes_ = agree_classes(comm, y)  # a shard may hold only some classes
-        if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes over all ranks.")
-        return (np.asarray(y)[:, None] == self.classes_[None, :]).astype(np.float64)
+        self.classes_, Y = one_hot_agreed(comm, y, type(self).__name__)  # a shard may hold only some classes
+        return Y
 
     def _encode_targets(self, y):
         self.classes_, Y = one_hot_classes(y, type(self).__name__)

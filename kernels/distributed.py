@@ -26,7 +26,7 @@ import torch
 
 from .blocked import kernel_matmul
 from .family import as_kernel
-from .operators import Points
+from .operators import Points, kernel_block
 
 __all__ = ["Comm", "ShardedKernel", "DEFAULT_TIMEOUT", "distributed_agop"]
 
@@ -158,10 +158,7 @@ class ShardedKernel:
 
     def block(self, rows, cols=None, out=None) -> torch.Tensor:
         """``K[rows, cols]`` for global row / column indices (every rank holds all points)."""
-        zr, zr_sq = self.all.z[rows], self.all.z_sq[rows]
-        zc = self.all.z if cols is None else self.all.z[cols]
-        zc_sq = self.all.z_sq if cols is None else self.all.z_sq[cols]
-        return self.kernel.matrix(zr, zc, x_sq=zr_sq, z_sq=zc_sq, out=out)
+        return kernel_block(self.all.z, self.all.z_sq, self.kernel, rows, cols, out)
 
 
 def distributed_agop(samples, centres, alpha, comm: Comm, *, kernel=None, bandwidth=None, sqrt_m=None,

@@ -76,6 +76,14 @@ def _as_points(x, sqrt_m) -> Points:
     return x if isinstance(x, Points) else Points.of(x, sqrt_m)
 
 
+def kernel_block(z, z_sq, kernel, rows, cols=None, out=None) -> torch.Tensor:
+    """The dense block ``K[rows, cols]`` of the kernel on transformed rows ``z`` (norms ``z_sq``); ``rows`` / ``cols``
+    are index tensors or slices, ``cols=None`` all rows."""
+    zc = z if cols is None else z[cols]
+    zc_sq = z_sq if cols is None else z_sq[cols]
+    return kernel.matrix(z[rows], zc, x_sq=z_sq[rows], z_sq=zc_sq, out=out)
+
+
 class BlockedKernel:
     """``K = K_M(X, X)`` as a linear operator, never materialised.
 
@@ -106,10 +114,7 @@ class BlockedKernel:
 
     def block(self, rows, cols=None, out=None) -> torch.Tensor:
         """Dense kernel block ``K[rows, cols]`` (index tensors or slices; ``cols=None`` means all points)."""
-        zr = self.z[rows]
-        zc = self.z if cols is None else self.z[cols]
-        zc_sq = self.z_sq if cols is None else self.z_sq[cols]
-        return self.kernel.matrix(zr, zc, x_sq=self.z_sq[rows], z_sq=zc_sq, out=out)
+        return kernel_block(self.z, self.z_sq, self.kernel, rows, cols, out)
 
     def matmul(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``K @ v`` for v of shape (n,) or (n, c)."""
