@@ -124,7 +124,7 @@ def cmd_fit(args) -> dict:
     from .persistence import save_model
 
     check_output_path(args.save, "--save")  # before the data are read and the model is fitted
-    rank, world = _init_distributed(args.device)
+    rank, world, rank_device = _init_distributed(args.device)
     data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
                          task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed,
                          data_home=args.data_home, shard=(rank, world) if world > 1 else None)
@@ -142,8 +142,8 @@ def cmd_fit(args) -> dict:
         if "distributed" not in valid:
             raise UsageError(f"{cls.__name__} does not run distributed; under torchrun use --model rfm or deep-rfm")
         defaults["distributed"] = True
-        if defaults.get("device") in ("auto", "cuda") and _gpu_rank():
-            defaults["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if rank_device is not None and "device" in valid:
+            defaults["device"] = rank_device
     model = cls(**defaults).set_params(**params)
     X_fit, y_fit = data.X, data.y
     if world > 1 and not data.sharded:  # a named dataset: this rank's contiguous range of the training rows
@@ -167,30 +167,25 @@ def cmd_fit(args) -> dict:
     return res
 
 
-def _gpu_rank() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _init_distributed(device) -> tuple[int, int]:
+def _init_distributed(device) -> tuple[int, int, str | None]:
     """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): initialise the process group -- NCCL with one GPU per
-    rank when CUDA is used, gloo otherwise; collective timeout DEFAULT_TIMEOUT. Returns (rank, world size); (0, 1)
-    outside torchrun."""
+    rank when CUDA is used, gloo otherwise; collective timeout DEFAULT_TIMEOUT. Returns (rank, world size, this rank's
+    GPU device or None); (0, 1, None) outside torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, None
     import torch
     import torch.distributed as dist
 
     from kernels.distributed import DEFAULT_TIMEOUT
 
     gpu = device in ("auto", "cuda") and torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if gpu else "gloo", timeout=DEFAULT_TIMEOUT)
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), f"cuda:{local}" if gpu else None
 
 
 def _train_score(model, X, y, task, world) -> tuple[float, int]:
