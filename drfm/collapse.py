@@ -802,17 +802,21 @@ def check_metrics(metrics) -> None:
 
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
                  report: CollapseReport | None = None, predictions=None, spectra: int | None = None) -> CollapseReport:
-    """Report rows from per-layer stage features (a list of ``{stage: (n, p) array}``, one dict per layer) and
+    """Report rows from per-layer stage features (``{stage: (n, p) array}``, one dict per layer: a list, or a generator
+    that yields one layer at a time) and
     labels; rows are appended to ``report`` when given, and carry ``epoch`` when given. ``nc3`` is measured against
     each layer's least-squares readout, ``nc4`` against ``predictions`` (the model's; else that readout's) and
     ``linear_cka`` against the one-hot labels. ``spectra=k`` keeps the top k eigenvalues of every layer and stage's
     feature covariance in ``meta["spectra"][model][stage][layer]`` (:meth:`CollapseReport.plot_spectra`)."""
     check_metrics(metrics)
     y = np.asarray(y)
-    if report is None:
-        report = CollapseReport(meta={"model": model_name, "depth": len(features), "n_samples": len(y)})
+    new = report is None
+    if new:
+        report = CollapseReport(meta={"model": model_name, "depth": 0, "n_samples": len(y)})
     extra = {} if epoch is None else {"epoch": int(epoch)}
-    for layer, stages in enumerate(features):
+    for layer, stages in enumerate(features):  # a list, or a generator yielding one layer at a time
+        if new:
+            report.meta["depth"] = layer + 1
         for stage, feats in stages.items():
             spectrum = None  # one eigendecomposition for every spectrum metric of this stage
             if spectra:
@@ -838,7 +842,8 @@ def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "d
     eigenvalues for :meth:`CollapseReport.plot_spectra`."""
     check_metrics(metrics)  # before the (possibly long) feature pass
     predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None
-    return stage_report(model.layer_features(X), y, metrics=metrics, model_name=model_name, predictions=predictions,
+    layers = model.iter_layer_features(X) if hasattr(model, "iter_layer_features") else model.layer_features(X)
+    return stage_report(layers, y, metrics=metrics, model_name=model_name, predictions=predictions,
                         spectra=spectra)
 
 

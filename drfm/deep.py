@@ -302,9 +302,16 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
 
     @with_threads
     def layer_features(self, X):
-        """One dict per layer: ``{"input": X_l (row-normalised), "linear": X_l M_l^{1/2}, "nonlinear": Phi_l(...)}``."""
+        """One dict per layer: ``{"input": X_l (row-normalised), "linear": X_l M_l^{1/2}, "nonlinear": Phi_l(...)}``
+        (all layers at once; :meth:`iter_layer_features` holds one layer at a time)."""
+        return list(self.iter_layer_features(X))
+
+    def iter_layer_features(self, X):
+        """:meth:`layer_features` as a generator, one layer's dict at a time (what a report over many layers and rows
+        uses: one layer's features in memory)."""
         X = self._check_X(X)
-        return [{"input": a.numpy(), "linear": b.numpy(), "nonlinear": c.numpy()} for a, b, c in self._stages(X)]
+        for a, b, c in self._stages(X):
+            yield {"input": a.numpy(), "linear": b.numpy(), "nonlinear": c.numpy()}
 
     @with_threads
     def _outputs(self, X):

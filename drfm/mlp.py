@@ -22,7 +22,8 @@ from ._threads import with_threads
 from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, one_hot_classes, predict_labels, softmax_proba,
                        validate_classification_data)
 from .collapse import METRICS, CollapseReport
-from .nets import _EvalMode, _input_tensor, build_mlp, layer_blocks, layer_features, mlp_collapse_report, nfa_report
+from .nets import (_EvalMode, _input_tensor, build_mlp, iter_layer_features, layer_blocks, layer_features,
+                   mlp_collapse_report, nfa_report)
 
 __all__ = ["TorchMLPClassifier", "TrainingDivergedError"]
 
@@ -334,6 +335,10 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     def layer_features(self, X):
         """Per Linear layer ``{"input", "linear", "nonlinear"}`` features, as in Deep RFM (see :func:`layer_features`)."""
         return layer_features(self, X)
+
+    def iter_layer_features(self, X):
+        """:meth:`layer_features` one layer at a time (see :func:`drfm.nets.iter_layer_features`)."""
+        return iter_layer_features(self, X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

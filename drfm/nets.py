@@ -37,6 +37,7 @@ __all__ = [
     "NFA_METRICS",
     "build_mlp",
     "layer_blocks",
+    "iter_layer_features",
     "layer_features",
     "mlp_collapse_report",
     "network_agop",
@@ -188,32 +189,42 @@ def _split_block(block: _Block, mods, h: torch.Tensor):
     return lin, out
 
 
-@torch.no_grad()
 def layer_features(model, X, *, batch_size: int = 4096) -> list[dict]:
     """Per Linear layer: ``{"input": h_l, "linear": S V^T h_l (as rows h_l V S), "nonlinear": act(W h_l + b)}``
     as float64 numpy arrays (``"nonlinear"`` only where an activation follows the layer).
 
     ``model``: a ``torch.nn.Sequential`` (``X`` in its input space) or a fitted model with ``network_view`` (e.g. a
-    TorchMLPClassifier: ``X`` are the raw features, its standardisation is applied).
+    TorchMLPClassifier: ``X`` are the raw features, its standardisation is applied). All layers at once: for many
+    rows and layers :func:`iter_layer_features` holds one layer at a time.
     """
+    return list(iter_layer_features(model, X, batch_size=batch_size))
+
+
+def iter_layer_features(model, X, *, batch_size: int = 4096):
+    """:func:`layer_features` one layer at a time (a generator): only the current layer's stages and its output are
+    held, so a report over many layers and rows needs one layer's memory."""
     net, X, _ = network_view(model, X)
     blocks = layer_blocks(net)
     x = _input_tensor(net, X)
     mods = list(net)
-    stages = [{"input": [], "linear": [], "nonlinear": []} for _ in blocks]
-    with _EvalMode(net):
+    with torch.no_grad(), _EvalMode(net):
+        h = []
         for s in range(0, x.shape[0], batch_size):
-            h = x[s: s + batch_size]
+            hb = x[s: s + batch_size]
             for m in mods[: blocks[0].start]:
-                h = m(h)
-            for blk, st in zip(blocks, stages):
-                lin, out = _split_block(blk, mods, h)
-                st["input"].append(h.double().cpu())
+                hb = m(hb)
+            h.append(hb)
+    for blk in blocks:  # no grad mode or eval mode is held across a yield (the caller runs in its own modes)
+        st = {"input": [], "linear": [], "nonlinear": []}
+        with torch.no_grad(), _EvalMode(net):
+            for i, hb in enumerate(h):
+                lin, out = _split_block(blk, mods, hb)
+                st["input"].append(hb.double().cpu())
                 st["linear"].append(lin.cpu())
                 if blk.has_activation:
                     st["nonlinear"].append(out.double().cpu())
-                h = out
-    return [{k: torch.cat(v).numpy() for k, v in st.items() if v} for st in stages]
+                h[i] = out
+        yield {k: torch.cat(v).numpy() for k, v in st.items() if v}
 
 
 def mlp_collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "mlp", epoch: int | None = None,
@@ -221,7 +232,7 @@ def mlp_collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str 
     """Collapse metrics per Linear layer and stage (input / linear = S V^T h / nonlinear), rows as in Deep RFM's
     :func:`~drfm.collapse.collapse_report`; with ``epoch`` every row carries it (training dynamics)."""
     check_metrics(metrics)  # before the feature pass
-    return stage_report(layer_features(model, X), y, metrics=metrics, model_name=model_name, epoch=epoch,
+    return stage_report(iter_layer_features(model, X), y, metrics=metrics, model_name=model_name, epoch=epoch,
                         report=report)
 
 

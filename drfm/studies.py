@@ -116,13 +116,12 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
     # sparsity of each layer's feature matrix (M_l; W^T W), and CKA between the two models' layers, stage by stage
     report = sparsity_report(deep, model_name="deep_rfm", report=report)
     report = sparsity_report(mlp, model_name="mlp", report=report)
-    deep_feats, mlp_feats = deep.layer_features(X_train), mlp.layer_features(X_train)
-    for layer in range(min(len(deep_feats), len(mlp_feats))):
+    # one layer of each model in memory at a time (zip stops at the shallower one)
+    for layer, (deep_l, mlp_l) in enumerate(zip(deep.iter_layer_features(X_train), mlp.iter_layer_features(X_train))):
         for stage in ("input", "linear", "nonlinear"):
-            if stage in deep_feats[layer] and stage in mlp_feats[layer]:
+            if stage in deep_l and stage in mlp_l:
                 report.add(model="deep_rfm_vs_mlp", layer=layer, stage=stage, metric="cka",
-                           value=linear_cka(deep_feats[layer][stage], mlp_feats[layer][stage]),
-                           n_samples=len(y_train))
+                           value=linear_cka(deep_l[stage], mlp_l[stage]), n_samples=len(y_train))
     report.meta = {
         "depth": depth, "n_train": len(y_train), "n_test": len(y_test),
         "deep_rfm": {"test_accuracy": float(deep.score(X_test, y_test)), "fit_seconds": deep_s,

@@ -160,6 +160,33 @@ def test_svd_split_nc1_equals_nc1_of_wh():
         h = torch.relu(h @ W.T)
 
 
+def test_layer_features_one_layer_at_a_time_equal_all_at_once():
+    """The generators behind reports at scale give the same arrays as the all-layers functions (a pass per layer
+    over all rows instead of a pass per row batch over all layers), and leave no grad/eval mode on between layers."""
+    X, y = _blobs(90)
+    mlp = dnn.TorchMLPClassifier(2, 16, lr=1e-2, epochs=2, random_state=0).fit(X, y)
+    deep = DeepRFMClassifier(3, random_state=0).fit(X, y)
+    mlp.network_.train()  # the generator must not leave it in eval mode while the caller runs
+    for model, kw in ((mlp.network_, {"batch_size": 32}), (mlp, {}), (deep, None)):
+        if kw is None:
+            whole, lazy = deep.layer_features(X), deep.iter_layer_features(X)
+        else:
+            whole, lazy = dnn.layer_features(model, X, **kw), dnn.iter_layer_features(model, X, **kw)
+        n_layers = 0
+        for a, b in zip(whole, lazy):
+            assert torch.is_grad_enabled() and mlp.network_.training  # nothing left on by the generator
+            assert list(a) == list(b)
+            for stage in a:
+                np.testing.assert_array_equal(a[stage], b[stage])
+            n_layers += 1
+        assert n_layers == len(whole) and next(lazy, None) is None
+    from drfm.collapse import collapse_report, stage_report
+
+    rep = collapse_report(deep, X, y)  # takes the generator
+    assert rep.meta["depth"] == 3
+    assert rep.rows == stage_report(deep.layer_features(X), y, model_name="deep_rfm").rows
+
+
 def test_mlp_report_concatenates_with_deep_rfm():
     X, y = _blobs(90)
     mlp = dnn.TorchMLPClassifier(2, 16, lr=1e-2, epochs=3, random_state=0).fit(X, y)
