@@ -12,7 +12,8 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "study"
     args = ["reproduce", "--dataset", "digits", "--out", str(out), "--depth", "2", "--n-train", "300",
-            "--epochs", "2", "--measure-every", "1", "--device", "cpu", "--metrics", "nc1", "within_share"]
+            "--epochs", "2", "--measure-every", "1", "--device", "cpu", "--metrics", "nc1", "within_share",
+            "--layer-sample-size", "200"]
     assert main(args + ["--seeds", "1"]) == 0
     first = (out / "seed-0.json").stat().st_mtime_ns
     assert main(args + ["--seeds", "2"]) == 0  # continues: seed 0 is not run again
@@ -32,10 +33,50 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
     # the MLP keeps its own depth (5 hidden layers, the paper's) whatever the Deep RFM depth
     assert reps[0].meta["mlp"]["params"]["depth"] == 5 and reps[0].meta["deep_rfm"]["params"]["depth"] == 2
     assert any(r["metric"] == "train_loss" for r in reps[0].rows)
+    # the ReLU variant and the kernel ridge baseline, each a part of the seed, summarised like the others
+    assert {"deep_rfm_relu", "laplace_krr"} <= set(summary["test_accuracy"])
+    assert any(r["model"] == "deep_rfm_relu" and r["stage"] == "nonlinear" for r in reps[0].rows)
+    assert reps[0].meta["deep_rfm"]["params"]["feature_map"] == "cosine"
+    assert reps[0].meta["deep_rfm_relu"]["params"]["feature_map"] == "relu"
+    assert reps[0].meta["laplace_krr"]["params"]["iters"] == 0
+    assert set(reps[0].meta["resources"]) == {"compare", "deep_rfm_relu", "laplace_krr"}
+    report = (out / "report.md").read_text()
+    assert "| deep_rfm_relu |" in report and "## deep_rfm: nc1" in report and "| laplace_krr |" in report
+    assert f"{row['mean']:.3g} +- {row['std']:.2g}" in report
+    # each layer's M learned on --layer-sample-size rows; the metrics on all of them
+    assert reps[0].meta["deep_rfm"]["params"]["layer__iter_sample_size"] == 200
+    assert all(r["n_samples"] == 300 for r in reps[0].rows if r["model"] == "deep_rfm" and r["metric"] == "nc1")
+
+
+def test_reproduce_resumes_within_a_seed(tmp_path, monkeypatch):
+    """A run stopped after a seed's first part continues with the next part (the finished one is not rerun)."""
+    from drfm import reproduce as rp
+
+    out = tmp_path / "study"
+    args = ["reproduce", "--dataset", "digits", "--out", str(out), "--depth", "1", "--n-train", "200",
+            "--epochs", "1", "--measure-every", "1", "--device", "cpu", "--seeds", "1", "--no-baseline"]
+    real, calls = rp._run_part, []
+
+    def stop_after_compare(part, *a, **k):
+        calls.append(part)
+        if part != "compare":
+            raise KeyboardInterrupt
+        return real(part, *a, **k)
+
+    monkeypatch.setattr(rp, "_run_part", stop_after_compare)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert (out / "seed-0" / "compare.json").exists() and not (out / "seed-0.json").exists()
+    monkeypatch.setattr(rp, "_run_part", lambda part, *a, **k: (calls.append(part), real(part, *a, **k))[1])
+    assert main(args) == 0
+    assert calls == ["compare", "deep_rfm_relu", "deep_rfm_relu"]
+    assert (out / "seed-0.json").exists()
 
 
 def test_reproduce_rejects_bad_arguments_before_work(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "x"), "--metrics", "nc9"]) == 2
     assert "unknown metrics" in capsys.readouterr().err
     assert main(["reproduce", "--out", str(tmp_path / "x"), "--depth", "0"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path / "x"), "--feature-maps", "relu", "relu"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path / "x"), "--layer-sample-size", "-1"]) == 2
     assert not (tmp_path / "x").exists()
