@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from kernels.memory import available_memory, format_bytes
 
 from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
+from ._backbones import WithBackbone, backbone_features, build_backbone, check_image_shape
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
 from ._threads import with_threads
 from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, one_hot_classes, predict_labels, softmax_proba,
@@ -78,14 +79,26 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         Training samples the network AGOP averages over at each snapshot.
     module : torch.nn.Sequential or None
         A network of your own (Linear layers and elementwise activations, output width = number of classes); it is
-        copied and trained from its current weights. None builds :func:`build_mlp`.
+        copied and trained from its current weights. None builds :func:`build_mlp`. With a backbone it is the head
+        (its input width = the backbone's features).
+    backbone : {'resnet18', 'vgg11'}, torch.nn.Module or None, default=None
+        A convolutional feature extractor in front of the MLP (the seed paper's ResNet-18 / VGG-11 + MLP head
+        variant), trained end to end with it: torchvision's architecture with random weights (torchvision must be
+        installed; an ``ImportError`` says how otherwise), its first convolution taking the images' channels, its
+        classifier removed, the last feature maps averaged to 512 features (see :mod:`drfm._backbones`); or any module
+        mapping ``(n, C, H, W)`` to ``(n, p)``. ``network_`` and every analysis (collapse stages, AGOP, NFA) are the
+        MLP head's, on the backbone's features. Such a model cannot be saved in drfm's model format (save
+        ``backbone_`` and ``network_`` with torch).
+    image_shape : tuple (C, H, W) or None
+        How each row is read as an image (required with ``backbone``; MNIST: ``(1, 28, 28)``).
     standardize : bool, default=False
         Standardise features with the training mean / std before the network.
     device, dtype, n_threads, random_state, verbose : as in the RFM estimators.
 
     Attributes
     ----------
-    network_ : the trained ``torch.nn.Sequential`` (on ``device_``).
+    network_ : the trained ``torch.nn.Sequential`` (on ``device_``); with a backbone, the MLP head.
+    backbone_ : the trained backbone module, or None.
     initial_state_ : its ``state_dict`` at initialisation (CPU copies).
     history_ : list of dicts (epoch, train_loss, train_accuracy, seconds).
     dynamics_ : :class:`~drfm.collapse.CollapseReport` with per-epoch rows (``measure_every`` set), else empty.
@@ -109,6 +122,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         "measure_metrics": [InstanceOf(tuple, list, name="a tuple of metric names")],
         "agop_sample_size": [Interval("int", 1, None, closed="left")],
         "module": [InstanceOf(nn.Sequential, name="a torch.nn.Sequential"), NoneOK],
+        "backbone": [Options("resnet18", "vgg11"), InstanceOf(nn.Module, name="a torch.nn.Module"), NoneOK],
+        "image_shape": [InstanceOf(tuple, list, name="a tuple (C, H, W)"), NoneOK],
         "standardize": [BOOL],
         "device": [DeviceString()],
         "dtype": [Options("float32", "float64")],
@@ -120,8 +135,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, depth=5, width=512, *, init_gain=0.1, bias=False, readout_init="xavier", reset_adam=False,
                  loss="mse", lr=5e-5, epochs=250,
                  batch_size=128, measure_every=None, measure_metrics=("nc1", "nc2"), agop_sample_size=1000,
-                 module=None, standardize=False, device="auto", dtype="float32", n_threads=None, random_state=None,
-                 verbose=False):
+                 module=None, backbone=None, image_shape=None, standardize=False, device="auto", dtype="float32",
+                 n_threads=None, random_state=None, verbose=False):
         self.depth = depth
         self.width = width
         self.init_gain = init_gain
@@ -136,6 +151,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.measure_metrics = measure_metrics
         self.agop_sample_size = agop_sample_size
         self.module = module
+        self.backbone = backbone
+        self.image_shape = image_shape
         self.standardize = standardize
         self.device = device
         self.dtype = dtype
@@ -162,13 +179,22 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         return (X - self.mean_) / self.scale_
 
     def network_view(self, X):
-        """``(network_, X standardised as in training, initial_state_)``: what :mod:`drfm.nets` analyses."""
-        return self.network_, self._prepare(X), self.initial_state_
+        """``(network_, its inputs, initial_state_)``: what :mod:`drfm.nets` analyses -- X standardised as in
+        training, or with a backbone the backbone's features of it (float64)."""
+        return self.network_, self._head_inputs(self._prepare(X)), self.initial_state_
+
+    def _head_inputs(self, Xs):
+        """The MLP's inputs for standardised rows: the rows themselves, or the backbone's features of them."""
+        if getattr(self, "backbone_", None) is None:
+            return Xs
+        p = next(self.backbone_.parameters())
+        x = to_tensor(Xs, p.dtype, p.device)
+        return backbone_features(self.backbone_, self.image_shape_, x).double().cpu().numpy()
 
     def __getstate__(self):
         """Pickled state with every tensor on the CPU (a model fitted on a GPU loads on a machine without one)."""
         state = self.__dict__.copy()
-        for key in ("network_", "module"):
+        for key in ("network_", "module", "backbone_", "backbone"):
             if isinstance(state.get(key), nn.Module):
                 state[key] = copy.deepcopy(state[key]).cpu()
         if state.get("initial_state_") is not None:
@@ -180,9 +206,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.device_ = str(device)
         if hasattr(self, "network_"):
             self.network_ = self.network_.to(device)
+        if getattr(self, "backbone_", None) is not None:
+            self.backbone_ = self.backbone_.to(device)
         return self
 
     def _snapshot(self, X, y, epoch, gen):
+        X = self._head_inputs(X)
         mlp_collapse_report(self.network_, X, y, metrics=tuple(self.measure_metrics), epoch=epoch,
                             report=self.dynamics_)
         nfa_report(self.network_, X, epoch=epoch, report=self.dynamics_, initial=self.initial_state_,
@@ -208,22 +237,31 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.mean_, self.scale_ = standardization(X, self.standardize)
         Xs = (X - self.mean_) / self.scale_
         K = len(self.classes_)
+        self.backbone_, self.image_shape_, d_in, extra = None, None, X.shape[1], 0
+        if self.backbone is not None:  # the images' shape and the backbone are checked before any training
+            self.image_shape_ = check_image_shape(self.image_shape, X.shape[1], type(self).__name__)
+            self.backbone_, d_in = build_backbone(self.backbone, self.image_shape_, gen, type(self).__name__)
+            extra = sum(p.numel() for p in self.backbone_.parameters())
         if self.module is not None:
             net = copy.deepcopy(self.module).cpu()
             blocks = layer_blocks(net)
-            if blocks[0].linear.in_features != X.shape[1] or blocks[-1].linear.out_features != K:
+            if blocks[0].linear.in_features != d_in or blocks[-1].linear.out_features != K:
+                inputs = "the backbone gives" if self.backbone is not None else "the data have"
                 raise ValueError(
                     f"The 'module' parameter of {type(self).__name__} maps {blocks[0].linear.in_features} inputs to "
-                    f"{blocks[-1].linear.out_features} outputs, but the data have {X.shape[1]} features and {K} "
+                    f"{blocks[-1].linear.out_features} outputs, but {inputs} {d_in} features and there are {K} "
                     f"classes")
         else:
-            self._check_memory([X.shape[1]] + [self.width] * self.depth + [K], dtype, device, len(y))
-            net = build_mlp(X.shape[1], K, depth=self.depth, width=self.width, init_gain=self.init_gain,
+            self._check_memory([d_in] + [self.width] * self.depth + [K], dtype, device, len(y), extra)
+            net = build_mlp(d_in, K, depth=self.depth, width=self.width, init_gain=self.init_gain,
                             readout_init=self.readout_init,
                             bias=self.bias, generator=gen)
         self.initial_state_ = {k: v.detach().clone() for k, v in net.state_dict().items()}
         net = net.to(device=device, dtype=dtype)
         self.network_ = net
+        if self.backbone_ is not None:  # trained end to end; network_ (the head) is what is analysed
+            self.backbone_ = self.backbone_.to(device=device, dtype=dtype)
+            net = WithBackbone(self.backbone_, self.network_, self.image_shape_)
         x = to_tensor(Xs, dtype, device)
         if self.loss == "mse":
             target = to_tensor(2.0 * Y - 1.0, dtype, device)
@@ -267,10 +305,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                 f"small initialisation (init_gain={self.init_gain:g}) and lr={self.lr:g}, small data need more epochs "
                 "or a larger lr.", ConvergenceWarning, stacklevel=3)
 
-    def _check_memory(self, sizes, dtype, device, n):
-        """Refuse a network whose weights, gradients and optimiser state do not fit the memory available."""
+    def _check_memory(self, sizes, dtype, device, n, backbone_params=0):
+        """Refuse a network whose weights, gradients and optimiser state do not fit the memory available (a
+        backbone's parameters counted likewise; its activations, which depend on the batch, are not)."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        need = _network_bytes(sizes, bias=self.bias, itemsize=itemsize) + 4 * n * max(sizes) * itemsize
+        need = (_network_bytes(sizes, bias=self.bias, itemsize=itemsize) + backbone_params * (4 * itemsize + 4)
+                + 4 * n * max(sizes) * itemsize)
         have = available_memory(device)
         if need > have:
             raise ValueError(
@@ -301,7 +341,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             if not np.isfinite(train_loss):
                 raise TrainingDivergedError(f"training diverged at epoch {epoch} (loss {train_loss}); lower 'lr'")
             with torch.no_grad(), _EvalMode(net):
-                acc = float((net(x).argmax(1).cpu().numpy() == labels).mean())
+                out = net(x) if self.backbone_ is None else torch.cat(
+                    [net(x[s: s + 512]) for s in range(0, n, 512)])  # a CNN's activations: bounded batches
+                acc = float((out.argmax(1).cpu().numpy() == labels).mean())
             self.history_.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": acc,
                                   "seconds": time.perf_counter() - t0})
             bar.set_postfix(loss=f"{train_loss:.3g}", acc=f"{acc:.3f}")
@@ -310,7 +352,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
 
     @with_threads
     def _outputs(self, X) -> np.ndarray:
-        X = self._prepare(X)
+        X = self._head_inputs(self._prepare(X))
         x = _input_tensor(self.network_, X)
         with torch.no_grad(), _EvalMode(self.network_):
             out = torch.cat([self.network_(x[s: s + 8192]) for s in range(0, x.shape[0], 8192)]).double().cpu()

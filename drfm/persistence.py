@@ -209,6 +209,9 @@ def save_model(model, path, *, metadata: dict | None = None) -> Path:
         raise TypeError(f"save_model expects a fitted drfm estimator, got {type(model).__name__} from {module}")
     if not any(k.endswith("_") and not k.startswith("_") for k in vars(model)):
         raise ValueError(f"{type(model).__name__} is not fitted yet; call fit before saving it")
+    if getattr(model, "backbone", None) is not None:
+        raise TypeError(f"{type(model).__name__} with a backbone cannot be saved in drfm's model format (it stores "
+                        "Linear networks only): save model.backbone_ and model.network_ with torch.save")
     enc = _Encoder()
     tree = enc(model)  # TypeError naming the attribute when something cannot be stored
     header = {
