@@ -332,7 +332,7 @@ def cmd_reproduce(args) -> dict:
                         n_train=args.n_train, epochs=args.epochs, measure_every=args.measure_every,
                         feature_maps=tuple(args.feature_maps), sigma=args.sigma, metrics=tuple(args.metrics),
                         layer_sample_size=args.layer_sample_size or None, agop_sample_size=args.agop_sample_size,
-                        baseline=not args.no_baseline,
+                        baseline=not args.no_baseline, mlp_backbone=args.mlp_backbone,
                         data_home=args.data_home, device=args.device, verbose=args.verbose)
     return {"out": args.out, "n_seeds": summary["n_seeds"], "test_accuracy": summary["test_accuracy"]}
 
@@ -601,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "features, metrics and final machine use all rows")
     sp.add_argument("--agop-sample-size", type=int, default=20000, help="rows each layer's AGOP averages over")
     sp.add_argument("--no-baseline", action="store_true", help="skip plain Laplace kernel ridge on the raw digits")
+    sp.add_argument("--mlp-backbone", choices=["resnet18", "vgg11"],
+                    help="the paper's CNN variant: a torchvision ResNet-18 / VGG-11 in front of the MLP, trained with "
+                         "it; the MLP head's layers are analysed (needs torchvision; image sets only)")
     sp.add_argument("--sigma", type=float, default=0.05, help="cosine feature scale (default 0.05)")
     metrics_arg(sp)
     common(sp)
@@ -647,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         res = args.func(args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         if os.environ.get("DRFM_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -219,12 +219,27 @@ def _torchvision(name, n_train=None, n_test=None, random_state=0, root=None, **_
         ) from exc
 
     def arrays(ds):
-        X = np.asarray(ds.data, dtype=np.float64).reshape(len(ds), -1) / 255.0
+        X = image_rows(np.asarray(ds.data)).astype(np.float64) / 255.0
         y = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)))
         return X, y
 
     (Xtr, ytr), (Xte, yte) = arrays(tr), arrays(te)
     return _subsample(Xtr, ytr, Xte, yte, n_train, n_test, random_state)
+
+
+#: how each row of the image sets reads as an image, (channels, height, width): the rows are channel-major, as in the
+#: sets' own files (the CIFAR-10 python batches store each image as its R, G and B planes)
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                "svhn": (3, 32, 32)}
+
+
+def image_rows(data: np.ndarray) -> np.ndarray:
+    """Images as channel-major rows: (n, H, W) and (n, C, H, W) are flattened as they are; (n, H, W, C) with C in
+    (1, 3) -- torchvision's CIFAR-10 ``data`` -- is first moved to (n, C, H, W), so a set read through torchvision
+    gives the same rows as its own files."""
+    if data.ndim == 4 and data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
+        data = data.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(data).reshape(len(data), -1)
 
 
 def available() -> dict[str, str]:
@@ -244,7 +259,7 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, ra
         (Xtr, ytr, Xte, yte), source = _image_set(name, n_train=n_train, n_test=n_test, random_state=random_state,
                                                   **kw)
         return Dataset(name, "classification", Xtr, ytr, Xte, yte, f"{TORCHVISION_SETS[name]} ({source})",
-                       meta={"input_scale": 255.0, "source": source})
+                       meta={"input_scale": 255.0, "source": source, "image_shape": IMAGE_SHAPES[name]})
     if name not in REGISTRY:
         raise ValueError(
             f"Unknown dataset {name!r}; available offline: {', '.join(sorted(REGISTRY))} "
@@ -258,4 +273,6 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, ra
         args["n_test"] = n_test if n_test is not None else entry.default_n_test
     Xtr, ytr, Xte, yte = entry.loader(**args)
     meta = {} if entry.input_scale is None else {"input_scale": entry.input_scale}
+    if name in IMAGE_SHAPES:
+        meta["image_shape"] = IMAGE_SHAPES[name]
     return Dataset(name, entry.task, Xtr, ytr, Xte, yte, entry.description, meta=meta)

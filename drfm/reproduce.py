@@ -53,11 +53,21 @@ def _write_atomic(report: CollapseReport, path: Path) -> None:
 def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth: int = 5,
               n_train: int | None = 50000, epochs: int = 250, measure_every: int = 25,
               feature_maps=("cosine", "relu"), sigma: float = 0.05, layer_sample_size: int | None = 20000,
-              agop_sample_size: int = 20000, baseline: bool = True, metrics=("nc1", "nc2"), data_home=None,
-              device="auto", verbose=False) -> dict:
-    """Run (or continue) the study into the folder ``out``; returns :func:`summarise`'s result."""
-    from .datasets import load
+              agop_sample_size: int = 20000, baseline: bool = True, mlp_backbone: str | None = None,
+              metrics=("nc1", "nc2"), data_home=None, device="auto", verbose=False) -> dict:
+    """Run (or continue) the study into the folder ``out``; returns :func:`summarise`'s result. ``mlp_backbone``
+    ('resnet18' / 'vgg11'): the MLP gets that convolutional feature extractor in front (image sets only)."""
+    from .datasets import IMAGE_SHAPES, load
     from .rfm import RFMRegressor
+
+    mlp_extra = {}
+    if mlp_backbone is not None:  # checked before hours of work: the set's image shape, torchvision importable
+        from ._backbones import _torchvision_models
+
+        if dataset not in IMAGE_SHAPES:
+            raise ValueError(f"mlp_backbone needs an image set ({', '.join(IMAGE_SHAPES)}), got {dataset!r}")
+        _torchvision_models("TorchMLPClassifier", mlp_backbone)
+        mlp_extra = {"backbone": mlp_backbone, "image_shape": IMAGE_SHAPES[dataset]}
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +92,7 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
             t0 = time.perf_counter()
             report = _run_part(part, fm, data, seed=seed, depth=depth, mlp_depth=mlp_depth, epochs=epochs,
                                measure_every=measure_every, feature_map=feature_maps[0], sigma=sigma, layer=layer,
-                               metrics=metrics, device=device, verbose=verbose)
+                               metrics=metrics, device=device, verbose=verbose, mlp_extra=mlp_extra)
             report.meta.setdefault("resources", {})[part] = {"seconds": time.perf_counter() - t0,
                                                              "peak_rss_gib_so_far": _peak_rss_gib()}
             _write_atomic(report, path)
@@ -100,7 +110,7 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
 
 
 def _run_part(part, fm, data, *, seed, depth, mlp_depth, epochs, measure_every, feature_map, sigma, layer, metrics,
-              device, verbose) -> CollapseReport:
+              device, verbose, mlp_extra=None) -> CollapseReport:
     from .collapse import collapse_report, sparsity_report
     from .deep import DeepRFMClassifier
     from .rfm import RFMClassifier
@@ -111,7 +121,8 @@ def _run_part(part, fm, data, *, seed, depth, mlp_depth, epochs, measure_every, 
         return compare(data.X_train, data.y_train, data.X_test, data.y_test, depth=depth, metrics=metrics,
                        measure_every=measure_every, random_state=seed, verbose=verbose,
                        mlp_params={"depth": mlp_depth, "epochs": epochs, "device": device,
-                                   "readout_init": "pytorch", "reset_adam": True, "standardize": True},
+                                   "readout_init": "pytorch", "reset_adam": True, "standardize": True,
+                                   **(mlp_extra or {})},
                        deep_params={"feature_map": feature_map, "sigma": sigma, "device": device, "layer": layer})
     t0 = time.perf_counter()
     if part == "laplace_krr":

@@ -69,6 +69,20 @@ def test_cifar10_batches(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py")
     ds = load("cifar10", data_home=tmp_path)
     assert ds.X_train.shape == (40, 3072) and ds.X_test.shape == (8, 3072) and ds.X_train.max() <= 1.0
+    assert ds.meta["image_shape"] == (3, 32, 32)
+
+
+def test_image_rows_are_channel_major_whatever_the_source():
+    """torchvision's CIFAR-10 holds (n, 32, 32, 3) images, its files (n, 3072) R/G/B planes: the same rows either way
+    (a backbone reads them with image_shape (3, 32, 32))."""
+    from drfm.datasets import image_rows
+
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 256, (5, 3, 32, 32)).astype(np.uint8)  # what the python batches store, per image
+    np.testing.assert_array_equal(image_rows(planes.transpose(0, 2, 3, 1)), planes.reshape(5, -1))
+    np.testing.assert_array_equal(image_rows(planes), planes.reshape(5, -1))
+    gray = rng.integers(0, 256, (4, 28, 28)).astype(np.uint8)  # MNIST (n, H, W)
+    np.testing.assert_array_equal(image_rows(gray), gray.reshape(4, -1))
 
 
 def test_missing_set_names_every_folder_searched(tmp_path, monkeypatch):

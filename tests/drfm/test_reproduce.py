@@ -79,4 +79,45 @@ def test_reproduce_rejects_bad_arguments_before_work(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "x"), "--depth", "0"]) == 2
     assert main(["reproduce", "--out", str(tmp_path / "x"), "--feature-maps", "relu", "relu"]) == 2
     assert main(["reproduce", "--out", str(tmp_path / "x"), "--layer-sample-size", "-1"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path / "x"), "--dataset", "lowrank", "--mlp-backbone", "vgg11"]) == 2
+    assert "needs an image set" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_reproduce_mlp_backbone_needs_torchvision_before_any_work(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as on a machine without it
+    assert main(["reproduce", "--dataset", "digits", "--out", str(tmp_path / "x"), "--mlp-backbone", "resnet18"]) == 2
+    assert "needs torchvision" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_reproduce_passes_the_backbone_and_the_sets_image_shape(tmp_path, monkeypatch):
+    """With --mlp-backbone the MLP of every seed gets the backbone and the set's image shape (torchvision stood in
+    for by a small module with ResNet's attribute layout: the real one is not importable on every test machine)."""
+    import sys
+    import types
+
+    import torch
+    from torch import nn
+
+    class TinyResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 1000)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv1(x)).mean((2, 3)))
+
+    fake = types.ModuleType("torchvision")
+    fake.models = types.SimpleNamespace(resnet18=lambda weights=None: TinyResNet())
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    out = tmp_path / "study"
+    assert main(["reproduce", "--dataset", "digits", "--out", str(out), "--depth", "1", "--n-train", "150",
+                 "--epochs", "1", "--measure-every", "1", "--device", "cpu", "--seeds", "1", "--no-baseline",
+                 "--feature-maps", "cosine", "--mlp-backbone", "resnet18"]) == 0
+    rep = CollapseReport.from_json(out / "seed-0.json")
+    params = rep.meta["mlp"]["params"]
+    assert params["backbone"] == "resnet18" and tuple(params["image_shape"]) == (1, 8, 8)
+    assert any(r["model"] == "mlp" and r["layer"] == 0 for r in rep.rows)
