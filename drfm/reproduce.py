@@ -1,7 +1,8 @@
 """``drfm reproduce``: the seed paper's experiment, resumable per seed and part, aggregated over seeds.
 
-Per seed, on the same ``n_train`` training digits (parts, each written to ``OUT/seed-S/PART.json`` as soon as it
-finishes, so a stopped run loses at most the part it was in):
+Per seed, on the same ``n_train`` training digits, these parts, each written to ``OUT/seed-S/PART.json`` as soon as
+it finishes (a stopped run loses at most the part it was in), run part by part over the seeds (every seed's
+``compare`` first, so the paper's comparison has all its seeds before the extra variants start):
 
 - ``compare``: a Deep RFM (``depth`` layers, random features ``feature_maps[0]``, cosine with sigma 0.05 by default)
   and the paper's MLP (:meth:`TorchMLPClassifier.paper`: ``mlp_depth`` = 5 hidden layers of 512 units, ``epochs``
@@ -14,7 +15,7 @@ finishes, so a stopped run loses at most the part it was in):
 Every layer's kernel machine learns its M on ``layer_sample_size`` random rows (``iter_sample_size`` of the layer
 template; the AGOP averages over ``agop_sample_size`` rows); the features, the collapse metrics and the final machine
 use all ``n_train`` rows. When every part of a seed is done they are merged into ``OUT/seed-S.json``. The summary
-(``OUT/summary.json``): per model, layer and stage the mean and standard deviation over seeds of every metric, and
+(``OUT/summary.json``; seeds with only some parts done count for the models those parts hold): per model, layer and stage the mean and standard deviation over seeds of every metric, and
 test accuracy (mean +- std) per model; figures: NC1 and NC2 against depth for every model (log scale, error bars over
 seeds) and the MLP's metrics against epochs.
 """
@@ -73,22 +74,19 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
     out.mkdir(parents=True, exist_ok=True)
     layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=layer_sample_size,
                          agop_sample_size=agop_sample_size)
-    for seed in seeds:
-        if _seed_file(out, seed).exists():
-            logger.info("reproduce: seed %d already done", seed)
-            continue
-        parts = {"compare": None, **{f"deep_rfm_{fm}": fm for fm in feature_maps[1:]}}
-        if baseline:
-            parts["laplace_krr"] = None
-        folder = out / f"seed-{seed}"
-        folder.mkdir(exist_ok=True)
-        data = None
-        for part, fm in parts.items():
+    parts = {"compare": None, **{f"deep_rfm_{fm}": fm for fm in feature_maps[1:]}}
+    if baseline:
+        parts["laplace_krr"] = None
+    todo = [seed for seed in seeds if not _seed_file(out, seed).exists()]
+    # part by part over the seeds: the paper's comparison gets all its seeds before the extra variants start
+    for part, fm in parts.items():
+        for seed in todo:
+            folder = out / f"seed-{seed}"
+            folder.mkdir(exist_ok=True)
             path = folder / f"{part}.json"
             if path.exists():
                 continue
-            if data is None:
-                data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
+            data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
             t0 = time.perf_counter()
             report = _run_part(part, fm, data, seed=seed, depth=depth, mlp_depth=mlp_depth, epochs=epochs,
                                measure_every=measure_every, feature_map=feature_maps[0], sigma=sigma, layer=layer,
@@ -97,16 +95,24 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
                                                              "peak_rss_gib_so_far": _peak_rss_gib()}
             _write_atomic(report, path)
             logger.info("reproduce: seed %d part %s done in %.0f s", seed, part, time.perf_counter() - t0)
-        merged = CollapseReport(meta={})
-        for part in parts:
-            rep = CollapseReport.from_json(folder / f"{part}.json")
-            resources = {**merged.meta.get("resources", {}), **rep.meta.pop("resources", {})}
-            merged = merged + rep
-            merged.meta.update(rep.meta)
-            merged.meta["resources"] = resources
-        merged.meta["seed"] = seed
-        _write_atomic(merged, _seed_file(out, seed))
+    for seed in todo:  # a seed whose parts are all done becomes one file
+        _write_atomic(_merge_parts(out / f"seed-{seed}", list(parts), seed), _seed_file(out, seed))
     return summarise(out, plot=True)
+
+
+def _merge_parts(folder: Path, parts, seed: int) -> CollapseReport:
+    """One report from a seed's part files (those present): rows concatenated, meta merged, resources per part."""
+    merged = CollapseReport(meta={})
+    resources = {}
+    for part in parts:
+        path = folder / f"{part}.json"
+        if path.exists():
+            rep = CollapseReport.from_json(path)
+            resources.update(rep.meta.pop("resources", {}))
+            merged = merged + rep
+    merged.meta["resources"] = resources
+    merged.meta["seed"] = seed
+    return merged
 
 
 def _run_part(part, fm, data, *, seed, depth, mlp_depth, epochs, measure_every, feature_map, sigma, layer, metrics,
@@ -144,10 +150,15 @@ def summarise(out, *, plot: bool = True) -> dict:
     """Mean and standard deviation over the seed files in ``out`` (see the module text); writes summary.json,
     report.md (the tables) and, with ``plot``, depth.png and epochs.png."""
     out = Path(out)
-    files = sorted(out.glob("seed-*.json"))
-    if not files:
+    done = {f.stem: CollapseReport.from_json(f) for f in out.glob("seed-*.json")}
+    for folder in out.glob("seed-*"):  # seeds still running: the parts they have finished
+        if folder.is_dir() and folder.name not in done and any(folder.glob("*.json")):
+            done[folder.name] = _merge_parts(folder, sorted(p.stem for p in folder.glob("*.json")),
+                                             int(folder.name.split("-")[1]))
+    if not done:
         raise ValueError(f"no seed results in {out}")
-    reports = [CollapseReport.from_json(f) for f in files]
+    names = sorted(done, key=lambda k: int(k.split("-")[1]))
+    reports = [done[k] for k in names]
     groups: dict = {}
     for rep in reports:
         for r in rep.rows:
@@ -159,10 +170,10 @@ def summarise(out, *, plot: bool = True) -> dict:
     models = dict.fromkeys(m for rep in reports for m, v in rep.meta.items()
                            if isinstance(v, dict) and "test_accuracy" in v)
     acc = {m: [rep.meta[m]["test_accuracy"] for rep in reports if m in rep.meta] for m in models}
-    summary = {"seeds": [f.stem for f in files], "n_seeds": len(files),
+    summary = {"seeds": names, "n_seeds": len(names),
                "test_accuracy": {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)}
                                  for m, v in acc.items()},
-               "resources": {f.stem: rep.meta.get("resources", {}) for f, rep in zip(files, reports)},
+               "resources": {k: rep.meta.get("resources", {}) for k, rep in zip(names, reports)},
                "rows": rows}
     with open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=1)

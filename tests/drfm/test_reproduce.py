@@ -49,12 +49,12 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
 
 
 def test_reproduce_resumes_within_a_seed(tmp_path, monkeypatch):
-    """A run stopped after a seed's first part continues with the next part (the finished one is not rerun)."""
+    """A run stopped inside a part continues with that part (the finished ones are not rerun)."""
     from drfm import reproduce as rp
 
     out = tmp_path / "study"
     args = ["reproduce", "--dataset", "digits", "--out", str(out), "--depth", "1", "--n-train", "200",
-            "--epochs", "1", "--measure-every", "1", "--device", "cpu", "--seeds", "1", "--no-baseline"]
+            "--epochs", "1", "--measure-every", "1", "--device", "cpu", "--seeds", "2", "--no-baseline"]
     real, calls = rp._run_part, []
 
     def stop_after_compare(part, *a, **k):
@@ -66,11 +66,19 @@ def test_reproduce_resumes_within_a_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(rp, "_run_part", stop_after_compare)
     with pytest.raises(KeyboardInterrupt):
         main(args)
-    assert (out / "seed-0" / "compare.json").exists() and not (out / "seed-0.json").exists()
+    # part by part: both seeds' comparisons ran before the first ReLU variant (which was stopped)
+    assert calls == ["compare", "compare", "deep_rfm_relu"]
+    assert (out / "seed-1" / "compare.json").exists() and not (out / "seed-0.json").exists()
+    # the summary already counts what is done: both seeds for the compared models, none for the variant yet
+    summary = rp.summarise(out, plot=False)
+    assert summary["test_accuracy"]["mlp"]["n_seeds"] == 2 and "deep_rfm_relu" not in summary["test_accuracy"]
+    calls.clear()
     monkeypatch.setattr(rp, "_run_part", lambda part, *a, **k: (calls.append(part), real(part, *a, **k))[1])
     assert main(args) == 0
-    assert calls == ["compare", "deep_rfm_relu", "deep_rfm_relu"]
-    assert (out / "seed-0.json").exists()
+    assert calls == ["deep_rfm_relu", "deep_rfm_relu"]  # the finished parts are not run again
+    assert (out / "seed-0.json").exists() and (out / "seed-1.json").exists()
+    rep = CollapseReport.from_json(out / "seed-1.json")
+    assert {"deep_rfm", "mlp", "deep_rfm_relu"} <= set(rep.meta) and rep.meta["seed"] == 1
 
 
 def test_reproduce_rejects_bad_arguments_before_work(tmp_path, capsys):
