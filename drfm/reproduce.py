@@ -1,22 +1,23 @@
 """``drfm reproduce``: the seed paper's experiment, resumable per seed and part, aggregated over seeds.
 
 Per seed, on the same ``n_train`` training digits, these parts, each written to ``OUT/seed-S/PART.json`` as soon as
-it finishes (a stopped run loses at most the part it was in), run part by part over the seeds (every seed's
-``compare`` first, so the paper's comparison has all its seeds before the extra variants start):
+it finishes (a stopped run loses at most the part it was in), run part by part over the seeds in this order (every
+seed's ``compare`` first, so the paper's comparison has all its seeds before the rest starts; then the quick
+baseline):
 
 - ``compare``: a Deep RFM (``depth`` layers, random features ``feature_maps[0]``, cosine with sigma 0.05 by default)
   and the paper's MLP (:meth:`TorchMLPClassifier.paper`: ``mlp_depth`` = 5 hidden layers of 512 units, ``epochs``
   epochs, snapshots every ``measure_every``), :func:`drfm.studies.compare`;
-- ``deep_rfm_<map>`` for every further feature map (default ``relu``, the paper's job scripts): the same Deep RFM with
-  that map, its collapse rows and test accuracy;
 - ``laplace_krr``: plain Laplace kernel ridge (no feature learning, bandwidth 'auto') on the raw digits, the baseline
-  for Deep RFM's test accuracy.
+  for Deep RFM's test accuracy;
+- ``deep_rfm_<map>`` for every further feature map (default ``relu``, the paper's job scripts): the same Deep RFM with
+  that map, its collapse rows and test accuracy.
 
 Every layer's kernel machine learns its M on ``layer_sample_size`` random rows (``iter_sample_size`` of the layer
 template; the AGOP averages over ``agop_sample_size`` rows); the features, the collapse metrics and the final machine
 use all ``n_train`` rows. When every part of a seed is done they are merged into ``OUT/seed-S.json``. The summary
-(``OUT/summary.json``; seeds with only some parts done count for the models those parts hold): per model, layer and stage the mean and standard deviation over seeds of every metric, and
-test accuracy (mean +- std) per model; figures: NC1 and NC2 against depth for every model (log scale, error bars over
+(``OUT/summary.json``; seeds with only some parts done count for the models those parts hold): per model, layer and
+stage the mean and standard deviation over seeds of every metric, and test accuracy (mean +- std) per model; figures: NC1 and NC2 against depth for every model (log scale, error bars over
 seeds) and the MLP's metrics against epochs.
 """
 from __future__ import annotations
@@ -74,9 +75,8 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
     out.mkdir(parents=True, exist_ok=True)
     layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=layer_sample_size,
                          agop_sample_size=agop_sample_size)
-    parts = {"compare": None, **{f"deep_rfm_{fm}": fm for fm in feature_maps[1:]}}
-    if baseline:
-        parts["laplace_krr"] = None
+    parts = {"compare": None, **({"laplace_krr": None} if baseline else {}),
+             **{f"deep_rfm_{fm}": fm for fm in feature_maps[1:]}}
     todo = [seed for seed in seeds if not _seed_file(out, seed).exists()]
     # part by part over the seeds: the paper's comparison gets all its seeds before the extra variants start
     for part, fm in parts.items():

@@ -39,7 +39,7 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
     assert reps[0].meta["deep_rfm"]["params"]["feature_map"] == "cosine"
     assert reps[0].meta["deep_rfm_relu"]["params"]["feature_map"] == "relu"
     assert reps[0].meta["laplace_krr"]["params"]["iters"] == 0
-    assert set(reps[0].meta["resources"]) == {"compare", "deep_rfm_relu", "laplace_krr"}
+    assert list(reps[0].meta["resources"]) == ["compare", "laplace_krr", "deep_rfm_relu"]  # the order they ran
     report = (out / "report.md").read_text()
     assert "| deep_rfm_relu |" in report and "## deep_rfm: nc1" in report and "| laplace_krr |" in report
     assert f"{row['mean']:.3g} +- {row['std']:.2g}" in report
