@@ -17,8 +17,9 @@ Every layer's kernel machine learns its M on ``layer_sample_size`` random rows (
 template; the AGOP averages over ``agop_sample_size`` rows); the features, the collapse metrics and the final machine
 use all ``n_train`` rows. When every part of a seed is done they are merged into ``OUT/seed-S.json``. The summary
 (``OUT/summary.json``; seeds with only some parts done count for the models those parts hold): per model, layer and
-stage the mean and standard deviation over seeds of every metric, and test accuracy (mean +- std) per model; figures: NC1 and NC2 against depth for every model (log scale, error bars over
-seeds) and the MLP's metrics against epochs.
+stage the mean and standard deviation over seeds of every metric, and test accuracy (mean +- std) per model; report.md
+the same as tables; figures: NC1 and NC2 against depth for every model (log scale, error bars over seeds) and the
+MLP's metrics against epochs.
 """
 from __future__ import annotations
 
