@@ -38,6 +38,10 @@ __all__ = ["reproduce", "summarise"]
 logger = logging.getLogger("drfm")
 
 
+#: what the MLP's snapshots measure beside the study's metrics (the paper's training panels)
+PANEL_METRICS = ("within_share", "between_share")
+
+
 def _seed_file(out: Path, seed: int) -> Path:
     return out / f"seed-{seed}.json"
 
@@ -129,6 +133,8 @@ def _run_part(part, fm, data, *, seed, depth, mlp_depth, epochs, measure_every, 
                        measure_every=measure_every, random_state=seed, verbose=verbose,
                        mlp_params={"depth": mlp_depth, "epochs": epochs, "device": device,
                                    "readout_init": "pytorch", "reset_adam": True, "standardize": True,
+                                   # the training panels: the shares of the within / between-class variance
+                                   "measure_metrics": tuple(dict.fromkeys((*metrics, *PANEL_METRICS))),
                                    **(mlp_extra or {})},
                        deep_params={"feature_map": feature_map, "sigma": sigma, "device": device, "layer": layer})
     t0 = time.perf_counter()
@@ -260,8 +266,12 @@ def _plot(rows, out: Path):
     per_epoch = [r for r in rows if r["epoch"] is not None and r["model"] == "mlp"]
     if per_epoch:
         metrics = list(dict.fromkeys(r["metric"] for r in per_epoch))
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
+        ncol = min(4, len(metrics))
+        nrow = -(-len(metrics) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.4 * nrow), squeeze=False)
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, metrics):
             for layer in sorted({r["layer"] for r in per_epoch if r["metric"] == metric}):
                 pts = sorted((r["epoch"], r["mean"]) for r in per_epoch
                              if r["metric"] == metric and r["mean"] is not None and r["layer"] == layer
@@ -269,7 +279,12 @@ def _plot(rows, out: Path):
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=2, label=f"layer {layer}")
             ax.set_xlabel("epoch")
-            ax.set_ylabel(metric)
+            # collapse metrics and the loss span decades (log scale); correlations and shares do not
+            positive = all(r["mean"] > 0 for r in per_epoch if r["metric"] == metric and r["mean"] is not None)
+            log = positive and (metric.startswith("nc") or metric == "train_loss")
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(metric + (" (log scale)" if log else ""))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
         fig.tight_layout()

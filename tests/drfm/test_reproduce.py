@@ -33,6 +33,8 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
     # the MLP keeps its own depth (5 hidden layers, the paper's) whatever the Deep RFM depth
     assert reps[0].meta["mlp"]["params"]["depth"] == 5 and reps[0].meta["deep_rfm"]["params"]["depth"] == 2
     assert any(r["metric"] == "train_loss" for r in reps[0].rows)
+    panel = {r["metric"] for r in reps[0].rows if r["model"] == "mlp" and r.get("epoch") is not None}
+    assert {"within_share", "between_share", "nc1", "train_loss", "nfa_sqrt"} <= panel
     # the ReLU variant and the kernel ridge baseline, each a part of the seed, summarised like the others
     assert {"deep_rfm_relu", "laplace_krr"} <= set(summary["test_accuracy"])
     assert any(r["model"] == "deep_rfm_relu" and r["stage"] == "nonlinear" for r in reps[0].rows)
