@@ -182,10 +182,12 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
             )
         return template
 
-    def _machine(self, template, *, iters, seed, budget):
-        """A clone of the template with this Deep RFM's device, dtype, budget, a drawn seed and quieter verbosity."""
+    def _machine(self, template, *, iters, seed, budget, verbose=None):
+        """A clone of the template with this Deep RFM's device, dtype, budget, a drawn seed and (default) quieter
+        verbosity."""
+        verbose = max(0, int(self.verbose) - 1) if verbose is None else verbose
         runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
-                       verbose=max(0, int(self.verbose) - 1), n_threads=None,  # None: the Deep RFM's own count
+                       verbose=verbose, n_threads=None,  # None: the Deep RFM's own count
                        distributed=self.distributed)
         return clone(template).set_params(iters=iters, **runtime)
 
@@ -257,7 +259,11 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         self.layers_ = layers
         self.n_layers_ = len(layers)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        self.final_ = self._machine(template, iters=0, seed=seed, budget=budget).fit(h.numpy(), Y)
+        # the final machine's solve is one of the long steps (minutes at 50 000 rows): with verbose its solver's
+        # progress shows, where a layer's machine stays quiet under the layer bar
+        final_verbose = int(self.verbose) + 1 if self.verbose else 0
+        self.final_ = self._machine(template, iters=0, seed=seed, budget=budget, verbose=final_verbose).fit(
+            h.numpy(), Y)
         return self
 
     # -- transforms

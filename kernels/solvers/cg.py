@@ -89,6 +89,10 @@ def solve_cg(
     Z = precond(R)
     P = Z.clone()
     rz = _col_dot(R, Z)
+    # a column breaks down when a step's curvature p^T (K + reg) p or r^T P^{-1} r is not positive or a residual is
+    # not finite: the system or the preconditioner is not positive definite in the working precision (a float32
+    # kernel on nearly collapsed features). It stops there instead of diverging to NaN until max_iter.
+    broken = torch.zeros_like(rnorm, dtype=torch.bool)
     converged = bool((rnorm <= target).all())
     # the iterate with the smallest residual per column: in float32 on an ill-conditioned system the residual of
     # CG iterates is not monotone, and a capped solve must not end worse than where it has already been
@@ -99,34 +103,50 @@ def solve_cg(
         if reg:
             Q.add_(P, alpha=reg)
         pq = _col_dot(P, Q)
-        active = rnorm > target
-        a = torch.where(active & (pq > 0), rz / pq.clamp_min(1e-300), torch.zeros_like(rz))
+        active = (rnorm > target) & ~broken
+        broken |= active & ~(pq > 0)  # also catches NaN
+        active &= ~broken
+        a = torch.where(active, rz / pq.clamp_min(1e-300), torch.zeros_like(rz))
         X.addcmul_(P, a.unsqueeze(0))
         R.addcmul_(Q, -a.unsqueeze(0))
         rnorm = _col_dot(R, R).sqrt()
+        broken |= active & ~torch.isfinite(rnorm)
         k += 1
         better = rnorm < best_rn
         if bool(better.any()):
             best_x[:, better] = X[:, better]
             best_rn = torch.where(better, rnorm, best_rn)
             best_k = torch.where(better, torch.full_like(best_k, k), best_k)
-        history.append(float((rnorm / bnorm).max()))
+        history.append(float((torch.where(broken, best_rn, rnorm) / bnorm).max()))
         converged = bool((rnorm <= target).all())
         if callback is not None and callback(k, X.squeeze(1) if squeeze else X, history[-1]):
             break
-        if converged:
+        if converged or bool(((rnorm <= target) | broken).all()):
             break
         Z = precond(R)
         rz_new = _col_dot(R, Z)
-        beta = torch.where(active, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
+        broken |= active & ~(rz_new > 0)
+        beta = torch.where(active & ~broken, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
         P.mul_(beta.unsqueeze(0)).add_(Z)
+        if bool(broken.any()):
+            P[:, broken] = 0.0  # a broken column moves no more (and carries no NaN on)
         rz = rz_new
     final, returned = history[-1], None
     if not converged:
         X = best_x  # the smallest-residual iterate of each column
         returned = [int(v) for v in best_k.tolist()]
         final = float((best_rn / bnorm).max())
-        if callback is None or k >= max_iter:
+        if bool(broken.any()):
+            cols = [int(i) for i in torch.nonzero(broken).flatten().tolist()]
+            warnings.warn(
+                f"CG broke down after {k} iterations on column(s) {cols[:10]}{' ...' if len(cols) > 10 else ''}: "
+                "the system or its preconditioner is not positive definite in the working precision (nearly "
+                "collapsed features in float32, or reg too small); returning each column's smallest-residual "
+                f"iterate (relative residual {final:.3g}). A larger reg or dtype=float64 avoids it.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        elif callback is None or k >= max_iter:
             warnings.warn(
                 f"CG did not reach rtol={rtol:g} in {k} iterations (relative residual {history[-1]:.3g}); returning "
                 f"each column's smallest-residual iterate (relative residual {final:.3g}).",

@@ -11,7 +11,12 @@ From ``s`` random centres S:
 
       P^{-1} = (mu_q + reg) U (diag(mu) + reg)^{-1} U^T + (I - U U^T)
 
-  It is symmetric positive definite for any ``reg >= 0`` with ``mu_q > 0``.
+  It is symmetric positive definite for any ``reg >= 0`` with ``mu_q > 0`` -- when U is orthonormal. A float32 U is
+  orthonormal only to ~1e-6 at n = 50 000, while the smallest eigenvalue of ``P^{-1}``, ``(mu_q + reg) / (mu_1 +
+  reg)``, can be smaller still (4e-7 on the last features of a ReLU Deep RFM, where preconditioned CG then diverged
+  to NaN). So U's actual Gram matrix ``G = U^T U`` is measured in float64 and the preconditioner applied with the
+  orthonormal ``Q = U G^{-1/2}``: ``P^{-1} = I + U G^{-1/2} S G^{-1/2} U^T`` with ``S = diag((mu_q + reg) / (mu +
+  reg) - 1)``, whose eigenvalues lie in ``[(mu_q + reg) / (mu_1 + reg), 1]`` to float64 round-off.
 """
 from __future__ import annotations
 
@@ -134,28 +139,49 @@ class NystromPreconditioner:
             C[i : i + chunk, :r] = C[i : i + chunk] @ W
         self.U = C[:, :r] if r == q else C[:, :r].contiguous()
         self.mu = sig2  # eigenvalues of K_hat
+        # the q x q core G^{-1/2} S G^{-1/2} (float64) makes P^{-1} SPD whatever U's rounding (module text)
+        gram_u = self._gram(self.U)
+        if self._reduce is not None:
+            gram_u = self._reduce(gram_u)
+        g, Vg = torch.linalg.eigh(gram_u)
+        if hasattr(op, "broadcast"):
+            g, Vg = op.broadcast(g), op.broadcast(Vg)
+        inv_sqrt = (Vg * g.clamp_min(1e-300).rsqrt()) @ Vg.T
+        scale = (sig2[-1] + self.reg) / (sig2 + self.reg) - 1.0
+        self.core = inv_sqrt @ (scale.unsqueeze(1) * inv_sqrt)
 
     @staticmethod
     def workspace_bytes(n: int, *, n_centres: int, rank: int, itemsize: int) -> int:
         """The n x q basis, the eigen-system it is built from, and the larger of the row chunk used while building
-        the basis and (in a working precision below float64) the chunk promoted to float64 when it is applied."""
+        the basis and (in a working precision below float64) the chunk promoted to float64 when it is applied; the
+        q x q float64 core it keeps. (The core's temporaries -- U's Gram matrix, its eigenvectors, G^{-1/2}: 3 q^2
+        float64 with q <= s -- come after the eigensystem's s x s workspace is released, inside its size.)"""
         promote = _PROMOTE_ELEMENTS * 8 if itemsize < 8 else 0
         build = min(n * rank, _BUILD_ELEMENTS) * itemsize
-        return n * rank * itemsize + NystromEigensystem.workspace_bytes(n_centres) + max(promote, build)
+        core = rank * rank * 8
+        return n * rank * itemsize + NystromEigensystem.workspace_bytes(n_centres) + max(promote, build) + core
+
+    @staticmethod
+    def _gram(U: torch.Tensor) -> torch.Tensor:
+        """``U^T U`` accumulated in float64 over row chunks (U promoted a chunk at a time)."""
+        chunk = max(1, _PROMOTE_ELEMENTS // max(1, U.shape[1]))
+        gram = torch.zeros((U.shape[1], U.shape[1]), dtype=torch.float64, device=U.device)
+        for i in range(0, U.shape[0], chunk):
+            block = U[i : i + chunk].double()
+            gram += block.T @ block
+        return gram
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""
-        mu, reg = self.mu, self.reg
-        scale = ((mu[-1] + reg) / (mu + reg) - 1.0).to(r.dtype)
+        core = self.core.to(r.dtype)
         reduce = getattr(self, "_reduce", None) or (lambda t: t)  # sharded: U^T r summed over the ranks
         if self.U.dtype == r.dtype:
-            return r + self.U @ (reduce(self.U.T @ r) * scale.unsqueeze(1))
+            return r + self.U @ (core @ reduce(self.U.T @ r))
         chunk = max(1, _PROMOTE_ELEMENTS // max(1, self.U.shape[1]))
         coef = torch.zeros((self.U.shape[1], r.shape[1]), dtype=r.dtype, device=r.device)
         for i in range(0, r.shape[0], chunk):
             coef += self.U[i : i + chunk].to(r.dtype).T @ r[i : i + chunk]
-        coef = reduce(coef)
-        coef *= scale.unsqueeze(1)
+        coef = core @ reduce(coef)
         out = r.clone()
         for i in range(0, r.shape[0], chunk):
             out[i : i + chunk] += self.U[i : i + chunk].to(r.dtype) @ coef

@@ -164,3 +164,17 @@ def test_pandas_output_in_a_pipeline():
     out = deep.transform(pipe[0].transform(X))
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(deep.get_feature_names_out())
     assert out.shape == (150, len(deep.get_feature_names_out()))
+
+
+def test_verbose_shows_the_final_machines_solver_progress(capfd):
+    # the final machine's solve takes minutes at 50 000 rows: with verbose=1 its CG shows beside the layer bar,
+    # while the layers' own machines stay quiet
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 6)), rng.integers(0, 3, 300)
+    layer = RFMRegressor(solver="cg", iters=1)
+    DeepRFMClassifier(2, layer=layer, random_state=0, verbose=1).fit(X, y)
+    err = capfd.readouterr().err
+    assert "DeepRFMClassifier" in err and "cg" in err and "rel_res" in err
+    assert err.count("RFMRegressor") == err.count("RFMRegressor", err.index("2/2")) > 0  # only after the layers
+    DeepRFMClassifier(2, layer=layer, random_state=0, verbose=0).fit(X, y)
+    assert capfd.readouterr().err == ""

@@ -224,3 +224,58 @@ def test_capped_cg_returns_each_columns_smallest_residual_iterate():
     np.testing.assert_allclose(got, per_iter.min(0), rtol=1e-6)
     assert res.final_residual == pytest.approx(per_iter.min(0).max(), rel=1e-6)
     assert all(0 <= k <= 12 for k in res.returned_iterations)
+
+
+def _collapsed(n, spread, seed=0):
+    """float32 rows in 10 tight clusters far from the origin: a kernel with one huge eigenvalue and a long tail, the
+    shape of the last features of a deep ReLU Deep RFM."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(10, 30, generator=g) * spread
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return (base[labels] + 0.01 * spread * torch.randn(n, 30, generator=g) + 5.0).float()
+
+
+@pytest.mark.parametrize("spread,reg", [(0.05, 1e-6), (0.02, 1e-7)])
+def test_float32_nystrom_preconditioner_spectrum_stays_in_its_bounds(spread, reg):
+    # P^{-1} = I + Q S Q^T with Q orthonormal has its eigenvalues in [(mu_q + reg) / (mu_1 + reg), 1]. With the float32
+    # basis used as if orthonormal they fell 25-45% below the lower bound here (and below 0 at n = 50 000, where
+    # CG then diverged to NaN); the Gram-corrected core keeps them inside to float64 round-off.
+    op = StoredKernel(_collapsed(2500, spread), bandwidth=2.0)
+    pre = NystromPreconditioner(op, reg=reg, n_centres=1000, rank=500, generator=torch.Generator().manual_seed(1))
+    assert pre.U.dtype == torch.float32
+    P = pre(torch.eye(op.shape[0], dtype=torch.float64))  # dense P^{-1}, column by column
+    np.testing.assert_allclose(P.numpy(), P.T.numpy(), atol=1e-12)
+    ev = torch.linalg.eigvalsh(P).numpy()
+    lo = float((pre.mu[-1] + reg) / (pre.mu[0] + reg))
+    assert lo < 1e-5  # the regime in question: a spread of eigenvalues beyond float32's resolution of U
+    assert ev.min() >= lo * (1 - 1e-6) and ev.max() <= 1 + 1e-9
+
+
+class _DenseOp:
+    """A symmetric matrix as a KernelOperator (for systems no kernel gives)."""
+
+    def __init__(self, A):
+        self.A, self.shape, self.dtype, self.device = A, tuple(A.shape), A.dtype, A.device
+
+    def matmul(self, v, out=None):
+        return self.A @ v
+
+
+@pytest.mark.parametrize("case", ["indefinite system", "indefinite preconditioner"])
+def test_cg_stops_at_a_breakdown_instead_of_diverging(case):
+    g = torch.Generator().manual_seed(0)
+    Qm, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    ev = torch.linspace(0.1, 10.0, 300, dtype=torch.float64)
+    if case == "indefinite system":
+        ev[:20] = -ev[:20]
+    A = (Qm * ev) @ Qm.T
+    b = torch.randn(300, 2, generator=g, dtype=torch.float64)
+    M = (lambda r: -r) if case == "indefinite preconditioner" else None
+    with pytest.warns(ConvergenceWarning, match="broke down"):
+        res = solve_cg(_DenseOp(A), b, rtol=1e-10, max_iter=10_000, M=M)
+    assert not res.converged and res.n_iter < 300
+    assert torch.isfinite(res.x).all() and np.isfinite(res.residual_norms).all()
+    # the returned iterate is each column's best, never worse than x = 0
+    true = ((A @ res.x - b).norm(dim=0) / b.norm(dim=0)).numpy()
+    assert (true <= 1 + 1e-12).all()
+    np.testing.assert_allclose(true.max(), res.final_residual, rtol=1e-8)
