@@ -121,7 +121,7 @@ def solve_cg(
         converged = bool((rnorm <= target).all())
         if callback is not None and callback(k, X.squeeze(1) if squeeze else X, history[-1]):
             break
-        if converged or bool(((rnorm <= target) | broken).all()):
+        if bool(((rnorm <= target) | broken).all()):  # converged, or nothing left that can move
             break
         Z = precond(R)
         rz_new = _col_dot(R, Z)

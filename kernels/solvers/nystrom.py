@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..linalg import eigh_workspace_bytes, psd_power
 from ..memory import default_memory_budget
 from ..operators import KernelOperator
 
@@ -140,13 +141,12 @@ class NystromPreconditioner:
         self.U = C[:, :r] if r == q else C[:, :r].contiguous()
         self.mu = sig2  # eigenvalues of K_hat
         # the q x q core G^{-1/2} S G^{-1/2} (float64) makes P^{-1} SPD whatever U's rounding (module text)
-        gram_u = self._gram(self.U)
+        gram_u = _ut_times(self.U, self.U, torch.float64)
         if self._reduce is not None:
             gram_u = self._reduce(gram_u)
-        g, Vg = torch.linalg.eigh(gram_u)
+        inv_sqrt = psd_power(gram_u, -0.5)
         if hasattr(op, "broadcast"):
-            g, Vg = op.broadcast(g), op.broadcast(Vg)
-        inv_sqrt = (Vg * g.clamp_min(1e-300).rsqrt()) @ Vg.T
+            inv_sqrt = op.broadcast(inv_sqrt)
         scale = (sig2[-1] + self.reg) / (sig2 + self.reg) - 1.0
         self.core = inv_sqrt @ (scale.unsqueeze(1) * inv_sqrt)
 
@@ -154,22 +154,12 @@ class NystromPreconditioner:
     def workspace_bytes(n: int, *, n_centres: int, rank: int, itemsize: int) -> int:
         """The n x q basis, the eigen-system it is built from, and the larger of the row chunk used while building
         the basis and (in a working precision below float64) the chunk promoted to float64 when it is applied; the
-        q x q float64 core it keeps. (The core's temporaries -- U's Gram matrix, its eigenvectors, G^{-1/2}: 3 q^2
-        float64 with q <= s -- come after the eigensystem's s x s workspace is released, inside its size.)"""
+        q x q float64 core it keeps. (The core's temporaries -- G^{-1/2} by :func:`~kernels.linalg.psd_power` -- come
+        after the eigensystem's s x s workspace is released: only what exceeds that is counted.)"""
         promote = _PROMOTE_ELEMENTS * 8 if itemsize < 8 else 0
         build = min(n * rank, _BUILD_ELEMENTS) * itemsize
-        core = rank * rank * 8
+        core = rank * rank * 8 + max(0, eigh_workspace_bytes(rank) - NystromEigensystem.workspace_bytes(n_centres))
         return n * rank * itemsize + NystromEigensystem.workspace_bytes(n_centres) + max(promote, build) + core
-
-    @staticmethod
-    def _gram(U: torch.Tensor) -> torch.Tensor:
-        """``U^T U`` accumulated in float64 over row chunks (U promoted a chunk at a time)."""
-        chunk = max(1, _PROMOTE_ELEMENTS // max(1, U.shape[1]))
-        gram = torch.zeros((U.shape[1], U.shape[1]), dtype=torch.float64, device=U.device)
-        for i in range(0, U.shape[0], chunk):
-            block = U[i : i + chunk].double()
-            gram += block.T @ block
-        return gram
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""
@@ -178,11 +168,19 @@ class NystromPreconditioner:
         if self.U.dtype == r.dtype:
             return r + self.U @ (core @ reduce(self.U.T @ r))
         chunk = max(1, _PROMOTE_ELEMENTS // max(1, self.U.shape[1]))
-        coef = torch.zeros((self.U.shape[1], r.shape[1]), dtype=r.dtype, device=r.device)
-        for i in range(0, r.shape[0], chunk):
-            coef += self.U[i : i + chunk].to(r.dtype).T @ r[i : i + chunk]
-        coef = core @ reduce(coef)
+        coef = core @ reduce(_ut_times(self.U, r, r.dtype))
         out = r.clone()
         for i in range(0, r.shape[0], chunk):
             out[i : i + chunk] += self.U[i : i + chunk].to(r.dtype) @ coef
         return out
+
+
+def _ut_times(U: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``U^T r`` in ``dtype``, over row chunks of at most :data:`_PROMOTE_ELEMENTS` of U promoted at a time (``r is
+    U``: the Gram matrix, from one promoted copy per chunk)."""
+    chunk = max(1, _PROMOTE_ELEMENTS // max(1, U.shape[1]))
+    out = torch.zeros((U.shape[1], r.shape[1]), dtype=dtype, device=U.device)
+    for i in range(0, U.shape[0], chunk):
+        left = U[i : i + chunk].to(dtype)
+        out += left.T @ (left if r is U else r[i : i + chunk].to(dtype))
+    return out
