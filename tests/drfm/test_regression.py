@@ -21,6 +21,10 @@ import numpy as np
 import pytest
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "regression_reference.npz"
+#: the default-settings fits pinned before the RFM loop became one engine for one process or many (issue 26): early
+#: stopping with its refit, the m-centre model with its auto subset, EigenPro and CG under early stopping,
+#: bandwidth='auto', diag, categorical columns, the classifier's temperature
+ENGINE_REFERENCE = REFERENCE.parent / "engine_reference.npz"
 #: torch threads the reference was written with
 REFERENCE_THREADS = 2
 
@@ -107,6 +111,51 @@ def rfm_cases():
     ]
 
 
+def engine_cases():
+    """(name, estimator factory, data) fitted with default settings (early stopping on from 2000 rows)."""
+    from drfm import RFMClassifier, RFMRegressor
+
+    base = dict(device="cpu", dtype="float64", random_state=0)
+    X, y = _lowrank(2660, 8, 11)
+    Xc, yc = _classes(2460, 6, 12)
+    return [
+        ("default_direct", lambda: RFMRegressor(**base), (X, y)),
+        ("default_cg", lambda: RFMRegressor(solver="cg", **base), (X, y)),
+        ("default_eigenpro", lambda: RFMRegressor(solver="eigenpro", solver_max_iter=4, **base), (X, y)),
+        ("default_nystrom", lambda: RFMRegressor(solver="nystrom", n_centres=300, **base), (X, y)),
+        ("default_auto_bw_diag", lambda: RFMRegressor(bandwidth="auto", diag=True, **base), (X, y)),
+        ("default_classifier", lambda: RFMClassifier(bandwidth=5.0, **base), (Xc, yc)),
+        ("default_categorical", lambda: RFMRegressor(bandwidth="auto", **base), _categorical_frame(2460, 13)),
+    ]
+
+
+def _categorical_frame(n, seed):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"a": rng.standard_normal(n), "b": rng.standard_normal(n),
+                      "colour": pd.Categorical(rng.choice(["red", "green", "blue"], n))})
+    y = X["a"] * (X["colour"] == "red") + 0.5 * X["b"] + 0.05 * rng.standard_normal(n)
+    return X, y.to_numpy()
+
+
+def compute_engine() -> dict[str, np.ndarray]:
+    """The default-settings fits (:func:`engine_cases`), with their validation history and temperature."""
+    out: dict[str, np.ndarray] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, make, (X, y) in engine_cases():
+            n_test = 60
+            model = make().fit(X[n_test:], y[n_test:])
+            _rfm_state(name, model, X[:n_test], out)
+            out[f"{name}/val_scores"] = np.array([np.nan if h["val_score"] is None else h["val_score"]
+                                                  for h in model.history_])
+            out[f"{name}/bandwidths"] = np.array([h["bandwidth"] for h in model.history_])
+            if hasattr(model, "proba_temperature_"):
+                out[f"{name}/temperature"] = np.array(model.proba_temperature_)
+    return out
+
+
 def deep_cases():
     from drfm import DeepRFMClassifier, DeepRFMRegressor, RFMRegressor
 
@@ -175,12 +224,31 @@ def computed():
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def computed_engine():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(REFERENCE_THREADS)
+    try:
+        return compute_engine()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_reference_file_present():
     assert REFERENCE.is_file(), f"missing {REFERENCE}; write it with: python -m tests.drfm.test_regression --write"
 
 
 def test_every_reference_value_reproduced(computed):
-    ref = np.load(REFERENCE)
+    _compare(np.load(REFERENCE), computed)
+
+
+def test_every_default_fit_reproduced(computed_engine):
+    _compare(np.load(ENGINE_REFERENCE), computed_engine)
+
+
+def _compare(ref, computed):
     assert sorted(ref.files) == sorted(computed), "the set of regression values changed"
     mismatched = []
     for key in ref.files:
@@ -195,17 +263,21 @@ def test_every_reference_value_reproduced(computed):
         elif a.dtype.kind == "U":
             if not np.array_equal(a, b):
                 mismatched.append(f"{key}: {list(b)} instead of {list(a)}")
-        elif not np.array_equal(a, b):
+        elif not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
             mismatched.append(f"{key}: not bit-identical (max |diff| {np.max(np.abs(a - b)):.3g})")
     assert not mismatched, "\n".join(mismatched)
 
 
 if __name__ == "__main__":  # pragma: no cover - maintenance entry point
     if "--write" not in sys.argv:
-        sys.exit("usage: python -m tests.drfm.test_regression --write")
+        sys.exit("usage: python -m tests.drfm.test_regression --write [--engine]")
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     import torch
 
     torch.set_num_threads(REFERENCE_THREADS)
-    np.savez_compressed(REFERENCE, **compute())
-    print(f"wrote {REFERENCE}")
+    if "--engine" in sys.argv:
+        np.savez_compressed(ENGINE_REFERENCE, **compute_engine())
+        print(f"wrote {ENGINE_REFERENCE}")
+    else:
+        np.savez_compressed(REFERENCE, **compute())
+        print(f"wrote {REFERENCE}")
