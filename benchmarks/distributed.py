@@ -1,4 +1,14 @@
-"""Suite `distributed`: the row-sharded kernel operator at world size 1 and 2 (gloo, one thread per process).
+"""Suite `distributed`: whole fits of the one RFM loop on 1 and 2 gloo processes, and the row-sharded operator's CG step.
+
+Kind ``fit`` (the issue-26 benchmark): an RFM fit with default settings except ``solver='nystrom'`` (the m-centre
+model: M learned on the 16 000-row exact subset, the final model on all rows sharded by rows) and float32, on the
+low-rank task y = x0 x1 (RFMRegressor, test R^2) or a 10-class task (RFMClassifier, test accuracy), d = 100, one
+thread per process. Every rank generates its own rows (65 536-row chunks, each from its own seed: the data do not
+depend on the world size, and no rank holds the others' rows). Reported per case: fit seconds, peak RSS per rank,
+test score (20 000 rows), and for the final m-centre solve: CG iterations, seconds per step, bytes received per
+step and seconds in collectives per step (their share of a step).
+
+Kind ``cg_step``: the row-sharded kernel operator at world size 1 and 2 (gloo, one thread per process).
 
 On the low-rank task (d = 100): kernel ridge (M = I, bandwidth 10, reg 1e-3) by Nystrom-preconditioned CG on the
 sharded operator, a fixed number of CG steps (``steps``), reporting per rank the seconds per CG step, the bytes each
@@ -23,14 +33,20 @@ from pathlib import Path
 
 CASES = [{"suite": "distributed", "kind": "cg_step", "dataset": "lowrank", "n": 50000, "world_size": w, "steps": 5}
          for w in (1, 2)]
+CASES += [{"suite": "distributed", "kind": "fit", "dataset": task, "n": 2_000_000, "world_size": w}
+          for task in ("lowrank", "classes10") for w in (1, 2)]
+CASES += [{"suite": "distributed", "kind": "fit", "dataset": "lowrank", "n": 10_000_000, "world_size": 2}]
 QUICK = [{"suite": "distributed", "kind": "cg_step", "dataset": "lowrank", "n": 2000, "world_size": w, "steps": 3}
          for w in (1, 2)]
+
+#: rows per generated chunk (chunk k comes from seed (SEED, k): the data do not depend on how the rows are split)
+CHUNK, SEED, D, N_TEST = 65536, 2026, 100, 20000
 
 
 def cases(*, quick=False, sizes=None, device="auto"):
     base = QUICK if quick else CASES
     if sizes:
-        base = [{**c, "n": n} for n in sizes for c in base[:2]]
+        base = [{**c, "n": n} for n in sizes for c in base]
     return [{**c, "device": "cpu"} for c in base]
 
 
@@ -48,13 +64,63 @@ def run_case(case: dict) -> dict:
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.distributed", str(world), str(r), str(port),
                                    json.dumps(case), outs[r]], cwd=root, stderr=subprocess.PIPE, text=True)
                  for r in range(world)]
-        errs = [p.communicate(timeout=3000)[1] for p in procs]
+        errs = [p.communicate(timeout=4 * 3600)[1] for p in procs]
         if any(p.returncode for p in procs):
             raise RuntimeError("a rank failed: " + " | ".join(e.strip().splitlines()[-1] for e in errs if e.strip()))
         ranks = [json.load(open(o)) for o in outs]
     res = dict(ranks[0])
     res["step_seconds_per_rank"] = [r["step_seconds"] for r in ranks]
+    if case.get("kind") == "fit":
+        res["peak_rss_bytes_per_rank"] = [r["peak_rss_bytes"] for r in ranks]
+        res["peak_rss_bytes"] = max(res["peak_rss_bytes_per_rank"])
     return res
+
+
+def rows(task: str, lo: int, hi: int, *, test: bool = False):
+    """Rows [lo, hi) of the task (float32 X, targets), generated chunk by chunk."""
+    import numpy as np
+
+    parts = []
+    for k in range(lo // CHUNK, -(-hi // CHUNK)):
+        rng = np.random.default_rng([SEED, 1 if test else 0, k])
+        parts.append(rng.standard_normal((CHUNK, D), dtype=np.float32))
+    X = np.concatenate(parts)[lo - (lo // CHUNK) * CHUNK:][: hi - lo] if parts else np.zeros((0, D), np.float32)
+    if task == "lowrank":
+        return X, (X[:, 0].astype(np.float64) * X[:, 1])
+    W = np.random.default_rng([SEED, 2]).standard_normal((10, 10))  # 10 classes from the first 10 features
+    return X, (X[:, :10].astype(np.float64) @ W).argmax(1)
+
+
+def _fit_main(world, rank, case, out):
+    import resource
+
+    import torch
+
+    from drfm import RFMClassifier, RFMRegressor
+
+    n, task = int(case["n"]), case["dataset"]
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    X, y = rows(task, lo, hi)
+    cls = RFMRegressor if task == "lowrank" else RFMClassifier
+    model = cls(solver="nystrom", dtype="float32", device="cpu", random_state=0, distributed=world > 1,
+                verbose=bool(case.get("verbose")))
+    t0 = time.perf_counter()
+    model.fit(X, y)
+    fit_s = time.perf_counter() - t0
+    del X, y
+    Xte, yte = rows(task, 0, N_TEST, test=True)
+    score = float(model.score(Xte, yte))
+    last = model.history_[-1]
+    step_s = last["seconds_per_step"]
+    comm_s = last.get("comm_seconds_per_step", 0.0)
+    json.dump({"world_size": world, "n": n, "d": D, "fit_seconds": fit_s, "score": score,
+               "metric": "r2" if task == "lowrank" else "accuracy", "rows_per_rank": hi - lo, "threads_per_rank": 1,
+               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               "final_solver": last["solver"], "n_centres": last["n_centres"], "cg_iterations": last["solver_iters"],
+               "step_seconds": step_s, "bytes_per_step": last.get("bytes_per_step", 0),
+               "comm_seconds_per_step": comm_s, "comm_share": comm_s / step_s if step_s else None,
+               "solves": [{k: h.get(k) for k in ("solver", "n_rows", "solver_iters", "seconds", "val_score")}
+                          for h in model.history_], "torch_threads": torch.get_num_threads()}, open(out, "w"))
 
 
 def _rank_main(world, rank, port, case, out):
@@ -63,6 +129,17 @@ def _rank_main(world, rank, port, case, out):
 
     torch.set_num_threads(1)
     import torch.distributed as dist
+
+    if case.get("kind") == "fit":
+        if world > 1:
+            from datetime import timedelta
+
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                    timeout=timedelta(minutes=30))
+        _fit_main(world, rank, case, out)
+        if world > 1:
+            dist.destroy_process_group()
+        return
 
     from kernels.distributed import Comm, ShardedKernel
     from kernels.family import Kernel

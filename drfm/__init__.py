@@ -5,7 +5,7 @@ neural collapse. The numerical core lives in the sibling package :mod:`kernels` 
 """
 __version__ = "0.1.0"
 
-from ._engine import KernelScaleWarning  # noqa: E402
+from .engine import KernelScaleWarning  # noqa: E402
 from .deep import DeepRFMClassifier, DeepRFMRegressor  # noqa: E402
 from .mlp import TorchMLPClassifier  # noqa: E402
 from .rfm import RFMClassifier, RFMRegressor  # noqa: E402

@@ -116,7 +116,7 @@ class CategoricalEncoding:
                                      f"({int(miss.sum())} rows); fill them with a category of their own.")
                 index = {c: i for i, c in enumerate(self.cats[j])}
                 block = np.zeros((len(col), len(index)))
-                pos = np.array([index.get(v, -1) for v in col])
+                pos = np.array([index.get(v, -1) for v in col], dtype=np.intp)
                 rows = np.nonzero(pos >= 0)[0]
                 block[rows, pos[rows]] = 1.0
                 blocks.append(block)

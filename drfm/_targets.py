@@ -13,8 +13,20 @@ __all__ = ["accuracy_of_outputs", "decision_values", "encode_regression_targets"
 DTYPES = [np.float64, np.float32]
 
 
-def validate_classification_data(estimator, X, y):
-    """``validate_data`` for a classifier's fit, plus the classification-target check."""
+def label_kinds(y) -> set[str]:
+    """The kinds of the labels in ``y``: 'text', 'number', or a type name (for the mixed-type check)."""
+    y_arr = np.asarray(y) if not hasattr(y, "dtype") else np.asarray(y)
+    if y_arr.dtype.kind in "US":
+        return {"text"} if y_arr.size else set()
+    if y_arr.dtype.kind in "biuf":
+        return {"number"} if y_arr.size else set()
+    return {"text" if isinstance(v, (str, bytes)) else "number" if isinstance(v, (int, float, np.number))
+            else type(v).__name__ for v in np.ravel(y_arr)}
+
+
+def validate_classification_data(estimator, X, y, ensure_min_samples: int = 1):
+    """``validate_data`` for a classifier's fit, plus the classification-target check (``ensure_min_samples=0``:
+    a rank of a distributed fit may hold no rows)."""
     y_arr = np.asarray(y) if not hasattr(y, "dtype") else y
     if getattr(y_arr, "dtype", None) is not None and y_arr.dtype == object:
         kinds = {"text" if isinstance(v, (str, bytes)) else "number" if isinstance(v, (int, float, np.number))
@@ -22,13 +34,26 @@ def validate_classification_data(estimator, X, y):
         if len(kinds) > 1:
             raise ValueError(f"y mixes label types ({', '.join(sorted(kinds))}); give every label the same type "
                              "(e.g. all strings)")
+    if ensure_min_samples == 0 and len(y_arr) == 0:
+        return _no_rows(estimator, X, y_arr)
     X, y = validate_data(estimator, X, y, dtype=DTYPES)
     check_classification_targets(y)
     return X, y
 
 
-def validate_regression_data(estimator, X, y):
+def _no_rows(estimator, X, y):
+    """A rank of a distributed fit holding no rows: X checked (features, dtype) with its 0 rows, y empty too."""
+    X = validate_data(estimator, X, dtype=DTYPES, ensure_min_samples=0)
+    if X.shape[0] != 0:
+        raise ValueError(f"X has {X.shape[0]} rows but y has 0.")
+    return X, np.asarray(y)
+
+
+def validate_regression_data(estimator, X, y, ensure_min_samples: int = 1):
     """``validate_data`` for a regressor's fit (numeric, possibly multi-output targets)."""
+    if ensure_min_samples == 0 and len(np.asarray(y)) == 0:
+        X, y = _no_rows(estimator, X, y)
+        return X, y.astype(np.float64)
     return validate_data(estimator, X, y, multi_output=True, y_numeric=True, dtype=DTYPES)
 
 
@@ -49,7 +74,7 @@ def encode_regression_targets(estimator, y) -> np.ndarray:
     """(n, c) float targets; remembers on the estimator whether ``y`` was 1-D (``_y_ndim``) for the output shape."""
     y = np.asarray(y, dtype=np.float64)
     estimator._y_ndim = y.ndim
-    return y.reshape(len(y), -1)
+    return y.reshape(-1, 1) if y.ndim == 1 else y.reshape(len(y), -1)
 
 
 def regression_output(estimator, out: np.ndarray) -> np.ndarray:

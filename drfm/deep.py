@@ -33,8 +33,10 @@ from tqdm.auto import tqdm
 from kernels import MemoryPlan, apply_sqrt_m
 from kernels.features import apply_feature_map, draw_cosine, draw_relu
 
-from ._backend import make_generator, resolve_budget, resolve_device, resolve_dtype, standardization, to_tensor
-from ._engine import RFMParams, run_rfm
+from ._backend import make_generator, resolve_dtype, to_tensor
+from .engine import RFMParams, run_rfm, runtime_for
+from .engine.agree import agree_data, agree_parameters, on_every_rank, one_hot_agreed, standardization_agreed
+from .engine.runtime import DEFAULT_TIMEOUT_S, open_comm
 from ._threads import with_threads
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, InvalidParameterError, NoneOK, \
     Options, validate_params
@@ -110,6 +112,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
         "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
         "distributed": [BOOL],
+        "distributed_timeout": [Interval("float", 0, None, closed="neither")],
         "random_state": RANDOM_STATE,
         "verbose": [BOOL, Interval("int", 0, None, closed="left")],
     }
@@ -130,6 +133,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         memory_budget=None,
         n_threads=None,
         distributed=False,
+        distributed_timeout=DEFAULT_TIMEOUT_S,
         random_state=None,
         verbose=False,
     ):
@@ -146,6 +150,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         self.memory_budget = memory_budget
         self.n_threads = n_threads
         self.distributed = distributed
+        self.distributed_timeout = distributed_timeout
         self.random_state = random_state
         self.verbose = verbose
 
@@ -162,7 +167,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         return super().set_params(**params)
 
     # -- subclass hooks
-    def _validate_xy(self, X, y):
+    def _validate_xy(self, X, y, ensure_min_samples=1):
         raise NotImplementedError
 
     def _encode(self, y) -> np.ndarray:
@@ -188,7 +193,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         verbose = max(0, int(self.verbose) - 1) if verbose is None else verbose
         runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
                        verbose=verbose, n_threads=None,  # None: the Deep RFM's own count
-                       distributed=self.distributed)
+                       distributed=self.distributed, distributed_timeout=self.distributed_timeout)
         return clone(template).set_params(iters=iters, **runtime)
 
     @with_threads
@@ -196,30 +201,18 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         """Fit ``depth`` layers greedily, then the final kernel machine on the last layer's features."""
         validate_params(self)
         template = self._template()
-        comm = None
-        if self.distributed:  # each rank its rows: see drfm._distributed
-            from kernels.distributed import Comm
-
-            from ._distributed import standardization_distributed, validated_on_every_rank
-
-            comm = Comm()
-            X, y = validated_on_every_rank(comm, type(self).__name__, lambda: self._validate_xy(X, y),
-                                           resolve_dtype(self.dtype))
-        else:
-            X, y = self._validate_xy(X, y)
-        Y = self._encode(y) if comm is None else self._encode_distributed(y, comm)
-        device = resolve_device(self.device, type(self).__name__)
-        self.device_ = str(device)
-        dtype = resolve_dtype(self.dtype)
-        budget = resolve_budget(self.memory_budget, device)
-        if comm is None:
-            gen = make_generator(self.random_state)
-        else:  # rank 0's seed on every rank: the same layer seeds and feature-map weights everywhere
-            from ._distributed import agreed_generator
-
-            gen = agreed_generator(comm, self.random_state)
-        self.mean_, self.scale_ = (standardization(X, self.standardize) if comm is None
-                                   else standardization_distributed(comm, X, self.standardize))
+        owner = type(self).__name__
+        comm = open_comm(self, owner)  # one process, or the ranks of a torch.distributed group (drfm.engine)
+        agree_parameters(comm, self, owner)
+        min_rows = 0 if comm.world_size > 1 else 1
+        X, y = on_every_rank(comm, owner, lambda: self._validate_xy(X, y, ensure_min_samples=min_rows))
+        agree_data(comm, owner, X, y, resolve_dtype(self.dtype), False, isinstance(self, ClassifierMixin))
+        Y = self._encode(y) if comm.world_size == 1 else self._encode_distributed(y, comm)
+        rt = runtime_for(self, owner, comm)
+        self.device_ = str(rt.device)
+        gen = rt.generator  # (rank 0's seed on every rank: the same layer seeds and feature-map weights everywhere)
+        self.mean_, self.scale_ = standardization_agreed(comm, X, self.standardize)
+        dtype, budget = rt.dtype, rt.budget
         h = to_tensor((X - self.mean_) / self.scale_, torch.float64, torch.device("cpu"))
         n = h.shape[0]
         layers = []
@@ -236,15 +229,9 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
             held.check(f"{type(self).__name__} layer {idx}", hint=f"(n = {n}, d = {d_l}, width = {width})")
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             km = self._machine(template, iters=template.iters, seed=seed, budget=held.left())
-            run = dict(params=RFMParams.of(km), score=r2_of_outputs, device=device, dtype=dtype,
-                       budget=km.memory_budget, generator=make_generator(seed),
-                       owner=f"{type(self).__name__} layer {idx}", final_solve=False)
-            if comm is None:
-                state = run_rfm(h.numpy(), Y, Y, **run)
-            else:
-                from ._distributed import run_rfm_distributed
-
-                state = run_rfm_distributed(h.numpy(), Y, Y, comm=comm, **run)
+            layer_rt = rt.with_generator(make_generator(seed), owner=f"{owner} layer {idx}", budget=km.memory_budget)
+            state = run_rfm(h.numpy(), Y, Y, params=RFMParams.of(km), score=r2_of_outputs, runtime=layer_rt,
+                            final_solve=False)
             R = state.last_sqrt_m if state.last_sqrt_m is not None else (
                 np.ones(d_l) if km.diag else np.eye(d_l))
             W, b = _draw_map(self.feature_map, d_l, width, self.sigma, gen)
@@ -353,9 +340,10 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
     normalize_rows, standardize : bool, default=True
         Row-normalise each layer's input; standardise the raw features (training mean / std) first.
     target_encoding : {'pm1', 'onehot'}, default='pm1'
-    device, dtype, memory_budget, n_threads, distributed, random_state, verbose : as in :class:`RFMRegressor`; they
-        replace the template's (``distributed=True``: every layer's machine and the final one are fit across the
-        process group, each rank on its rows; standardisation uses every rank's rows)
+    device, dtype, memory_budget, n_threads, distributed, distributed_timeout, random_state, verbose : as in
+        :class:`RFMRegressor`; they replace the template's (``distributed=True``: every layer's machine and the final
+        one are fit across the process group by the same loop as on one process, each rank on its rows;
+        standardisation uses every rank's rows)
         (the layer machines' seeds are drawn from ``random_state``).
 
     Attributes
@@ -365,16 +353,14 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
     classes_, mean_, scale_, n_features_in_, device_.
     """
 
-    def _validate_xy(self, X, y):
-        return validate_classification_data(self, X, y)
+    def _validate_xy(self, X, y, ensure_min_samples=1):
+        return validate_classification_data(self, X, y, ensure_min_samples)
 
     def _encode(self, y):
         self.classes_, Y = one_hot_classes(y, type(self).__name__)
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
     def _encode_distributed(self, y, comm):
-        from ._distributed import one_hot_agreed
-
         self.classes_, Y = one_hot_agreed(comm, y, type(self).__name__)
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
@@ -397,8 +383,8 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
 class DeepRFMRegressor(RegressorMixin, _BaseDeepRFM):
     """Deep RFM regressor (targets used as given). Parameters and attributes as :class:`DeepRFMClassifier`."""
 
-    def _validate_xy(self, X, y):
-        return validate_regression_data(self, X, y)
+    def _validate_xy(self, X, y, ensure_min_samples=1):
+        return validate_regression_data(self, X, y, ensure_min_samples)
 
     def _encode(self, y):
         return encode_regression_targets(self, y)

@@ -11,7 +11,7 @@ and the feature-matrix update ``M <- AGOP(f)`` (closed form, batched; see :mod:`
     alpha <- (K_M + reg I)^{-1} Y   with the final M
 
 With ``validation_fraction`` the iterate with the best validation score is kept. The loop itself is
-:func:`drfm._engine.run_rfm`; the estimators validate, run it and keep its result as fitted attributes.
+:func:`drfm.engine.run_rfm` (one loop for one process or many ranks); the estimators validate, run it and keep its result as fitted attributes.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from kernels import Points, kernel_matmul, laplace_agop
 from kernels.family import KERNELS, Kernel
-from kernels.laplace import rounding_shift
 from kernels.solvers.plan import SOLVERS
 
-from ._backend import finite_tensor, make_generator, resolve_budget, resolve_device, resolve_dtype, to_tensor
-from ._engine import RFMParams, run_rfm
+from ._backend import finite_tensor, resolve_budget, resolve_dtype, to_tensor
+from .engine import KernelMachine, RFMParams, run_rfm, runtime_for
+from .engine.agree import agree_data, agree_encoding, agree_parameters, on_every_rank, one_hot_agreed
+from .engine.runtime import DEFAULT_TIMEOUT_S, open_comm
 from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
 from ._categorical import CategoricalEncoding, fit_encoding
 from ._threads import with_threads
@@ -63,6 +63,7 @@ class _BaseRFM(BaseEstimator):
         "memory_budget": [Interval("int", 1, None, closed="left"), NoneOK],
         "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
         "distributed": [BOOL],
+        "distributed_timeout": [Interval("float", 0, None, closed="neither")],
         "categorical_features": [Options("from_dtype"), InstanceOf(list, tuple, np.ndarray, name="a list of column "
                                  "names / indices or a boolean mask"), NoneOK],
         "random_state": RANDOM_STATE,
@@ -96,6 +97,7 @@ class _BaseRFM(BaseEstimator):
         n_threads=None,
         categorical_features="from_dtype",
         distributed=False,
+        distributed_timeout=DEFAULT_TIMEOUT_S,
         random_state=None,
         verbose=False,
     ):
@@ -123,11 +125,12 @@ class _BaseRFM(BaseEstimator):
         self.n_threads = n_threads
         self.categorical_features = categorical_features
         self.distributed = distributed
+        self.distributed_timeout = distributed_timeout
         self.random_state = random_state
         self.verbose = verbose
 
     # ---- hooks for the subclasses: validated (X, y) -> encoded targets, and the score of outputs ----------------
-    def _validate_xy(self, X, y):
+    def _validate_xy(self, X, y, ensure_min_samples=1):
         raise NotImplementedError
 
     def _encode_targets(self, y) -> np.ndarray:  # -> (n, c) float array
@@ -168,42 +171,29 @@ class _BaseRFM(BaseEstimator):
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be given together (validation data), or neither.")
         owner = type(self).__name__
-
-        def validated():
-            enc = fit_encoding(X, self.categorical_features, owner)
-            names = np.asarray(X.columns, dtype=object) if enc is not None and hasattr(X, "columns") else None
-            return (*self._validate_xy(X if enc is None else enc.transform(X, owner), y), enc, names)
-
-        comm = None
-        if self.distributed:  # every rank checks its rows, and they agree on the outcome before any heavy work
-            from kernels.distributed import Comm
-
-            from ._distributed import validated_on_every_rank
-
-            comm = Comm()
-            X, y, enc, names = validated_on_every_rank(comm, owner, validated, resolve_dtype(self.dtype))
-        else:
-            X, y, enc, names = validated()
+        comm = open_comm(self, owner)  # one process, or the ranks of a torch.distributed group (drfm.engine)
+        agree_parameters(comm, self, owner)
+        # every rank checks its rows and the ranks agree on the outcome (and the categories) before any heavy work
+        enc = on_every_rank(comm, owner, lambda: fit_encoding(X, self.categorical_features, owner))
+        enc = agree_encoding(comm, enc, owner)
+        names = np.asarray(X.columns, dtype=object) if enc is not None and hasattr(X, "columns") else None
+        min_rows = 0 if comm.world_size > 1 else 1
+        X, y = on_every_rank(comm, owner, lambda: self._validate_xy(
+            X if enc is None else enc.transform(X, owner), y, ensure_min_samples=min_rows))
+        agree_data(comm, owner, X, y, resolve_dtype(self.dtype), X_val is not None, isinstance(self, ClassifierMixin))
         # the input's columns (before one-hot encoding) and the categorical ones with their categories
         self.categorical_ = None if enc is None else enc.state
         if enc is not None:
             self.n_features_in_ = enc.n_columns
             if names is not None and all(isinstance(c, str) for c in names):
                 self.feature_names_in_ = names
-        Y = self._encode_targets(y) if comm is None else self._encode_targets_distributed(y, comm)
+        Y = self._encode_targets(y) if comm.world_size == 1 else self._encode_targets_distributed(y, comm)
         if X_val is not None:
-            X_val, y_val = self._validate_val(X_val, y_val)
-        device = resolve_device(self.device, type(self).__name__)
-        common = dict(params=RFMParams.of(self), score=self._scorer(), device=device, dtype=resolve_dtype(self.dtype),
-                      budget=resolve_budget(self.memory_budget, device), generator=make_generator(self.random_state),
-                      owner=owner, X_val=X_val, y_val=y_val)
-        if comm is not None:
-            from ._distributed import agreed_generator, run_rfm_distributed
-
-            common["generator"] = agreed_generator(comm, self.random_state)  # rank 0's draws everywhere
-            state = run_rfm_distributed(X, y, Y, comm=comm, **common)
-        else:
-            state = run_rfm(X, y, Y, tied_groups=None if enc is None else enc.tied, **common)
+            X_val, y_val = on_every_rank(comm, owner, lambda: self._validate_val(X_val, y_val))
+        rt = runtime_for(self, owner, comm)
+        state = run_rfm(X, y, Y, params=RFMParams.of(self), score=self._scorer(), runtime=rt, X_val=X_val, y_val=y_val,
+                        tied_groups=None if enc is None else enc.tied)
+        device = rt.device
         d = X.shape[1]
         r64 = state.sqrt_m if state.sqrt_m is not None else (np.ones(d) if self.diag else np.eye(d))
         self.sqrt_m_ = r64
@@ -231,8 +221,8 @@ class _BaseRFM(BaseEstimator):
         # models saved before bandwidth_ existed (format 1 files) used the bandwidth parameter as it was
         return Kernel(self.kernel, getattr(self, "bandwidth_", self.bandwidth), self.exponent)
 
-    def _tensors(self):
-        """Fitted arrays as tensors on the fitted device (CPU when that device is absent here).
+    def _machine(self):
+        """The fitted kernel machine on the fitted device (CPU when that device is absent here), and that device.
 
         Rebuilt per call (one n x r GEMM with the stored compact factor, no eigendecomposition): predict must not
         change the estimator's ``__dict__``.
@@ -241,14 +231,10 @@ class _BaseRFM(BaseEstimator):
         if device.type == "cuda" and not torch.cuda.is_available():
             device = torch.device("cpu")
         dtype = resolve_dtype(self.dtype)
-        xf = to_tensor(self.X_fit_, dtype, device)
         r = None if self.factor_ is None else to_tensor(self.factor_, dtype, device)
-        # float32: kernels between centred rows, formed in float64 (kernels.laplace.rounding_shift, Points.shifted)
-        shift = rounding_shift(xf)
-        r64 = None if shift is None or self.factor_ is None else to_tensor(self.factor_, torch.float64, device)
-        centres = Points.of(xf, r) if shift is None else Points.shifted(xf, r64, shift)
-        return {"device": device, "dtype": dtype, "r": r, "r64": r64, "centres": centres, "shift": shift,
-                "alpha": to_tensor(self.dual_coef_, dtype, device), "x": xf}
+        machine = KernelMachine.fitted(to_tensor(self.X_fit_, dtype, device), to_tensor(self.dual_coef_, dtype, device),
+                                       self._fitted_kernel(), r)
+        return machine, device
 
     def _encoding(self) -> CategoricalEncoding | None:
         state = getattr(self, "categorical_", None)
@@ -271,12 +257,9 @@ class _BaseRFM(BaseEstimator):
     def _raw_predict(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = self._input(X)
-        tc = self._tensors()
-        xt = finite_tensor(X, tc["dtype"], tc["device"])
-        if tc["shift"] is not None:
-            xt = Points.shifted(xt, tc["r64"], tc["shift"])  # the same map as the centres'
-        out = kernel_matmul(xt, tc["centres"], tc["alpha"], kernel=self._fitted_kernel(), sqrt_m=tc["r"],
-                            memory_budget=resolve_budget(self.memory_budget, tc["device"]), accumulate=torch.float64)
+        machine, device = self._machine()
+        out = machine.outputs(finite_tensor(X, machine.alpha.dtype, device),
+                              memory_budget=resolve_budget(self.memory_budget, device), accumulate=torch.float64)
         return out.cpu().double().numpy()
 
     @with_threads
@@ -287,16 +270,14 @@ class _BaseRFM(BaseEstimator):
         product ``(1/n) sum_x J_f(x)^T J_f(x)`` of the final model. Returns (d, d), or (d,) when ``diag``.
         """
         check_is_fitted(self)
-        tc = self._tensors()
+        machine, device = self._machine()
         if X is None:
-            xs = tc["x"][: self.agop_sample_size]
+            xs = machine.x[: self.agop_sample_size]
         else:
-            xs = finite_tensor(self._input(X), tc["dtype"], tc["device"])
-        a = laplace_agop(
-            xs, tc["x"], tc["alpha"], kernel=self._fitted_kernel(), sqrt_m=tc["r"],
-            diag=self.diag if diag is None else diag, centering=self.centering if centering is None else centering,
-            memory_budget=resolve_budget(self.memory_budget, tc["device"]),
-        )
+            xs = finite_tensor(self._input(X), machine.alpha.dtype, device)
+        a = machine.agop(xs, diag=self.diag if diag is None else diag,
+                         centering=self.centering if centering is None else centering,
+                         memory_budget=resolve_budget(self.memory_budget, device))
         return a.cpu().numpy()
 
     @property
@@ -416,9 +397,18 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         their categories (a category unseen in fit gets an all-zero block).
     distributed : bool, default=False
         Fit across the processes of an initialised ``torch.distributed`` process group (e.g. under ``torchrun``):
-        every rank calls ``fit`` with its own rows (rank order = row order), the kernel operator is row-sharded and
-        the fitted model is complete and identical on every rank (:mod:`drfm._distributed`: the iterative solver on
-        all rows; early stopping only with explicit ``X_val, y_val``).
+        every rank calls ``fit`` with its own rows (rank order = row order; a rank may hold none) and the same
+        parameters. The fit is the same loop as on one process (:mod:`drfm.engine.loop`) and gives the model one
+        process would fit on all the rows -- every setting means the same: early stopping with its held-out rows
+        and refit, ``bandwidth='auto'``, categorical columns (categories agreed over the ranks), ``diag``,
+        ``centering``, every solver (CG on the row-sharded kernel, the m-centre model on each rank's rows with one
+        m x c all-reduce per CG step; direct and EigenPro solve the gathered rows on every rank). The fitted model is
+        complete and identical on every rank; ``history_`` records the bytes each rank received per solver step.
+        The memory budget is shared among the ranks of a host.
+    distributed_timeout : float, default=600.0
+        Seconds a collective of a distributed fit waits for the other ranks: a rank that died, raised or is paused
+        makes every other rank raise :class:`~kernels.distributed.RankFailureError` (naming it where it can be
+        seen) after at most this long, instead of torch's default of 30 minutes.
     random_state : int, RandomState or None
         Seeds a local torch.Generator (AGOP subsets, validation split); global RNGs are never touched.
     verbose : bool, default=False
@@ -441,8 +431,8 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     n_features_in_, device_ : as in scikit-learn; the resolved device.
     """
 
-    def _validate_xy(self, X, y):
-        return validate_regression_data(self, X, y)
+    def _validate_xy(self, X, y, ensure_min_samples=1):
+        return validate_regression_data(self, X, y, ensure_min_samples)
 
     def _encode_targets(self, y):
         return encode_regression_targets(self, y)
@@ -473,12 +463,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         the default 0.1).
     """
 
-    def _validate_xy(self, X, y):
-        return validate_classification_data(self, X, y)
+    def _validate_xy(self, X, y, ensure_min_samples=1):
+        return validate_classification_data(self, X, y, ensure_min_samples)
 
     def _encode_targets_distributed(self, y, comm):
-        from ._distributed import one_hot_agreed
-
         self.classes_, Y = one_hot_agreed(comm, y, type(self).__name__)  # a shard may hold only some classes
         return Y
 

@@ -32,7 +32,8 @@ from .linalg import eigh_workspace_bytes, psd_power
 from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
 from .operators import Points
 
-__all__ = ["laplace_gradients", "laplace_agop", "duplicate_tolerance", "feature_matrix_update",
+__all__ = ["laplace_gradients", "laplace_agop", "agop_moments", "agop_from_moments", "duplicate_tolerance",
+           "feature_matrix_update",
            "feature_matrix_workspace_bytes", "plan_agop",
            "workspace_bytes"]
 
@@ -250,16 +251,25 @@ def laplace_agop(
     -------
     (d, d) tensor, or (d,) with ``diag=True``; accumulated and returned in float64 (the result is small).
     """
-    kern = as_kernel(kernel, bandwidth)
-    n_s = samples.shape[0]
+    acc, gsum = agop_moments(samples, centres, alpha, kernel=as_kernel(kernel, bandwidth), sqrt_m=sqrt_m, diag=diag,
+                             centering=centering, memory_budget=memory_budget, sample_block=sample_block,
+                             centre_block=centre_block)
+    return agop_from_moments(acc, gsum, samples.shape[0], sqrt_m=sqrt_m, diag=diag,
+                             factor_coordinates=factor_coordinates)
+
+
+def agop_moments(samples, centres, alpha, *, kernel, sqrt_m=None, diag=False, centering=False, memory_budget=None,
+                 sample_block=None, centre_block=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sums the AGOP is made of, over ``samples`` (arguments as :func:`laplace_agop`): ``sum_x J_f(x)^T J_f(x)``
+    (d x d, or (d,) with ``diag``; in the factor's d' coordinates when ``sqrt_m`` is a (d, d') matrix) and, with
+    ``centering``, the gradient sum ``sum_x J_f(x)`` (c, d') -- float64. Sums over disjoint sample sets add up, so
+    processes holding different samples all-reduce them (:func:`kernels.distributed.distributed_agop`)."""
     factor = _in_factor_space(sqrt_m)
-    # in factor coordinates (d' columns) the full second moment is accumulated and mapped back at the end, also for
-    # diag=True (d' x d' is small); otherwise directly in the d input coordinates
     d = sqrt_m.shape[1] if factor else samples.shape[1]
     full = factor or not diag
     acc = torch.zeros((d, d) if full else (d,), dtype=torch.float64, device=samples.device)
     gsum = None
-    for g in _iter_gradients(samples, centres, alpha, kern, sqrt_m, memory_budget, sample_block, centre_block):
+    for g in _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block, centre_block):
         if centering:
             part = g.sum(0).double()
             gsum = part if gsum is None else gsum + part
@@ -268,8 +278,17 @@ def laplace_agop(
             acc += (g2.T @ g2).double()
         else:
             acc += torch.einsum("kd,kd->d", g2, g2).double()
+    return acc, gsum
+
+
+def agop_from_moments(acc: torch.Tensor, gsum: torch.Tensor | None, n_s: int, *, sqrt_m=None, diag=False,
+                      factor_coordinates=False) -> torch.Tensor:
+    """The AGOP from :func:`agop_moments` over ``n_s`` samples (``acc`` is consumed): the mean outer product, minus
+    the mean gradient's outer product when ``gsum`` is given (centering), mapped back from factor coordinates."""
+    factor = _in_factor_space(sqrt_m)
+    full = factor or not diag
     acc /= max(n_s, 1)
-    if centering and gsum is not None:
+    if gsum is not None:
         gbar = gsum / n_s  # (c, d)
         acc -= gbar.T @ gbar if full else (gbar * gbar).sum(0)
     if factor:

@@ -2,7 +2,8 @@
 
 Solvers and preconditioners see the kernel matrix ``K = K_M(X, X)`` only through :class:`KernelOperator`:
 ``shape``, ``dtype``, ``device``, ``matmul(v, out=None)`` (``K @ v``) and ``block(rows, cols=None, out=None)`` (a dense
-copy of ``K[rows, cols]``). Two implementations:
+copy of ``K[rows, cols]``), and its rank bookkeeping with single-process defaults (``n_local``, ``row_offset``,
+``allreduce``, ``broadcast``, ``gather``). Two single-process implementations:
 
 * :class:`BlockedKernel`: never materialised; every product recomputes K in square tiles of the upper triangle under
   a byte budget (about n^2/2 kernel evaluations per product);
@@ -13,8 +14,6 @@ Both take :class:`Points`: rows already mapped through a factor of M, with their
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
 import torch
 
 from .family import as_kernel
@@ -24,9 +23,14 @@ from .memory import TILE_ELEMENTS, default_memory_budget, square_tile
 __all__ = ["KernelOperator", "Points", "BlockedKernel", "StoredKernel"]
 
 
-@runtime_checkable
-class KernelOperator(Protocol):
-    """A symmetric n x n kernel matrix as a linear operator."""
+class KernelOperator:
+    """A symmetric n x n kernel matrix as a linear operator: the base class of every operator the solvers take.
+
+    Subclasses set ``shape``, ``dtype``, ``device`` and implement :meth:`matmul` and :meth:`block`. The rank
+    bookkeeping has single-process defaults: the operator holds all n rows (``n_local = n``, ``row_offset = 0``), and
+    its reductions are identities. A row-sharded operator (:class:`kernels.distributed.ShardedKernel`) overrides them:
+    vectors are then this rank's rows, and the solvers sum their inner products through :meth:`allreduce`.
+    """
 
     shape: tuple[int, int]
     dtype: torch.dtype
@@ -34,9 +38,37 @@ class KernelOperator(Protocol):
 
     def matmul(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``K @ v`` for v of shape (n,) or (n, c)."""
+        raise NotImplementedError
 
     def block(self, rows, cols=None, out: torch.Tensor | None = None) -> torch.Tensor:
         """A dense copy of ``K[rows, cols]`` (index tensors or slices; ``cols=None``: all columns)."""
+        raise NotImplementedError
+
+    def __matmul__(self, v):
+        return self.matmul(v)
+
+    # ---- rank bookkeeping (single-process defaults) -----------------------------------------------------------
+    @property
+    def n_local(self) -> int:
+        """Rows of every vector this process holds."""
+        return self.shape[0]
+
+    @property
+    def row_offset(self) -> int:
+        """The global index of this process's first row."""
+        return 0
+
+    def allreduce(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over the processes holding the operator's rows (here: ``t`` itself)."""
+        return t
+
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """``t`` as process ``src`` holds it (here: ``t`` itself)."""
+        return t
+
+    def gather(self, v: torch.Tensor) -> torch.Tensor:
+        """All rows of an n-vector from this process's rows (here: ``v`` itself)."""
+        return v
 
 
 @dataclass(frozen=True)
@@ -84,7 +116,7 @@ def kernel_block(z, z_sq, kernel, rows, cols=None, out=None) -> torch.Tensor:
     return kernel.matrix(z[rows], zc, x_sq=z_sq[rows], z_sq=zc_sq, out=out)
 
 
-class BlockedKernel:
+class BlockedKernel(KernelOperator):
     """``K = K_M(X, X)`` as a linear operator, never materialised.
 
     Products ``K @ V`` run over square tiles of the upper triangle; each off-diagonal tile is used twice
@@ -141,7 +173,7 @@ class BlockedKernel:
     __matmul__ = matmul
 
 
-class StoredKernel:
+class StoredKernel(KernelOperator):
     """``K = K_M(X, X)`` built once and stored: the same interface as :class:`BlockedKernel` for when the n x n
     matrix fits the memory budget.
 

@@ -29,7 +29,7 @@ import torch
 
 from ..family import as_kernel
 from ..memory import default_memory_budget, plan_blocks
-from ..operators import Points
+from ..operators import KernelOperator, Points
 from ._result import SolveResult, as_columns
 from .cg import solve_cg
 
@@ -88,25 +88,31 @@ class CentreSystem:
     reg : ridge >= 0 of the m-centre problem.
     store : keep the n x m block (one product pass per use instead of recomputing the kernel).
     memory_budget : bytes for the streamed row blocks (the held items are the caller's to plan).
+    comm : None (single process), or the collectives of a process group whose ranks each hold some of the rows
+        (:class:`kernels.distributed.Comm`): ``points`` and Y are this rank's rows, ``centres`` the same on every rank;
+        the m x c sums ``K_nm^T (K_nm v)`` and ``K_nm^T Y`` are all-reduced (one m x c all-reduce per CG step), and the
+        preconditioner uses the global n. Everything over m (factors, CG vectors, coefficients) is replicated.
     """
 
     def __init__(self, points: Points, centres: Points, *, bandwidth: float | None = None, reg: float,
-                 store: bool = False, memory_budget: int | None = None, kernel=None):
+                 store: bool = False, memory_budget: int | None = None, kernel=None, comm=None):
         self.points, self.centres = points, centres
         self.kernel = as_kernel(kernel, bandwidth)
         self.bandwidth, self.reg = self.kernel.bandwidth, float(reg)
-        self.n, self.m = len(points), len(centres)
+        self._reduce = (lambda t: t) if comm is None else comm.allreduce
+        self.n_local, self.m = len(points), len(centres)
+        self.n = self.n_local if comm is None else int(sum(comm.sizes(self.n_local, points.z.device)))
         self.dtype, self.device = points.z.dtype, points.z.device
         budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
         itemsize = points.z.element_size()
         # a row block's kernel tile in the working dtype, and its float64 copy for the products
         self.wide = self.dtype != torch.float64
         tile_item = itemsize + (8 if self.wide else 0)
-        self.row_block = plan_blocks(self.n, self.m, itemsize=tile_item, budget=budget, per_row_bytes=8 * 8,
+        self.row_block = plan_blocks(max(self.n_local, 1), self.m, itemsize=tile_item, budget=budget, per_row_bytes=8 * 8,
                                      max_row_block=max(64, CACHE_TILE_ELEMENTS // max(self.m, 1))).row_block
         self.K = None
         if store:
-            K = torch.empty((self.n, self.m), dtype=self.dtype, device=self.device)
+            K = torch.empty((self.n_local, self.m), dtype=self.dtype, device=self.device)
             for i, tile in self._tiles():
                 K[i : i + tile.shape[0]] = tile
             self.K = K
@@ -128,13 +134,13 @@ class CentreSystem:
 
     def _tiles(self):
         """(row offset, K[rows, :]) over row blocks of the n points (a view of the stored block when stored)."""
-        b = self.row_block
+        b, n = self.row_block, self.n_local
         if self.K is not None:
-            for i in range(0, self.n, b):
+            for i in range(0, n, b):
                 yield i, self.K[i : i + b]
             return
-        buf = torch.empty(min(b, self.n) * self.m, dtype=self.dtype, device=self.device)
-        for i in range(0, self.n, b):
+        buf = torch.empty(min(b, n) * self.m, dtype=self.dtype, device=self.device)
+        for i in range(0, n, b):
             z, z_sq = self.points.z[i : i + b], self.points.z_sq[i : i + b]
             yield i, self._kernel(z, z_sq, out=buf[: z.shape[0] * self.m].view(z.shape[0], self.m))
 
@@ -145,17 +151,17 @@ class CentreSystem:
         if not self.wide:
             yield from self._tiles()
             return
-        buf = torch.empty(min(self.row_block, self.n) * self.m, dtype=torch.float64, device=self.device)
+        buf = torch.empty(min(self.row_block, self.n_local) * self.m, dtype=torch.float64, device=self.device)
         for i, tile in self._tiles():
             yield i, buf[: tile.numel()].view(tile.shape).copy_(tile)
 
     def normal_product(self, v: torch.Tensor) -> torch.Tensor:
-        """``K_nm^T K_nm v`` for float64 v (m, c), summed over row blocks in float64."""
+        """``K_nm^T K_nm v`` for float64 v (m, c), summed over row blocks in float64 (and over the ranks)."""
         out = torch.zeros_like(v, dtype=torch.float64)
         for _, tile in self._wide_tiles():
             out.addmm_(tile.T, tile @ v)
         self.n_products += 1
-        return out
+        return self._reduce(out)
 
     def rhs(self, Y: torch.Tensor) -> torch.Tensor:
         """``K_nm^T Y`` (float64, m x c)."""
@@ -163,7 +169,7 @@ class CentreSystem:
         Yw = Y.double()
         for i, tile in self._wide_tiles():
             out.addmm_(tile.T, Yw[i : i + tile.shape[0]])
-        return out
+        return self._reduce(out)
 
     # beta = T^{-1} A^{-1} u   and its inverse  u = A T beta
     def to_beta(self, u: torch.Tensor) -> torch.Tensor:
@@ -191,8 +197,9 @@ class CentreSystem:
         return w.view_as(u) if u.dim() == 1 else w
 
 
-class _Operator:
-    """:class:`CentreSystem`'s ``W`` in the shape :func:`solve_cg` expects (float64, m x m, symmetric)."""
+class _Operator(KernelOperator):
+    """:class:`CentreSystem`'s ``W`` in the shape :func:`solve_cg` expects (float64, m x m, symmetric; replicated on
+    every rank of a sharded system, so CG's inner products need no reduction)."""
 
     def __init__(self, system: CentreSystem):
         self.system = system
@@ -219,6 +226,7 @@ def solve_centres(
     store: bool = False,
     memory_budget: int | None = None,
     kernel=None,
+    comm=None,
 ) -> SolveResult:
     """Solve the m-centre kernel ridge problem ``(K_nm^T K_nm + reg K_mm) beta = K_nm^T Y`` (see the module).
 
@@ -236,6 +244,9 @@ def solve_centres(
     store : keep the n x m kernel block between products.
     memory_budget : bytes for the streamed kernel row blocks.
     kernel : a :class:`~kernels.family.Kernel` of the family (default: the Laplace kernel with ``bandwidth``).
+    comm : None, or the collectives of a process group over whose ranks the rows are sharded (``points`` and ``Y``
+        this rank's rows; ``centres`` and ``x0`` the same on every rank): see :class:`CentreSystem`. The result is
+        the same on every rank.
 
     Returns
     -------
@@ -248,12 +259,14 @@ def solve_centres(
         raise ValueError("the m-centre solve needs at least one centre")
     B, X0, squeeze = as_columns(Y, x0)
     system = CentreSystem(points, centres, bandwidth=bandwidth, reg=reg, store=store, memory_budget=memory_budget,
-                          kernel=kernel)
+                          kernel=kernel, comm=comm)
     b = system._left(system.rhs(B))
     u0 = None if x0 is None else system.to_u(X0.double())
     res = solve_cg(_Operator(system), b, reg=0.0, x0=u0, rtol=rtol, atol=atol,
                    max_iter=100 if max_iter is None else max_iter, callback=callback)
     beta = system.to_beta(res.x).to(Y.dtype)
+    if comm is not None:  # the ranks' factors and CG iterates agree to round-off; rank 0's coefficients everywhere
+        beta = comm.broadcast(beta)
     details = {"n_centres": system.m, "jitter": system.jitter, "stored": system.K is not None,
                "kernel_products": system.n_products}
     return SolveResult(beta.squeeze(1) if squeeze else beta, res.n_iter, res.converged, res.residual_norms,

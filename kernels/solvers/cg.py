@@ -54,11 +54,10 @@ def solve_cg(
     out_dtype = B.dtype
     # a row-sharded operator (kernels.distributed) holds this rank's rows of every vector: inner products are summed
     # over the ranks
-    reduce = getattr(A, "allreduce", None)
+    reduce = A.allreduce  # (an identity for a single-process operator)
 
     def _col_dot(a, b):
-        d = torch.einsum("nc,nc->c", a, b).double()
-        return d if reduce is None else reduce(d)
+        return reduce(torch.einsum("nc,nc->c", a, b).double())
 
     if B.dtype != torch.float64:
         # mixed precision: kernel products in the working precision, every CG vector and scalar in float64. In

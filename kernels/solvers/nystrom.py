@@ -66,9 +66,8 @@ class NystromEigensystem:
         n = op.shape[0]
         s = default_n_centres(n, op.device) if n_centres is None else int(min(n_centres, n))
         perm = torch.randperm(n, generator=generator)
-        self.centres = perm[:s].sort().values.to(op.device)
-        if hasattr(op, "broadcast"):  # row-sharded: rank 0's draw, identical on every rank
-            self.centres = op.broadcast(self.centres)
+        # (row-sharded: rank 0's draw, identical on every rank; single process: the draw itself)
+        self.centres = op.broadcast(perm[:s].sort().values.to(op.device))
         k_ss = op.block(self.centres, self.centres).double()
         k_ss.diagonal().fill_(1.0)
         w, v = torch.linalg.eigh(k_ss / s)
@@ -108,8 +107,8 @@ class NystromPreconditioner:
         q = min(int(eig.eigvals.numel()), DEFAULT_RANK if rank is None else int(rank))
         # a row-sharded operator (kernels.distributed): this rank's rows of the basis; Gram matrix and projections
         # summed over the ranks, the small eigen-system taken from rank 0
-        n, s = getattr(op, "n_local", op.shape[0]), eig.n_centres
-        offset, self._reduce = getattr(op, "row_offset", 0), getattr(op, "allreduce", None)
+        n, s = op.n_local, eig.n_centres
+        offset, self._reduce = op.row_offset, op.allreduce
         itemsize = torch.empty((), dtype=op.dtype).element_size()
         budget = default_memory_budget(op.device) if memory_budget is None else int(memory_budget)
         lam = eig.eigvals[:q] * s  # eigenvalues of K_SS
@@ -124,11 +123,9 @@ class NystromPreconditioner:
             torch.mm(kb, proj, out=C[i:j])
         del tile
         gram = (C.T @ C).double() if op.dtype != torch.float64 else C.T @ C
-        if self._reduce is not None:
-            gram = self._reduce(gram)
+        gram = self._reduce(gram)
         sig2, V = torch.linalg.eigh(gram)
-        if hasattr(op, "broadcast"):
-            sig2, V = op.broadcast(sig2), op.broadcast(V)
+        sig2, V = op.broadcast(sig2), op.broadcast(V)
         sig2, V = sig2.flip(0), V.flip(1)
         ok = sig2 > float(sig2[0]) * 1e-8
         sig2, V = sig2[ok], V[:, ok]
@@ -142,11 +139,7 @@ class NystromPreconditioner:
         self.mu = sig2  # eigenvalues of K_hat
         # the q x q core G^{-1/2} S G^{-1/2} (float64) makes P^{-1} SPD whatever U's rounding (module text)
         gram_u = _ut_times(self.U, self.U, torch.float64)
-        if self._reduce is not None:
-            gram_u = self._reduce(gram_u)
-        inv_sqrt = psd_power(gram_u, -0.5)
-        if hasattr(op, "broadcast"):
-            inv_sqrt = op.broadcast(inv_sqrt)
+        inv_sqrt = op.broadcast(psd_power(self._reduce(gram_u), -0.5))
         scale = (sig2[-1] + self.reg) / (sig2 + self.reg) - 1.0
         self.core = inv_sqrt @ (scale.unsqueeze(1) * inv_sqrt)
 
@@ -164,7 +157,7 @@ class NystromPreconditioner:
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""
         core = self.core.to(r.dtype)
-        reduce = getattr(self, "_reduce", None) or (lambda t: t)  # sharded: U^T r summed over the ranks
+        reduce = self._reduce  # sharded: U^T r summed over the ranks
         if self.U.dtype == r.dtype:
             return r + self.U @ (core @ reduce(self.U.T @ r))
         chunk = max(1, _PROMOTE_ELEMENTS // max(1, self.U.shape[1]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -33,9 +34,33 @@ from .centres import default_centre_count
 from .centres import workspace_bytes as centres_workspace_bytes
 from .nystrom import DEFAULT_RANK, NystromPreconditioner, default_n_centres
 
-__all__ = ["AUTO_CG_MIN_REG", "AUTO_DIRECT_MAX_N", "SOLVERS", "SolvePlan", "plan_solve"]
+__all__ = ["AUTO_CG_MIN_REG", "AUTO_DIRECT_MAX_N", "SOLVERS", "Solver", "SolvePlan", "plan_solve"]
 
 SOLVERS = ("auto", "direct", "cg", "eigenpro", "nystrom")
+
+
+class Solver(str, Enum):
+    """The solver a plan chose (the value is the name users pass as ``solver=`` and history records).
+
+    A ``str``: comparing with the name works, and it prints as the name."""
+
+    DIRECT = "direct"
+    CG = "cg"
+    EIGENPRO = "eigenpro"
+    NYSTROM = "nystrom"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def centres(self) -> bool:
+        """The m-centre model (an approximation restricted to its centres), not the exact n x n system."""
+        return self is Solver.NYSTROM
+
+    @property
+    def iterative_exact(self) -> bool:
+        """An iterative solver of the exact system (CG, EigenPro): runs on a kernel operator, warm-started."""
+        return self in (Solver.CG, Solver.EIGENPRO)
 
 #: with solver="auto", the direct solver is used up to this many training points (when its n x n matrix fits the
 #: budget). Above it, conjugate gradients on the stored kernel matrix (Nystrom-preconditioned, warm-started across RFM
@@ -57,17 +82,20 @@ class SolvePlan:
     kernel matrix is ``store``d (n x n; for 'nystrom' the n x m block), the Nystrom ``n_centres`` / ``rank`` of the
     iterative solvers (for 'nystrom': the model's centres), and ``memory``: what the solve holds at its peak."""
 
-    solver: str
+    solver: Solver
     reason: str
     store: bool
     n_centres: int
     rank: int
     memory: MemoryPlan
 
+    def __post_init__(self):
+        object.__setattr__(self, "solver", Solver(self.solver))
+
     @property
     def holds_matrix(self) -> bool:
         """Whether an n x n buffer is held (direct: factorised in place; stored CG / EigenPro)."""
-        return self.solver == "direct" or (self.store and self.solver != "nystrom")
+        return self.solver is Solver.DIRECT or (self.store and not self.solver.centres)
 
     def work_budget(self) -> int:
         """Bytes left for streamed work (kernel tiles, AGOP blocks) beside what the solve holds."""

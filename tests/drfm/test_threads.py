@@ -48,7 +48,8 @@ def test_n_threads_applies_inside_fit_and_predict_and_is_restored(monkeypatch, t
     model = RFMRegressor(iters=1, n_threads=1).fit(X, y)
     assert seen == [1] and model.n_threads_ == 1
     assert torch.get_num_threads() == 2
-    pred = _record_threads(monkeypatch, rfm_module, "kernel_matmul")
+    import drfm.engine.machine as machine_module
+    pred = _record_threads(monkeypatch, machine_module, "kernel_matmul")
     model.predict(X[:5])
     assert pred == [1] and torch.get_num_threads() == 2
 
@@ -68,8 +69,8 @@ def test_auto_uses_the_idle_cores_and_keeps_them_for_predictions(monkeypatch, tw
     model = RFMClassifier(iters=1, n_threads="auto").fit(X, y > 0)
     assert model.n_threads_ == 1
     monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: pytest.fail("predict must not measure"))
-    import drfm.rfm as rfm_module
-    seen = _record_threads(monkeypatch, rfm_module, "kernel_matmul")
+    import drfm.engine.machine as machine_module
+    seen = _record_threads(monkeypatch, machine_module, "kernel_matmul")
     model.predict_proba(X[:5])
     assert seen and set(seen) == {1}
     monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 0.0)

@@ -1,10 +1,8 @@
 """Row-sharded kernel operators across processes (gloo on localhost): world sizes 2 and 3 against one process on the
 same data, float64; uneven shards (one rank holds a single row); a rank that raises stops the others, and no test
 can hang (every process has a deadline)."""
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,37 +10,14 @@ import torch
 
 from kernels import laplace_agop
 from kernels._reference import family_kernel_numpy
+from tests._ranks import ROOT, launch
 from tests.kernels._dist_worker import problem
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(world, mode, tmp_path, deadline=120):
-    port = _free_port()
-    procs, outs = [], []
-    for rank in range(world):
-        out = tmp_path / f"rank{rank}.pt"
-        outs.append(out)
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.kernels._dist_worker", str(world), str(rank),
-                                       str(port), mode, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"a rank did not finish within {deadline} s")
-        results.append((p.returncode, err))
-    return results, outs
+    return launch("tests.kernels._dist_worker", world, mode, tmp_path, deadline)
 
 
 @pytest.mark.parametrize("world", [2, 3])

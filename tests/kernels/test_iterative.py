@@ -7,7 +7,7 @@ import torch
 
 from kernels import (BlockedKernel, NystromPreconditioner, StoredKernel, laplace_kernel,
                      solve_cg, solve_eigenpro)
-from kernels.operators import _stored_matmul
+from kernels.operators import KernelOperator, _stored_matmul
 from kernels.solvers import ConvergenceWarning, eigenpro_schedule
 from tests.conftest import DEVICES
 
@@ -251,7 +251,7 @@ def test_float32_nystrom_preconditioner_spectrum_stays_in_its_bounds(spread, reg
     assert ev.min() >= lo * (1 - 1e-6) and ev.max() <= 1 + 1e-9
 
 
-class _DenseOp:
+class _DenseOp(KernelOperator):
     """A symmetric matrix as a KernelOperator (for systems no kernel gives)."""
 
     def __init__(self, A):
