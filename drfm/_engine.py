@@ -1,7 +1,6 @@
-"""Former home of the RFM loop, kept so that ``import drfm._engine`` keeps working: the module *is*
-:mod:`drfm.engine.loop` (the same object, so setting a constant here sets it there)."""
+"""Former home of :mod:`drfm.engine.loop`: this module *is* that one (old imports keep working, and setting a name here sets
+it there)."""
+import importlib
 import sys
 
-from .engine import loop as _loop
-
-sys.modules[__name__] = _loop
+sys.modules[__name__] = importlib.import_module("drfm.engine.loop")

@@ -1,5 +1,5 @@
 """The trained-network estimator: a ReLU MLP trained with torch, instrumented for neural collapse and the Neural
-Feature Ansatz (the analysis itself is :mod:`drfm.nets`, for any Sequential)."""
+Feature Ansatz (the analysis itself is :mod:`drfm.networks.analysis`, for any Sequential)."""
 from __future__ import annotations
 
 import copy
@@ -17,13 +17,13 @@ from tqdm.auto import tqdm
 from kernels.memory import available_memory, format_bytes
 
 from ._backend import make_generator, resolve_device, resolve_dtype, standardization, to_tensor
-from ._backbones import WithBackbone, backbone_features, build_backbone, check_image_shape
+from .networks.backbones import WithBackbone, backbone_features, build_backbone, check_image_shape
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
 from ._threads import with_threads
 from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, one_hot_classes, predict_labels, softmax_proba,
                        validate_classification_data)
 from .collapse import METRICS, CollapseReport
-from .nets import (_EvalMode, _input_tensor, build_mlp, iter_layer_features, layer_blocks, layer_features,
+from .networks.analysis import (_EvalMode, _input_tensor, build_mlp, iter_layer_features, layer_blocks, layer_features,
                    mlp_collapse_report, nfa_report)
 
 __all__ = ["TorchMLPClassifier", "TrainingDivergedError"]
@@ -85,7 +85,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         A convolutional feature extractor in front of the MLP (the seed paper's ResNet-18 / VGG-11 + MLP head
         variant), trained end to end with it: torchvision's architecture with random weights (torchvision must be
         installed; an ``ImportError`` says how otherwise), its first convolution taking the images' channels, its
-        classifier removed, the last feature maps averaged to 512 features (see :mod:`drfm._backbones`); or any module
+        classifier removed, the last feature maps averaged to 512 features (see :mod:`drfm.networks.backbones`); or any module
         mapping ``(n, C, H, W)`` to ``(n, p)``. ``network_`` and every analysis (collapse stages, AGOP, NFA) are the
         MLP head's, on the backbone's features. Such a model cannot be saved in drfm's model format (save
         ``backbone_`` and ``network_`` with torch).
@@ -179,7 +179,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         return (X - self.mean_) / self.scale_
 
     def network_view(self, X):
-        """``(network_, its inputs, initial_state_)``: what :mod:`drfm.nets` analyses -- X standardised as in
+        """``(network_, its inputs, initial_state_)``: what :mod:`drfm.networks.analysis` analyses -- X standardised as in
         training, or with a backbone the backbone's features of it (float64)."""
         return self.network_, self._head_inputs(self._prepare(X)), self.initial_state_
 
@@ -379,7 +379,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         return layer_features(self, X)
 
     def iter_layer_features(self, X):
-        """:meth:`layer_features` one layer at a time (see :func:`drfm.nets.iter_layer_features`)."""
+        """:meth:`layer_features` one layer at a time (see :func:`drfm.networks.analysis.iter_layer_features`)."""
         return iter_layer_features(self, X)
 
     def __sklearn_tags__(self):

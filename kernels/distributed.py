@@ -103,6 +103,25 @@ def _process_state(pid: int) -> str:
     return {"Z": "exited", "X": "exited", "T": "paused", "t": "paused"}.get(state, "running")
 
 
+#: the groups made for a timeout, per (parent group's ranks, timeout): every rank makes the same ones in the same
+#: order (the fits of one program), so a group is made once and reused instead of one per fit
+_TIMEOUT_GROUPS: dict = {}
+
+
+def _group_with_timeout(dist, group, timeout: timedelta):
+    ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else None
+    key = (id(dist.group.WORLD), ranks, timeout.total_seconds())
+    cached = _TIMEOUT_GROUPS.get(key)
+    if cached is not None:
+        try:
+            dist.get_rank(cached)  # (a group destroyed with its process group is made again)
+            return cached
+        except (RuntimeError, ValueError):
+            pass
+    _TIMEOUT_GROUPS[key] = dist.new_group(ranks=None if ranks is None else list(ranks), timeout=timeout)
+    return _TIMEOUT_GROUPS[key]
+
+
 class Comm:
     """The collectives of one ``torch.distributed`` process group, with a count of the bytes they move on this rank
     (received from other ranks: an all-gather counts the other ranks' parts, a ring all-reduce 2 (P-1)/P of the
@@ -128,13 +147,16 @@ class Comm:
         self.seconds_communicating = 0.0  # wall time inside collectives (waiting for slower ranks included)
         if timeout is not None:
             self.timeout = timeout if isinstance(timeout, timedelta) else timedelta(seconds=float(timeout))
-            group = dist.new_group(ranks=None if group is None else dist.get_process_group_ranks(group),
-                                   timeout=self.timeout)
+            group = _group_with_timeout(dist, group, self.timeout)
         else:
             self.timeout = None
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        # NCCL moves CUDA tensors only: small CPU tensors (counts, generator states, statistics) travel through the
+        # rank's GPU and come back
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         # who is who: a failed collective names the ranks on this host that exited or are paused
         self.peers = self.gather_objects((socket.gethostname(), os.getpid()))
 
@@ -180,18 +202,26 @@ class Comm:
         self.bytes_communicated += int(t.numel() * t.element_size() * factor)
 
     # ---- collectives -----------------------------------------------------------------------------------------
+    def _movable(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy of ``t`` the backend can move (on the rank's GPU under NCCL when ``t`` is not on a GPU)."""
+        if self.device.type == "cuda" and t.device.type != "cuda":
+            return t.to(self.device)
+        return t.clone()
+
     def allreduce(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum over ranks of ``t`` (a new tensor; ``t`` is left as it is)."""
-        out = t.clone()
+        """The sum over ranks of ``t`` (a new tensor on ``t``'s device; ``t`` is left as it is)."""
+        out = self._movable(t)
         self._run("all_reduce", self.dist.all_reduce, out)
+        out = out.to(t.device)
         # a ring all-reduce sends and receives about 2 (P-1)/P of the tensor on every rank
         self._count(out, 2.0 * (self.world_size - 1) / self.world_size)
         return out
 
     def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
         """``t`` as rank ``src`` holds it (every rank must pass a tensor of the same shape and dtype)."""
-        out = t.clone().contiguous()
+        out = self._movable(t).contiguous()
         self._run("broadcast", self.dist.broadcast, out, src=src)
+        out = out.to(t.device)
         self._count(out, 1.0 if self.world_size > 1 else 0.0)  # received (or sent) once
         return out
 
@@ -202,7 +232,7 @@ class Comm:
         return everyone
 
     def _gather_ints(self, values: list[int], device) -> list[list[int]]:
-        mine = torch.tensor(values, dtype=torch.long, device=device)
+        mine = torch.tensor(values, dtype=torch.long, device=self.device)
         got = [torch.zeros_like(mine) for _ in range(self.world_size)]
         self._run("all_gather", self.dist.all_gather, got, mine)
         self._count(mine, self.world_size - 1)  # received from every other rank
@@ -221,12 +251,13 @@ class Comm:
         (padded to the largest for the collective)."""
         sizes = self.sizes(t.shape[0], t.device) if sizes is None else sizes
         big = max(sizes)
-        pad = torch.zeros((big, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        where = t.device if self.device.type != "cuda" or t.device.type == "cuda" else self.device
+        pad = torch.zeros((big, *t.shape[1:]), dtype=t.dtype, device=where)
         pad[: t.shape[0]] = t
         parts = [torch.empty_like(pad) for _ in range(self.world_size)]
         self._run("all_gather", self.dist.all_gather, parts, pad)
         self._count(pad, self.world_size - 1)  # received from every other rank
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)], 0)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)], 0).to(t.device)
 
     def take_rows(self, t: torch.Tensor, offset: int, idx: torch.Tensor) -> torch.Tensor:
         """The rows ``idx`` (global indices) of a row-sharded tensor whose local rows ``t`` start at global row

@@ -317,11 +317,12 @@ def _inner_progress(verbose, solver, cap):
     return bar, callback
 
 
-def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner):
+def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner, n_local=None):
     """A SolvePlan per phase ('all' rows, and 'sub' with a subset), each with the fit's own items reserved.
 
     ``sizes`` are the phases' global row counts (the solver is the one a single process would choose); ``n_train``
-    and ``n_val`` the rows this rank holds at most (its data).
+    and ``n_val`` the rows this rank holds at most (its data); ``n_local`` (several ranks) the most training rows a
+    rank holds: the m-centre model on all rows is planned for them.
 
     With solver='nystrom' and a subset, the subset's solves (which learn M) are planned as 'auto': the subset exists to
     be solved exactly, and M learned from an m-centre model was measurably worse (README)."""
@@ -331,7 +332,8 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
                               n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
         requested = "auto" if phase == "sub" and p.solver == "nystrom" else p.solver
         plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=requested,
-                                  reg=float(p.reg), owner=owner, reserved=reserved, n_centres=p.n_centres)
+                                  reg=float(p.reg), owner=owner, reserved=reserved, n_centres=p.n_centres,
+                                  n_local=n_local if phase == "all" else None)
         logger.info("%s: solver %s for %s rows (%s)", owner, plans[phase].solver, phase, plans[phase].reason)
     return plans
 
@@ -576,8 +578,9 @@ def _per_step(comm, before, sol) -> dict:
 def _refit_plans(n, p, bandwidth, plan_args):
     """The parameters and the plan of a refit on all n rows."""
     rp = replace(p, bandwidth=bandwidth, iters=0, validation_fraction=None)
-    return rp, _plan_phases({"all": n}, **{**plan_args, "n_train": plan_args["n_train"] + plan_args["n_val"],
-                                           "n_val": 0, "p": rp})
+    held = plan_args["n_train"] + plan_args["n_val"]
+    return rp, _plan_phases({"all": n}, **{**plan_args, "n_train": held, "n_val": 0, "p": rp,
+                                           "n_local": None if plan_args["n_local"] is None else held})
 
 
 def _refit(X, y, Y, rp, plans, sqrt_m, factor, t, score, rt: Runtime) -> _Loop:
@@ -655,7 +658,7 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     n_val = len(va) if va is not None else 0 if X_val is None else sum(comm.sizes(len(X_val), device))
     plan_args = dict(n_train=most_tr, n_val=n_val if comm.world_size == 1 else max(sizes) - most_tr, n_agop=n_agop,
                      d=d, c=c, itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype,
-                     device=device, budget=rt.budget, owner=owner)
+                     device=device, budget=rt.budget, owner=owner, n_local=most_tr if comm.world_size > 1 else None)
     # the plan on all rows does not depend on the subset (planned once; 'auto' subsets are decided from it)
     plans = _plan_phases({"all": n_tr}, **plan_args)
     size = p.iter_sample_size

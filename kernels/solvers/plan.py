@@ -134,14 +134,17 @@ def _default_nystrom(n, device):
 
 def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.device | str, budget: int,
                requested: str = "auto", reg: float = 1e-3, owner: str = "the solve",
-               reserved: dict[str, int] | None = None, n_centres: int | None = None) -> SolvePlan:
+               reserved: dict[str, int] | None = None, n_centres: int | None = None,
+               n_local: int | None = None) -> SolvePlan:
     """Choose the solver for an n-row system with d (transformed) features and c right-hand sides; say why.
 
     ``reserved``: what the caller holds beside the solve (named byte counts: its data, the AGOP, ...); it is part of
     the plan, and the Nystrom system is shrunk (halving centres and rank) until everything plus a minimal tile fits.
     Raises a ``ValueError`` that says what fits when nothing does (the direct solver: the largest n; otherwise the
     number of samples the iterative solver could take). ``n_centres``: the m-centre model's centres (default
-    :func:`~kernels.solvers.centres.default_centre_count`).
+    :func:`~kernels.solvers.centres.default_centre_count`). ``n_local``: with the rows sharded over several
+    processes, the most rows one process holds: the m-centre model is planned for them (each process holds its
+    rows of K_nm); the solver is still chosen for the global n, and the exact solvers hold all n points (gathered).
     """
     if requested not in SOLVERS:
         raise ValueError(f"requested must be one of {SOLVERS}, got {requested!r}")
@@ -169,7 +172,8 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
             return SolvePlan("direct", f"the n x n matrix ({size}) fits the budget and reg={reg:g} < "
                                        f"{AUTO_CG_MIN_REG:g} (CG converges slowly as reg -> 0)", False, 0, 0, direct)
     if requested == "nystrom":
-        return _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, "forced by solver='nystrom'")
+        return _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, "forced by solver='nystrom'",
+                             n_local)
     s, q = _default_nystrom(n, device)
     iterative = _ledger(budget, reserved, _solve_items("cg", n, d, c, itemsize, s, q))
     while not iterative.fits(MIN_WORK_BYTES) and s > _MIN_CENTRES:
@@ -198,7 +202,8 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
         try:
             return _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres,
                                  f"the {n} x {n} kernel matrix ({size}) does not fit the budget, and an exact solve "
-                                 f"would recompute all n^2 kernel entries at every CG step: the m-centre model")
+                                 f"would recompute all n^2 kernel entries at every CG step: the m-centre model",
+                                 n_local)
         except ValueError:  # its m x m factors do not fit either: the exact solve on blocked products
             reason += "; the m-centre model's factors do not fit the budget either"
     if store:
@@ -211,10 +216,11 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
     return SolvePlan(solver, reason, store, s, q, iterative)
 
 
-def _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, reason) -> SolvePlan:
-    """The m-centre model's plan: its centres, whether the n x m block is stored, what it holds."""
+def _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, reason, n_local=None) -> SolvePlan:
+    """The m-centre model's plan: its centres, whether the (local) n x m block is stored, what it holds."""
     m = min(n, default_centre_count(n) if n_centres is None else int(n_centres))
-    held = _ledger(budget, reserved, _solve_items("nystrom", n, d, c, itemsize, m))
+    rows = n if n_local is None else int(n_local)  # the rows this process holds
+    held = _ledger(budget, reserved, _solve_items("nystrom", rows, d, c, itemsize, m))
     if not held.fits(MIN_WORK_BYTES):
         raise ValueError(
             f"{owner} cannot fit the m-centre model with {m} centres for {n} training samples under "
@@ -222,7 +228,7 @@ def _plan_centres(n, d, c, itemsize, budget, reserved, owner, n_centres, reason)
             f"{held.describe(3)}). Pass fewer n_centres or a larger memory_budget."
         )
     reason = f"{reason} ({m} centres{' = n: exact' if m == n else ', an approximation of the exact solve'})"
-    stored = _ledger(budget, reserved, _solve_items("nystrom", n, d, c, itemsize, m, store=True))
+    stored = _ledger(budget, reserved, _solve_items("nystrom", rows, d, c, itemsize, m, store=True))
     if stored.fits(MIN_WORK_BYTES):
         return SolvePlan("nystrom", reason + "; the n x m kernel block fits the budget and is stored", True, m, 0,
                          stored)

@@ -317,3 +317,19 @@ def test_a_closed_pipe_is_not_a_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_building_the_parser_constructs_no_model(monkeypatch, capsys):
+    # `drfm --help` and every subcommand's parser are built without constructing an estimator; `fit --help` lists
+    # the parameters only when shown
+    from drfm.cli import build_parser
+    from drfm.rfm import _BaseRFM
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was constructed while building the parser")
+
+    monkeypatch.setattr(_BaseRFM, "__init__", refuse)
+    build_parser()
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "usage: drfm predict" in capsys.readouterr().out

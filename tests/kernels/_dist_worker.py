@@ -108,7 +108,7 @@ def main(world, rank, port, mode, out):
     from kernels import Points
     from kernels.distributed import Comm, ShardedKernel, distributed_agop
     from kernels.family import Kernel
-    from kernels.solvers import NystromEigensystem, NystromPreconditioner, solve_cg
+    from kernels.solvers import NystromEigensystem, NystromPreconditioner, solve_centres, solve_cg
 
     X, R, alpha, Y = problem()
     sizes = shard_sizes(X.shape[0], world)
@@ -127,6 +127,13 @@ def main(world, rank, port, mode, out):
                agop=distributed_agop(X[rows], op.all, alpha, comm, kernel=kern, sqrt_m=R),
                # a low-rank (d, 2) factor: the ranks sum the 2 x 2 AGOP of its coordinates
                agop_low=distributed_agop(X[rows], Points.of(X, R[:, :2]), alpha, comm, kernel=kern, sqrt_m=R[:, :2]),
+               # centering (the gradient sums reduced too) and the diagonal AGOP
+               agop_centred=distributed_agop(X[rows], op.all, alpha, comm, kernel=kern, sqrt_m=R, centering=True),
+               agop_diag=distributed_agop(X[rows], X, alpha, comm, kernel=kern, sqrt_m=torch.diagonal(R).sqrt(),
+                                          diag=True, centering=True),
+               # the m-centre model sharded by rows: the same 30 centres on every rank, one m x c all-reduce per step
+               centres_fit=solve_centres(Points.of(X[rows], R), Points.of(X[::4][:30], R), Y[rows], kernel=kern,
+                                         reg=1e-2, rtol=1e-12, max_iter=500, comm=comm).x,
                bytes=comm.bytes_communicated)
     torch.save(res, out)
     dist.destroy_process_group()

@@ -1,4 +1,7 @@
-"""Neural-collapse metrics (pure functions) and the layer-by-layer :class:`CollapseReport`.
+"""Neural-collapse metrics: pure functions of (features, labels[, classifier, predictions]) -> float or dict.
+
+They import nothing above them (no reports, networks or estimators): :mod:`drfm.collapse.report` collects them into
+:class:`~drfm.collapse.report.CollapseReport` rows, :mod:`drfm.collapse.stream` accumulates them over batches.
 
 Conventions (features H: (N, p), labels: (N,) of K classes; everything in float64):
 
@@ -15,9 +18,7 @@ ETF), :func:`nc2_equinorm`, :func:`nc2_equiangularity`, :func:`nc3` (self-dualit
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,19 +45,15 @@ __all__ = [
     "nc2_uniformity",
     "uniformity_energy",
     "UNIFORMITY_KERNELS",
-    "CollapseAccumulator",
     "layer_cka",
     "within_share",
     "between_share",
     "feature_matrix_sparsity",
-    "sparsity_report",
     "effective_features",
     "mf_share",
     "MF_VARIANCE_SHARE",
     "LAYER_METRICS",
     "METRICS",
-    "CollapseReport",
-    "collapse_report",
 ]
 
 
@@ -379,27 +376,6 @@ def feature_matrix_sparsity(M) -> dict:
     return {"effective_rank": float(er), "input_share": used / len(dg), "inputs_used": used, "d": len(dg)}
 
 
-def sparsity_report(model, *, model_name: str, report: CollapseReport | None = None) -> CollapseReport:
-    """Rows (stage ``"weights"``, metrics ``m_effective_rank`` and ``m_input_share``) of every layer's feature matrix:
-    a Deep RFM's ``M_l``, or ``W^T W`` of a trained network's hidden layers (:func:`feature_matrix_sparsity`)."""
-    report = report if report is not None else CollapseReport(meta={"model": model_name})
-    if hasattr(model, "layers_"):
-        mats = [layer.M for layer in model.layers_]
-    else:
-        from .nets import layer_blocks
-
-        net = getattr(model, "network_", model)
-        mats = [b.linear.weight.detach().double().cpu().numpy() for b in layer_blocks(net) if b.has_activation]
-        mats = [W.T @ W for W in mats]
-    for layer, M in enumerate(mats):
-        sp = feature_matrix_sparsity(M)
-        report.add(model=model_name, layer=layer, stage="weights", metric="m_effective_rank",
-                   value=sp["effective_rank"], n_samples=0)
-        report.add(model=model_name, layer=layer, stage="weights", metric="m_input_share", value=sp["input_share"],
-                   n_samples=0)
-    return report
-
-
 # ---- the kernel picture of collapse: the spectrum of a layer's centred features --------------------------------------
 #: the minimal-feature (MF) verdict: the top K - 1 eigenvalues of the centred feature covariance (K classes; centred
 #: class means span K - 1 directions) carry at least this share of the variance; otherwise extended-feature (EF)
@@ -554,297 +530,3 @@ def _layer_metric(name, feats, y, predictions):
 LAYER_METRICS = ("nc3", "nc3_uniform", "nc4", "linear_cka")
 
 
-#: stage order in tables: Deep RFM / MLP layer stages, the final predictor, and the weight-level rows (NFA)
-STAGES = ("input", "linear", "nonlinear", "final", "weights")
-
-
-@dataclass
-class CollapseReport:
-    """Rows of (model, layer, stage, metric, value, n_samples, ...) with renderers.
-
-    Reports from different models (Deep RFM, trained MLPs) concatenate with ``+`` and plot together.
-    """
-
-    rows: list[dict] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-
-    def add(self, *, model, layer, stage, metric, value, n_samples, **extra):
-        self.rows.append({"model": model, "layer": int(layer), "stage": stage, "metric": metric,
-                          "value": float(value), "n_samples": int(n_samples), **extra})
-
-    def __add__(self, other: "CollapseReport") -> "CollapseReport":
-        meta = {**self.meta, **other.meta}
-        if "spectra" in self.meta and "spectra" in other.meta:  # per model: both models' spectra are kept
-            meta["spectra"] = {**self.meta["spectra"], **other.meta["spectra"]}
-        return CollapseReport(self.rows + other.rows, meta)
-
-    def values(self, metric, *, model=None, stage=None):
-        return [r for r in self.rows if r["metric"] == metric and (model is None or r["model"] == model)
-                and (stage is None or r["stage"] == stage)]
-
-    def linear_share(self, metric: str = "nc1", *, model=None) -> list[dict]:
-        """Per layer: the log10 reduction of ``metric`` in the linear stage (input -> linear) and in the nonlinear
-        stage (linear -> nonlinear), and the linear stage's share of the total reduction (None when the layer does
-        not reduce the metric by more than ``MIN_NET_LOG10`` decades overall: a share of a tiny net change is
-        meaningless). Layers with a missing, zero or infinite stage value are left out."""
-        out = []
-        models = sorted({r["model"] for r in self.rows}) if model is None else [model]
-        for mdl in models:
-            by = {(r["layer"], r["stage"]): r["value"] for r in self.values(metric, model=mdl) if "epoch" not in r}
-            for layer in sorted({k[0] for k in by}):
-                a, b, c = (by.get((layer, s)) for s in ("input", "linear", "nonlinear"))
-                if None in (a, b, c) or min(a, b, c) <= 0 or not all(map(math.isfinite, (a, b, c))):
-                    continue  # a stage missing, zero or infinite (a dead layer): no log change to share
-                lin, nonlin = math.log10(a / b), math.log10(b / c)
-                total = lin + nonlin
-                out.append({"model": mdl, "layer": layer, "metric": metric, "linear_log10_reduction": lin,
-                            "nonlinear_log10_reduction": nonlin,
-                            "linear_share": lin / total if total > MIN_NET_LOG10 else None})
-        return out
-
-    def to_dict(self) -> dict:
-        return {"rows": self.rows, "linear_share": self.linear_share(), "meta": self.meta}
-
-    @classmethod
-    def from_json(cls, path) -> "CollapseReport":
-        """A report written by :meth:`to_json` (null values read back as NaN)."""
-        with open(path) as fh:
-            d = json.load(fh)
-        rows = [{**r, "value": math.nan if r["value"] is None else r["value"]} for r in d["rows"]]
-        return cls(rows, d.get("meta", {}))
-
-    def to_json(self, path=None, **kw) -> str:
-        """Standard JSON (non-finite values, e.g. NC1 of a dead layer, are written as null)."""
-        text = json.dumps(_finite_or_none(self.to_dict()), allow_nan=False, **kw)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
-        return text
-
-    def to_frame(self):
-        """A pandas DataFrame of the rows (pandas is an optional dependency)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("CollapseReport.to_frame needs pandas: pip install pandas") from exc
-        return pd.DataFrame(self.rows)
-
-    def to_markdown(self, metrics=None) -> str:
-        """A table with one row per (model, layer) and one column per (metric, stage)."""
-        order = [*METRICS, *LAYER_METRICS]
-        metrics = metrics or sorted({r["metric"] for r in self.rows}, key=lambda m: (order.index(m)
-                                    if m in order else 99, m))
-        stages = [s for s in STAGES if any(r["stage"] == s for r in self.rows)]
-        cols = [(m, s) for m in metrics for s in stages if any(r["metric"] == m and r["stage"] == s for r in self.rows)]
-        index = {}
-        for r in self.rows:
-            if "epoch" in r:
-                continue
-            index.setdefault((r["model"], r["layer"]), {})[(r["metric"], r["stage"])] = r["value"]
-        head = "| model | layer | " + " | ".join(f"{m} ({s})" for m, s in cols) + " |"
-        sep = "|---|---|" + "---|" * len(cols)
-        lines = [head, sep]
-        for (mdl, layer), vals in sorted(index.items()):
-            cells = [f"{vals[c]:.4g}" if c in vals else "" for c in cols]
-            lines.append(f"| {mdl} | {layer} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def summary(self, metric: str = "nc1") -> str:
-        """One paragraph: how much ``metric`` fell across depth and which stage carried the reduction."""
-        parts = []
-        for mdl in sorted({r["model"] for r in self.rows}):
-            rows = [r for r in self.values(metric, model=mdl) if "epoch" not in r]
-            if not rows:
-                continue
-            first = min(rows, key=lambda r: (r["layer"], STAGES.index(r["stage"])))
-            last = max(rows, key=lambda r: (r["layer"], STAGES.index(r["stage"])))
-            shares = self.linear_share(metric, model=mdl)
-            lin = sum(s["linear_log10_reduction"] for s in shares)
-            non = sum(s["nonlinear_log10_reduction"] for s in shares)
-            total = lin + non
-            if total <= MIN_NET_LOG10:
-                verdict = f"there was no net collapse ({metric} did not fall)"
-            elif lin > 0 and non <= 0:
-                verdict = "all of the net collapse happened in the linear stages (the nonlinear stages undid part of it)"
-            elif lin <= 0:
-                verdict = "all of the net collapse happened in the nonlinear stages (the linear stages undid part of it)"
-            else:
-                verdict = f"the linear stages carried {100 * lin / total:.0f}% of the net collapse"
-            left_out = sorted({r["layer"] for r in rows} - {s["layer"] for s in shares})
-            if left_out:
-                verdict += (f"; layer(s) {', '.join(map(str, left_out))} left out of the sums (a stage missing or "
-                            "with a zero or infinite value, e.g. a dead layer)")
-            parts.append(
-                f"{mdl}: {metric} went from {first['value']:.3g} (layer {first['layer']} {first['stage']}) to "
-                f"{last['value']:.3g} (layer {last['layer']} {last['stage']}). Summed over layers, the linear stages "
-                f"(the learned linear maps) changed log10 {metric} by {-lin:+.2f} and the nonlinear stages by "
-                f"{-non:+.2f}: {verdict}."
-            )
-        return " ".join(parts)
-
-    def plot(self, path, metrics=None, *, x: str = "layer", stages=None, log: bool | None = None):
-        """Each metric against depth, one line per (model, stage); or with ``x='epoch'`` against training epochs, one
-        line per (model, layer, stage). ``stages`` restricts the stages drawn; log scale unless the metric can be
-        negative or is a correlation (``nfa_*``). Saved to ``path``."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("CollapseReport.plot needs matplotlib: pip install 'drfm[plot]'") from exc
-        if x not in ("layer", "epoch"):
-            raise ValueError(f"x must be 'layer' or 'epoch', got {x!r}")
-        rows = [r for r in self.rows if x in r and (x == "epoch" or "epoch" not in r)
-                and (stages is None or r["stage"] in stages)]
-        if not rows:
-            raise ValueError(f"the report has no rows to plot against {x!r}"
-                             + (" (per-epoch rows come from TorchMLPClassifier(measure_every=...))" if x == "epoch" else ""))
-        # panels in the order asked for; by default in the order the metrics were measured
-        metrics = list(metrics) if metrics else list(dict.fromkeys(r["metric"] for r in rows))
-        fig = self._figure(plt, rows, metrics, x, log)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        return path
-
-    def plot_spectra(self, path, *, stage: str = "nonlinear", top: int | None = None):
-        """The kernel picture per layer: the eigenvalues of each layer's centred feature covariance at ``stage``
-        (divided by the largest; log scale), one panel per model, one line per layer. Needs a report made with
-        ``spectra=`` (``collapse_report``, ``drfm collapse --spectra``). Saved to ``path``."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        spectra = self.meta.get("spectra")
-        if not spectra:
-            raise ValueError("the report holds no spectra: make it with collapse_report(..., spectra=K)")
-        models = [m for m in spectra if stage in spectra[m]]
-        if not models:
-            raise ValueError(f"no spectra at stage {stage!r}; stages: {sorted({s for m in spectra.values() for s in m})}")
-        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            layers = spectra[model][stage]
-            cmap = plt.get_cmap("viridis")
-            for i, (layer, eig) in enumerate(sorted(layers.items(), key=lambda kv: int(kv[0]))):
-                lam = np.asarray(eig, dtype=np.float64)[:top]
-                lam = lam[lam > 0]
-                if len(lam):
-                    ax.plot(np.arange(1, len(lam) + 1), lam / lam[0], color=cmap(i / max(len(layers) - 1, 1)),
-                            label=f"layer {layer}")
-            K = self.meta.get("n_classes")
-            if K:
-                ax.axvline(K - 1, color="grey", ls=":", lw=1)
-            ax.set_yscale("log")
-            ax.set_xscale("log")
-            ax.set_xlabel("eigenvalue index")
-            ax.set_ylabel("eigenvalue / largest (log scale)")
-            ax.set_title(f"{model}: {stage} features")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        return path
-
-    @staticmethod
-    def _figure(plt, rows, metrics, x, log):
-        """One panel per metric (y label: the metric and its scale) and one legend for all panels, below them."""
-        from matplotlib.ticker import MaxNLocator
-
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-        handles = {}
-        for ax, metric in zip(axes[0], metrics):
-            groups = {}
-            for r in rows:
-                if r["metric"] == metric:
-                    key = (r["model"], r["stage"]) if x == "layer" else (r["model"], r["layer"], r["stage"])
-                    groups.setdefault(key, []).append((r[x], r["value"]))
-            # correlations (nfa_*) read best on a linear axis; collapse metrics span decades
-            use_log = log if log is not None else (not metric.startswith("nfa")
-                                                   and all(v > 0 for pts in groups.values() for _, v in pts))
-            for key, pts in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-                pts.sort()
-                label = " ".join(str(k) if i != 1 or x == "layer" else f"L{k}" for i, k in enumerate(key))
-                (line,) = ax.plot([p[0] for p in pts], [max(p[1], 1e-300) if use_log else p[1] for p in pts],
-                                  marker="o", ms=3, label=label)
-                handles.setdefault(label, line)
-            if use_log:
-                ax.set_yscale("log")
-            ax.set_xlabel(x)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and epochs are whole numbers
-            ax.set_ylabel(metric + (" (log scale)" if use_log else ""))
-            ax.set_title(metric)
-            ax.grid(alpha=0.3)
-        ncol = max(1, min(len(handles), 4 * len(metrics)))
-        fig.tight_layout()
-        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
-                   fontsize=7, frameon=False)
-        return fig
-
-
-def _finite_or_none(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-def check_metrics(metrics) -> None:
-    """``ValueError`` naming any metric that is not in :data:`METRICS` or :data:`LAYER_METRICS`."""
-    unknown = [m for m in metrics if m not in METRICS and m not in LAYER_METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join([*METRICS, *LAYER_METRICS])}")
-
-
-def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
-                 report: CollapseReport | None = None, predictions=None, spectra: int | None = None) -> CollapseReport:
-    """Report rows from per-layer stage features (``{stage: (n, p) array}``, one dict per layer: a list, or a generator
-    that yields one layer at a time) and
-    labels; rows are appended to ``report`` when given, and carry ``epoch`` when given. ``nc3`` is measured against
-    each layer's least-squares readout, ``nc4`` against ``predictions`` (the model's; else that readout's) and
-    ``linear_cka`` against the one-hot labels. ``spectra=k`` keeps the top k eigenvalues of every layer and stage's
-    feature covariance in ``meta["spectra"][model][stage][layer]`` (:meth:`CollapseReport.plot_spectra`)."""
-    check_metrics(metrics)
-    y = np.asarray(y)
-    new = report is None
-    if new:
-        report = CollapseReport(meta={"model": model_name, "depth": 0, "n_samples": len(y)})
-    extra = {} if epoch is None else {"epoch": int(epoch)}
-    for layer, stages in enumerate(features):  # a list, or a generator yielding one layer at a time
-        if new:
-            report.meta["depth"] = layer + 1
-        for stage, feats in stages.items():
-            spectrum = None  # one eigendecomposition for every spectrum metric of this stage
-            if spectra:
-                spectrum = feature_spectrum(feats, y)
-                store = report.meta.setdefault("spectra", {}).setdefault(model_name, {}).setdefault(stage, {})
-                store[layer] = [float(v) for v in spectrum["eigenvalues"][: int(spectra)]]
-                report.meta["n_classes"] = spectrum["n_classes"]
-            for m in metrics:
-                if m in _FROM_SPECTRUM:
-                    spectrum = spectrum or feature_spectrum(feats, y)
-                    value = _FROM_SPECTRUM[m](spectrum)
-                else:
-                    value = METRICS[m](feats, y) if m in METRICS else _layer_metric(m, feats, y, predictions)
-                report.add(model=model_name, layer=layer, stage=stage, metric=m, value=value, n_samples=len(y),
-                           **extra)
-    return report
-
-
-def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm",
-                    spectra: int | None = None) -> CollapseReport:
-    """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
-    on (X, y), per layer and stage (input / linear / nonlinear); ``spectra=k`` also keeps each layer's top k feature
-    eigenvalues for :meth:`CollapseReport.plot_spectra`."""
-    check_metrics(metrics)  # before the (possibly long) feature pass
-    predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None
-    layers = model.iter_layer_features(X) if hasattr(model, "iter_layer_features") else model.layer_features(X)
-    return stage_report(layers, y, metrics=metrics, model_name=model_name, predictions=predictions,
-                        spectra=spectra)
-
-
-from .collapse_stream import CollapseAccumulator  # noqa: E402  (re-exported; it uses the formulas above)

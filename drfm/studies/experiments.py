@@ -7,13 +7,15 @@ import time
 
 import numpy as np
 
-from ._backend import make_generator
-from ._params import plain_params
-from .collapse import CollapseReport, collapse_report, linear_cka, sparsity_report
-from .mlp import TorchMLPClassifier
-from .nets import mlp_collapse_report, nfa_report
+from .._backend import make_generator
+from .._params import plain_params
+from ..collapse import CollapseReport, collapse_report, linear_cka
+from ..networks.analysis import sparsity_report
+from ..mlp import TorchMLPClassifier
+from ..networks.analysis import mlp_collapse_report, nfa_report
 
-__all__ = ["collapse_study", "compare", "comparison_table", "demo", "effective_rank"]
+__all__ = ["FEATURE_LEARNING_TARGETS", "collapse_study", "compare", "comparison_table", "demo", "effective_rank",
+           "feature_learning_study", "plot_feature_learning"]
 
 
 def effective_rank(eigvals) -> float:
@@ -27,9 +29,9 @@ def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.
                    spectra: int | None = None) -> CollapseReport:
     """Fit a Deep RFM on a named dataset and report its collapse metrics per layer and stage (test accuracy and fit
     time in ``meta``)."""
-    from .datasets import load
-    from .deep import DeepRFMClassifier
-    from .rfm import RFMRegressor
+    from ..data.datasets import load
+    from ..deep import DeepRFMClassifier
+    from ..rfm import RFMRegressor
 
     data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
     if data.task != "classification":
@@ -57,8 +59,8 @@ def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.
 def demo(*, iters=5, depth=8, device="auto", seed=0, verbose=False) -> dict:
     """An RFM classifier on scikit-learn's digits (accuracy, fit time, the learned AGOP's spectrum) and a Deep RFM
     collapse study on the same data."""
-    from .datasets import load
-    from .rfm import RFMClassifier
+    from ..data.datasets import load
+    from ..rfm import RFMClassifier
 
     data = load("digits", random_state=seed)
     model = RFMClassifier(iters=iters, device=device, random_state=seed, verbose=verbose)
@@ -90,7 +92,7 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
     """Train an MLP with ``depth`` hidden layers and a Deep RFM of depth ``depth`` on the same data; one report with
     both models' per-layer, per-stage collapse rows, the MLP's NFA rows (trained and at initialisation), the MLP's
     per-epoch rows (``measure_every``), and test accuracy / seconds in ``meta``."""
-    from .deep import DeepRFMClassifier
+    from ..deep import DeepRFMClassifier
 
     # mlp_params may set the MLP's own depth (the seed paper compares Deep RFM depth 20 with a 5-layer MLP)
     mlp = TorchMLPClassifier(**{"depth": depth, "random_state": random_state, "verbose": verbose,
@@ -195,8 +197,8 @@ def feature_learning_study(*, sizes=(250, 500, 1000, 2000, 4000), d: int = 20, i
     learning (``iters=0``) on points of the unit sphere in R^d, for a target smooth in every direction and a low-rank
     target; per (target, n, seed, model): the test error relative to the target's variance
     (``mean (f - y)^2 / var y``), and for RFM the effective rank of the learned M."""
-    from .collapse import feature_matrix_sparsity
-    from .rfm import RFMRegressor
+    from ..collapse import feature_matrix_sparsity
+    from ..rfm import RFMRegressor
 
     for t in targets:
         if t not in FEATURE_LEARNING_TARGETS:

@@ -1,0 +1,94 @@
+"""The ``drfm`` command line: a thin shell over the public API.
+
+    drfm demo                 RFM on scikit-learn's bundled digits (accuracy, time, AGOP spectrum) and a small Deep RFM
+                              neural-collapse study (table per layer and stage)
+    drfm fit                  fit an RFM / Deep RFM / MLP on a dataset or .npy/.csv files; scores; --save model file
+    drfm predict MODEL INPUT  predictions of a saved model on a .npy/.csv file (to a file or stdout)
+    drfm collapse             Deep RFM layerwise collapse report on a dataset (table, JSON, plot)
+    drfm compare              train an MLP and a Deep RFM of equal depth: per-layer collapse by stage, NFA, accuracy
+    drfm datasets             list the datasets available offline
+    drfm bench SUITE          run a benchmark suite from benchmarks/ (each case in its own process), JSON lines out
+    drfm bench --compare A B  ratios new/old between two results files
+
+Exit codes: 0 success, 2 bad arguments or files (one-line reason on stderr, no traceback; set DRFM_DEBUG=1 for the
+traceback), 1 unexpected failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import bench, collapse, compare, datasets, demo, feature_learning, fit, predict, reproduce
+from ._common import UsageError
+
+__all__ = ["main", "UsageError"]
+
+#: the subcommands, in the order ``drfm --help`` lists them (one module each)
+SUBCOMMANDS = (demo, collapse, fit, predict, compare, reproduce, feature_learning, datasets, bench)
+
+
+class _Version(argparse.Action):
+    """``--version``: torch is imported only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torch
+
+        from drfm import __version__
+
+        print(f"drfm {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="drfm",
+        description="Deep Recursive Feature Machines: AGOP feature learning with Laplace kernel machines.\n"
+                    + __doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action=_Version, help="show drfm's, torch's and python's versions and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, **kw):
+        # the one-line help is also the description `drfm NAME --help` shows
+        kw.setdefault("description", kw.get("help"))
+        return sub.add_parser(name, **kw)
+
+    for command in SUBCOMMANDS:
+        command.register(add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        res = args.func(args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        if os.environ.get("DRFM_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"drfm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    if isinstance(res, dict) and res.get("rank", 0) != 0:
+        return 0  # under torchrun only rank 0 reports (every rank holds the same model)
+    text = json.dumps(res, indent=None if isinstance(res, list) else 2, default=str) if args.json else args.show(res)
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``drfm ... | head``): not an error of ours; silence the flush at exit too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

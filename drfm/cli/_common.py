@@ -1,0 +1,71 @@
+"""What the subcommands share: the user-error type, the model families, ``--param`` parsing, common arguments."""
+from __future__ import annotations
+
+__all__ = ["MODELS", "UsageError", "common", "data_home_arg", "deep_rfm_args", "metrics_arg", "model_class",
+           "parse_params"]
+
+
+class UsageError(Exception):
+    """A user error: reported as one line on stderr with exit code 2."""
+
+
+MODELS = {
+    # name: (classifier class path, regressor class path or None)
+    "rfm": ("drfm.rfm:RFMClassifier", "drfm.rfm:RFMRegressor"),
+    "deep-rfm": ("drfm.deep:DeepRFMClassifier", "drfm.deep:DeepRFMRegressor"),
+    "mlp": ("drfm.mlp:TorchMLPClassifier", None),
+}
+
+
+
+def parse_params(items: list[str]) -> dict:
+    import ast
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value  # a plain string such as solver=cg
+    return out
+
+
+def model_class(name: str, task: str):
+    import importlib
+
+    cls_path = MODELS[name][0 if task == "classification" else 1]
+    if cls_path is None:
+        raise UsageError(f"model {name!r} supports classification only")
+    module, cls = cls_path.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def common(sp, device="auto", device_help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'"):
+    sp.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    sp.add_argument("--verbose", "-v", action="store_true", help="show progress bars")
+    if device:
+        sp.add_argument("--device", default=device, help=device_help)
+
+def metrics_arg(sp):
+    sp.add_argument("--metrics", nargs="+", default=["nc1", "nc2"],
+                    help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv nc1_sphere nc2_sphere "
+                         "(on features normalised to the unit sphere) label_alignment effective_features "
+                         "mf_share (the kernel picture: participation ratio, variance share of the top K-1 "
+                         "eigenvalues), and per layer nc3 (against the layer's least-squares readout), nc4 "
+                         "(against the model's predictions), linear_cka (against the one-hot labels) "
+                         "(default nc1 nc2); also nc2_uniformity, within_share, between_share, nc3_uniform")
+
+def data_home_arg(sp):
+    sp.add_argument("--data-home", default=None,
+                    help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files (default: $DRFM_DATA, "
+                         "~/.cache/drfm)")
+
+def deep_rfm_args(sp):
+    sp.add_argument("--feature-map", default="cosine", choices=["cosine", "relu", "none"],
+                    help="Deep RFM random feature map after each layer's M^{1/2} (default cosine)")
+    sp.add_argument("--sigma", type=float, default=0.05, help="Cauchy scale of the cosine map (default 0.05)")
+    sp.add_argument("--bandwidth", type=float, default=2.0, help="Laplace bandwidth per layer (default 2)")
+

@@ -1,0 +1,293 @@
+"""``drfm reproduce``: the seed paper's experiment, resumable per seed and part, aggregated over seeds.
+
+Per seed, on the same ``n_train`` training digits, these parts, each written to ``OUT/seed-S/PART.json`` as soon as
+it finishes (a stopped run loses at most the part it was in), run part by part over the seeds in this order (every
+seed's ``compare`` first, so the paper's comparison has all its seeds before the rest starts; then the quick
+baseline):
+
+- ``compare``: a Deep RFM (``depth`` layers, random features ``feature_maps[0]``, cosine with sigma 0.05 by default)
+  and the paper's MLP (:meth:`TorchMLPClassifier.paper`: ``mlp_depth`` = 5 hidden layers of 512 units, ``epochs``
+  epochs, snapshots every ``measure_every``), :func:`drfm.studies.compare`;
+- ``laplace_krr``: plain Laplace kernel ridge (no feature learning, bandwidth 'auto') on the raw digits, the baseline
+  for Deep RFM's test accuracy;
+- ``deep_rfm_<map>`` for every further feature map (default ``relu``, the paper's job scripts): the same Deep RFM with
+  that map, its collapse rows and test accuracy.
+
+Every layer's kernel machine learns its M on ``layer_sample_size`` random rows (``iter_sample_size`` of the layer
+template; the AGOP averages over ``agop_sample_size`` rows); the features, the collapse metrics and the final machine
+use all ``n_train`` rows. When every part of a seed is done they are merged into ``OUT/seed-S.json``. The summary
+(``OUT/summary.json``; seeds with only some parts done count for the models those parts hold): per model, layer and
+stage the mean and standard deviation over seeds of every metric, and test accuracy (mean +- std) per model; report.md
+the same as tables; figures: NC1 and NC2 against depth for every model (log scale, error bars over seeds) and the
+MLP's metrics against epochs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..collapse import CollapseReport
+
+__all__ = ["reproduce", "summarise"]
+
+logger = logging.getLogger("drfm")
+
+
+#: what the MLP's snapshots measure beside the study's metrics (the paper's training panels)
+PANEL_METRICS = ("within_share", "between_share")
+
+
+def _seed_file(out: Path, seed: int) -> Path:
+    return out / f"seed-{seed}.json"
+
+
+def _peak_rss_gib() -> float:
+    """The process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _write_atomic(report: CollapseReport, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    report.to_json(tmp)
+    tmp.replace(path)  # a part counts as done only once its file is complete
+
+
+def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth: int = 5,
+              n_train: int | None = 50000, epochs: int = 250, measure_every: int = 25,
+              feature_maps=("cosine", "relu"), sigma: float = 0.05, layer_sample_size: int | None = 20000,
+              agop_sample_size: int = 20000, baseline: bool = True, mlp_backbone: str | None = None,
+              metrics=("nc1", "nc2"), data_home=None, device="auto", verbose=False) -> dict:
+    """Run (or continue) the study into the folder ``out``; returns :func:`summarise`'s result. ``mlp_backbone``
+    ('resnet18' / 'vgg11'): the MLP gets that convolutional feature extractor in front (image sets only)."""
+    from ..data.datasets import IMAGE_SHAPES, load
+    from ..rfm import RFMRegressor
+
+    mlp_extra = {}
+    if mlp_backbone is not None:  # checked before hours of work: the set's image shape, torchvision importable
+        from ..networks.backbones import _torchvision_models
+
+        if dataset not in IMAGE_SHAPES:
+            raise ValueError(f"mlp_backbone needs an image set ({', '.join(IMAGE_SHAPES)}), got {dataset!r}")
+        _torchvision_models("TorchMLPClassifier", mlp_backbone)
+        mlp_extra = {"backbone": mlp_backbone, "image_shape": IMAGE_SHAPES[dataset]}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=layer_sample_size,
+                         agop_sample_size=agop_sample_size)
+    parts = {"compare": None, **({"laplace_krr": None} if baseline else {}),
+             **{f"deep_rfm_{fm}": fm for fm in feature_maps[1:]}}
+    todo = [seed for seed in seeds if not _seed_file(out, seed).exists()]
+    # part by part over the seeds: the paper's comparison gets all its seeds before the extra variants start
+    for part, fm in parts.items():
+        for seed in todo:
+            folder = out / f"seed-{seed}"
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{part}.json"
+            if path.exists():
+                continue
+            data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
+            t0 = time.perf_counter()
+            report = _run_part(part, fm, data, seed=seed, depth=depth, mlp_depth=mlp_depth, epochs=epochs,
+                               measure_every=measure_every, feature_map=feature_maps[0], sigma=sigma, layer=layer,
+                               metrics=metrics, device=device, verbose=verbose, mlp_extra=mlp_extra)
+            report.meta.setdefault("resources", {})[part] = {"seconds": time.perf_counter() - t0,
+                                                             "peak_rss_gib_so_far": _peak_rss_gib()}
+            _write_atomic(report, path)
+            logger.info("reproduce: seed %d part %s done in %.0f s", seed, part, time.perf_counter() - t0)
+    for seed in todo:  # a seed whose parts are all done becomes one file
+        _write_atomic(_merge_parts(out / f"seed-{seed}", list(parts), seed), _seed_file(out, seed))
+    return summarise(out, plot=True)
+
+
+def _merge_parts(folder: Path, parts, seed: int) -> CollapseReport:
+    """One report from a seed's part files (those present): rows concatenated, meta merged, resources per part."""
+    merged = CollapseReport(meta={})
+    resources = {}
+    for part in parts:
+        path = folder / f"{part}.json"
+        if path.exists():
+            rep = CollapseReport.from_json(path)
+            resources.update(rep.meta.pop("resources", {}))
+            merged = merged + rep
+    merged.meta["resources"] = resources
+    merged.meta["seed"] = seed
+    return merged
+
+
+def _run_part(part, fm, data, *, seed, depth, mlp_depth, epochs, measure_every, feature_map, sigma, layer, metrics,
+              device, verbose, mlp_extra=None) -> CollapseReport:
+    from ..collapse import collapse_report
+    from ..networks.analysis import sparsity_report
+    from ..deep import DeepRFMClassifier
+    from ..rfm import RFMClassifier
+    from .._params import plain_params
+    from .experiments import compare
+
+    if part == "compare":
+        return compare(data.X_train, data.y_train, data.X_test, data.y_test, depth=depth, metrics=metrics,
+                       measure_every=measure_every, random_state=seed, verbose=verbose,
+                       mlp_params={"depth": mlp_depth, "epochs": epochs, "device": device,
+                                   "readout_init": "pytorch", "reset_adam": True, "standardize": True,
+                                   # the training panels: the shares of the within / between-class variance
+                                   "measure_metrics": tuple(dict.fromkeys((*metrics, *PANEL_METRICS))),
+                                   **(mlp_extra or {})},
+                       deep_params={"feature_map": feature_map, "sigma": sigma, "device": device, "layer": layer})
+    t0 = time.perf_counter()
+    if part == "laplace_krr":
+        model = RFMClassifier(bandwidth="auto", iters=0, device=device, random_state=seed, verbose=verbose)
+        model.fit(data.X_train, data.y_train)
+        report = CollapseReport(meta={})
+    else:
+        model = DeepRFMClassifier(depth, feature_map=fm, sigma=sigma, layer=layer, device=device, random_state=seed,
+                                  verbose=verbose).fit(data.X_train, data.y_train)
+        report = collapse_report(model, data.X_train, data.y_train, metrics=metrics, model_name=part)
+        report = sparsity_report(model, model_name=part, report=report)
+    fit_s = time.perf_counter() - t0
+    report.meta = {part: {"test_accuracy": float(model.score(data.X_test, data.y_test)), "fit_seconds": fit_s,
+                          "params": plain_params(model, drop=("verbose",))}}
+    return report
+
+
+def summarise(out, *, plot: bool = True) -> dict:
+    """Mean and standard deviation over the seed files in ``out`` (see the module text); writes summary.json,
+    report.md (the tables) and, with ``plot``, depth.png and epochs.png."""
+    out = Path(out)
+    done = {f.stem: CollapseReport.from_json(f) for f in out.glob("seed-*.json")}
+    for folder in out.glob("seed-*"):  # seeds still running: the parts they have finished
+        if folder.is_dir() and folder.name not in done and any(folder.glob("*.json")):
+            done[folder.name] = _merge_parts(folder, sorted(p.stem for p in folder.glob("*.json")),
+                                             int(folder.name.split("-")[1]))
+    if not done:
+        raise ValueError(f"no seed results in {out}")
+    names = sorted(done, key=lambda k: int(k.split("-")[1]))
+    reports = [done[k] for k in names]
+    groups: dict = {}
+    for rep in reports:
+        for r in rep.rows:
+            key = (r["model"], r.get("epoch"), r["layer"], r["stage"], r["metric"])
+            groups.setdefault(key, []).append(r["value"])
+    rows = [{"model": m, "epoch": e, "layer": layer, "stage": s, "metric": k, "mean": _stat(np.nanmean, v),
+             "std": _stat(np.nanstd, v), "n_seeds": int(np.sum(np.isfinite(v)))}
+            for (m, e, layer, s, k), v in groups.items()]
+    models = dict.fromkeys(m for rep in reports for m, v in rep.meta.items()
+                           if isinstance(v, dict) and "test_accuracy" in v)
+    acc = {m: [rep.meta[m]["test_accuracy"] for rep in reports if m in rep.meta] for m in models}
+    summary = {"seeds": names, "n_seeds": len(names),
+               "test_accuracy": {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)}
+                                 for m, v in acc.items()},
+               "resources": {k: rep.meta.get("resources", {}) for k, rep in zip(names, reports)},
+               "rows": rows}
+    with open(out / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=1)
+    (out / "report.md").write_text(_markdown(summary))
+    if plot:
+        _plot(rows, out)
+    return summary
+
+
+def _fmt(row) -> str:
+    if row is None or row["mean"] is None:
+        return ""
+    return f"{row['mean']:.3g} +- {row['std']:.2g}"
+
+
+def _markdown(summary: dict) -> str:
+    """The summary as tables: test accuracy and time per model; per model, NC1 and NC2 per layer and stage (the
+    converged networks: rows without an epoch), mean +- std over seeds; the MLP's NFA correlations."""
+    lines = [f"# drfm reproduce: {summary['n_seeds']} seed(s) ({', '.join(summary['seeds'])})", "",
+             "| model | test accuracy (mean +- std) | seeds |", "|---|---|---|"]
+    for m, a in summary["test_accuracy"].items():
+        lines.append(f"| {m} | {a['mean']:.4f} +- {a['std']:.4f} | {a['n_seeds']} |")
+    parts = {}
+    for res in summary["resources"].values():
+        for part, r in res.items():
+            parts.setdefault(part, []).append(r)
+    if parts:
+        lines += ["", "| part | seconds per seed (mean) | peak RSS (GiB, max) |", "|---|---|---|"]
+        for part, rs in parts.items():
+            lines.append(f"| {part} | {np.mean([r['seconds'] for r in rs]):.0f} | "
+                         f"{max(r['peak_rss_gib_so_far'] for r in rs):.1f} |")
+    final = {(r["model"], r["layer"], r["stage"], r["metric"]): r for r in summary["rows"] if r["epoch"] is None}
+    models = dict.fromkeys(k[0] for k in final)
+    for model in models:
+        stages = [s for s in ("input", "linear", "nonlinear") if any(k[0] == model and k[2] == s for k in final)]
+        layers = sorted({k[1] for k in final if k[0] == model and k[2] in stages})
+        for metric in ("nc1", "nc2"):
+            if not layers or not any(k[0] == model and k[3] == metric for k in final):
+                continue
+            lines += ["", f"## {model}: {metric}", "", "| layer | " + " | ".join(stages) + " |",
+                      "|---|" + "---|" * len(stages)]
+            lines += [f"| {layer} | " + " | ".join(_fmt(final.get((model, layer, s, metric))) for s in stages) + " |"
+                      for layer in layers]
+    nfa = [r for r in summary["rows"] if r["epoch"] is None and r["metric"].startswith("nfa")]
+    if nfa:
+        lines += ["", "## Neural Feature Ansatz (MLP: trained, and at initialisation)", "",
+                  "| model | layer | metric | mean +- std |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['layer']} | {r['metric']} | {_fmt(r)} |"
+                  for r in sorted(nfa, key=lambda r: (r["model"], r["metric"], r["layer"]))]
+    return "\n".join(lines) + "\n"
+
+
+def _stat(fn, values):
+    v = np.asarray(values, dtype=np.float64)
+    return float(fn(v)) if np.isfinite(v).any() else None
+
+
+def _plot(rows, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("nc1", "nc2")):
+        models = dict.fromkeys(r["model"] for r in rows if r["model"] in ("deep_rfm", "mlp")
+                               or r["model"].startswith("deep_rfm_") and r["model"] != "deep_rfm_vs_mlp")
+        for model, stage in ((m, st) for m in models for st in ("input", "linear")):
+            pts = sorted((r["layer"], r["mean"], r["std"]) for r in rows if r["epoch"] is None and r["model"] == model
+                         and r["stage"] == stage and r["metric"] == metric and r["mean"] is not None)
+            if pts:
+                L, m, s = map(np.array, zip(*pts))
+                ax.errorbar(L, np.maximum(m, 1e-300), yerr=s, marker="o", ms=3, capsize=2, label=f"{model} {stage}")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{metric} (log scale; mean +- std over seeds)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "depth.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    per_epoch = [r for r in rows if r["epoch"] is not None and r["model"] == "mlp"]
+    if per_epoch:
+        metrics = list(dict.fromkeys(r["metric"] for r in per_epoch))
+        ncol = min(4, len(metrics))
+        nrow = -(-len(metrics) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.4 * nrow), squeeze=False)
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, metrics):
+            for layer in sorted({r["layer"] for r in per_epoch if r["metric"] == metric}):
+                pts = sorted((r["epoch"], r["mean"]) for r in per_epoch
+                             if r["metric"] == metric and r["mean"] is not None and r["layer"] == layer
+                             and r["stage"] in ("nonlinear", "weights", "final"))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=2, label=f"layer {layer}")
+            ax.set_xlabel("epoch")
+            # collapse metrics and the loss span decades (log scale); correlations and shares do not
+            positive = all(r["mean"] > 0 for r in per_epoch if r["metric"] == metric and r["mean"] is not None)
+            log = positive and (metric.startswith("nc") or metric == "train_loss")
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(metric + (" (log scale)" if log else ""))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "epochs.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
