@@ -63,7 +63,7 @@ def test_a_rank_that_raises_stops_the_others(tmp_path):
     assert rc0 != 0  # rank 0 did not hang in its next collective: it failed with the lost peer
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [pytest.param(2, marks=pytest.mark.slow), 3])  # (also tests/drfm/test_one_engine.py)
 def test_distributed_rfm_fit_equals_one_process(world, tmp_path):
     from drfm import RFMClassifier, RFMRegressor
     from tests.kernels._dist_worker import RFM_KW, lowrank
@@ -146,7 +146,7 @@ def test_bench_distributed_quick(tmp_path):
     assert abs(one["score"] - two["score"]) < 1e-5
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [pytest.param(2, marks=pytest.mark.slow), 3])  # (also tests/drfm/test_one_engine.py)
 def test_distributed_deep_rfm_equals_one_process(world, tmp_path):
     from drfm import DeepRFMClassifier
     from tests.kernels._dist_worker import deep_kw, lowrank
