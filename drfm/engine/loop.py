@@ -690,8 +690,10 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     shape = (p.iters, sub is not None, final_solve, not plans["all"].solver.iterative_exact)
     bar = tqdm(enumerate(_schedule(*shape)), total=_n_solves(*shape), desc=owner,
                disable=not p.verbose or comm.rank != 0, unit="solve")
+    phases_run = set()
     for t, (phase, agop_step) in bar:
         rec = loop.step(t, phase, agop_step)
+        phases_run.add(phase)
         bar.set_postfix(train=f"{rec['train_score']:.4f}", val="-" if rec["val_score"] is None
                         else f"{rec['val_score']:.4f}")
         logger.info("RFM iteration %d: %s", t, rec)
@@ -700,13 +702,23 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
             logger.info("%s: early stop after solve %d (best: %d)", owner, t, loop.best[1])
             break
     bar.close()
+    refit_follows = stopping and va is not None and len(va) >= REFIT_MIN_SHARE * n
+    if final_solve and "all" not in phases_run and not refit_follows:
+        # early stopping ended the feature learning on the subset before the solve on all rows, and no refit on all
+        # rows follows (explicit validation data, or a held-out share under REFIT_MIN_SHARE): the solve on all
+        # training rows still comes, with the kept iterate's M (and is kept when it scores better on validation)
+        _, _, loop.sqrt_m, loop.factor, _, _, _ = loop.best
+        loop.alpha = loop.alpha_of = None
+        rec = loop.step(len(loop.history), "all", False)
+        rec["final_after_early_stop"] = (f"the kept iterate's M solved on all {n_tr} training rows (early stopping "
+                                         "ended the subset solves first)")
     loop.K = None
     _, best_t, best_r, best_factor, best_alpha, best_rows, best_bandwidth = loop.best
     history, last_r = loop.history, loop.sqrt_m
     val_outputs, val_labels = loop.best_val_out, loop.y_va
     solver = (plans["all"] if final_solve or sub is None else plans["sub"]).solver.value
     refit_plans = None
-    if stopping and va is not None and len(va) >= REFIT_MIN_SHARE * n:
+    if refit_follows:
         rp, refit_plans = _refit_plans(n, p, best_bandwidth, plan_args)
         kept_solver = history[best_t]["solver"]
         if (refit_plans["all"].solver.centres and kept_solver != Solver.NYSTROM

@@ -473,3 +473,21 @@ def test_refit_is_skipped_when_all_rows_fit_only_the_m_centre_model(monkeypatch)
     assert model.X_fit_.shape[0] == 2160 and model.solver_ == "direct"
     # the kept model is the exact solve: refitting was skipped, not its result dropped
     assert model.dual_coef_.shape[0] == 2160
+
+
+def test_early_stop_on_the_subset_still_solves_on_all_rows():
+    # feature learning on a 300-row subset that stops improving at once (noise target, n_iter_no_change=1) with
+    # explicit validation data (so no refit follows): the loop used to end there and return the 300-row subset
+    # machine (at 2e6 rows on the 10-class task: a 16 000-row model); the solve on all rows with the kept M follows
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((1500, 6))
+    y = X[:, 0] + 0.5 * rng.standard_normal(1500)
+    m = RFMRegressor(iters=8, iter_sample_size=300, n_iter_no_change=1, random_state=0).fit(X[:1200], y[:1200],
+                                                                                          X[1200:], y[1200:])
+    solves = [h["n_rows"] for h in m.history_]
+    assert len(solves) < 8 and solves[0] == 300  # stopped early on the subset ...
+    final = [h for h in m.history_ if "final_after_early_stop" in h]
+    assert len(final) == 1 and final[0]["n_rows"] == 1200  # ... then solved on all 1200 rows
+    assert not any("refit" in h for h in m.history_)
+    # the kept model is the one with the best validation score, the all-rows solve among the candidates
+    assert m.history_[m.best_iter_]["val_score"] == max(h["val_score"] for h in m.history_)
