@@ -15,7 +15,7 @@ DTYPES = [np.float64, np.float32]
 
 def label_kinds(y) -> set[str]:
     """The kinds of the labels in ``y``: 'text', 'number', or a type name (for the mixed-type check)."""
-    y_arr = np.asarray(y) if not hasattr(y, "dtype") else np.asarray(y)
+    y_arr = np.asarray(y)
     if y_arr.dtype.kind in "US":
         return {"text"} if y_arr.size else set()
     if y_arr.dtype.kind in "biuf":
@@ -29,8 +29,7 @@ def validate_classification_data(estimator, X, y, ensure_min_samples: int = 1):
     a rank of a distributed fit may hold no rows)."""
     y_arr = np.asarray(y) if not hasattr(y, "dtype") else y
     if getattr(y_arr, "dtype", None) is not None and y_arr.dtype == object:
-        kinds = {"text" if isinstance(v, (str, bytes)) else "number" if isinstance(v, (int, float, np.number))
-                 else type(v).__name__ for v in np.ravel(y_arr)}
+        kinds = label_kinds(y_arr)
         if len(kinds) > 1:
             raise ValueError(f"y mixes label types ({', '.join(sorted(kinds))}); give every label the same type "
                              "(e.g. all strings)")

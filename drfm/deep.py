@@ -40,8 +40,8 @@ from .engine.runtime import DEFAULT_TIMEOUT_S, open_comm
 from ._threads import with_threads
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, InvalidParameterError, NoneOK, \
     Options, validate_params
-from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, encode_regression_targets, one_hot_classes,
-                       predict_labels, r2_of_outputs, regression_output, softmax_proba, validate_classification_data,
+from ._targets import (DEFAULT_TEMPERATURE, DTYPES, decision_values, encode_regression_targets, predict_labels,
+                       r2_of_outputs, regression_output, softmax_proba, validate_classification_data,
                        validate_regression_data)
 from .rfm import RFMRegressor
 
@@ -170,11 +170,8 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
     def _validate_xy(self, X, y, ensure_min_samples=1):
         raise NotImplementedError
 
-    def _encode(self, y) -> np.ndarray:
+    def _encode(self, y, comm) -> np.ndarray:  # -> (n, c) targets (classes agreed over the ranks)
         raise NotImplementedError
-
-    def _encode_distributed(self, y, comm) -> np.ndarray:
-        return self._encode(y)
 
     def _template(self) -> RFMRegressor:
         """A validated clone of the layer template."""
@@ -207,7 +204,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         min_rows = 0 if comm.world_size > 1 else 1
         X, y = on_every_rank(comm, owner, lambda: self._validate_xy(X, y, ensure_min_samples=min_rows))
         agree_data(comm, owner, X, y, resolve_dtype(self.dtype), False, isinstance(self, ClassifierMixin))
-        Y = self._encode(y) if comm.world_size == 1 else self._encode_distributed(y, comm)
+        Y = self._encode(y, comm)
         rt = runtime_for(self, owner, comm)
         self.device_ = str(rt.device)
         gen = rt.generator  # (rank 0's seed on every rank: the same layer seeds and feature-map weights everywhere)
@@ -356,11 +353,7 @@ class DeepRFMClassifier(ClassifierMixin, _BaseDeepRFM):
     def _validate_xy(self, X, y, ensure_min_samples=1):
         return validate_classification_data(self, X, y, ensure_min_samples)
 
-    def _encode(self, y):
-        self.classes_, Y = one_hot_classes(y, type(self).__name__)
-        return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
-
-    def _encode_distributed(self, y, comm):
+    def _encode(self, y, comm):
         self.classes_, Y = one_hot_agreed(comm, y, type(self).__name__)
         return 2.0 * Y - 1.0 if self.target_encoding == "pm1" else Y
 
@@ -386,7 +379,7 @@ class DeepRFMRegressor(RegressorMixin, _BaseDeepRFM):
     def _validate_xy(self, X, y, ensure_min_samples=1):
         return validate_regression_data(self, X, y, ensure_min_samples)
 
-    def _encode(self, y):
+    def _encode(self, y, comm):
         return encode_regression_targets(self, y)
 
     def predict(self, X):

@@ -1,5 +1,5 @@
-"""Former home of :mod:`drfm.data.io`: this module *is* that one (old imports keep working, and setting a name here sets
-it there)."""
+"""Former home of :mod:`drfm.data.io`:
+this module *is* that one (old imports keep working, and setting a name here sets it there)."""
 import importlib
 import sys
 

@@ -85,9 +85,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         A convolutional feature extractor in front of the MLP (the seed paper's ResNet-18 / VGG-11 + MLP head
         variant), trained end to end with it: torchvision's architecture with random weights (torchvision must be
         installed; an ``ImportError`` says how otherwise), its first convolution taking the images' channels, its
-        classifier removed, the last feature maps averaged to 512 features (see :mod:`drfm.networks.backbones`); or any module
-        mapping ``(n, C, H, W)`` to ``(n, p)``. ``network_`` and every analysis (collapse stages, AGOP, NFA) are the
-        MLP head's, on the backbone's features. Such a model cannot be saved in drfm's model format (save
+        classifier removed, the last feature maps averaged to 512 features (see :mod:`drfm.networks.backbones`); or
+        any module mapping ``(n, C, H, W)`` to ``(n, p)``. ``network_`` and every analysis (collapse stages, AGOP, NFA)
+        are the MLP head's, on the backbone's features. Such a model cannot be saved in drfm's model format (save
         ``backbone_`` and ``network_`` with torch).
     image_shape : tuple (C, H, W) or None
         How each row is read as an image (required with ``backbone``; MNIST: ``(1, 28, 28)``).
@@ -179,8 +179,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         return (X - self.mean_) / self.scale_
 
     def network_view(self, X):
-        """``(network_, its inputs, initial_state_)``: what :mod:`drfm.networks.analysis` analyses -- X standardised as in
-        training, or with a backbone the backbone's features of it (float64)."""
+        """``(network_, its inputs, initial_state_)``: what :mod:`drfm.networks.analysis` analyses -- X standardised
+        as in training, or with a backbone the backbone's features of it (float64)."""
         return self.network_, self._head_inputs(self._prepare(X)), self.initial_state_
 
     def _head_inputs(self, Xs):

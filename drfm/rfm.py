@@ -11,7 +11,8 @@ and the feature-matrix update ``M <- AGOP(f)`` (closed form, batched; see :mod:`
     alpha <- (K_M + reg I)^{-1} Y   with the final M
 
 With ``validation_fraction`` the iterate with the best validation score is kept. The loop itself is
-:func:`drfm.engine.run_rfm` (one loop for one process or many ranks); the estimators validate, run it and keep its result as fitted attributes.
+:func:`drfm.engine.run_rfm` (one loop for one process or many ranks); the estimators validate, run it and keep its
+result as fitted attributes.
 """
 from __future__ import annotations
 
@@ -31,9 +32,8 @@ from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
 from ._categorical import CategoricalEncoding, fit_encoding
 from ._threads import with_threads
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
-from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, one_hot_classes,
-                       predict_labels, r2_of_outputs, regression_output, validate_classification_data,
-                       validate_regression_data)
+from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, predict_labels,
+                       r2_of_outputs, regression_output, validate_classification_data, validate_regression_data)
 
 __all__ = ["RFMRegressor", "RFMClassifier"]
 
@@ -133,15 +133,11 @@ class _BaseRFM(BaseEstimator):
     def _validate_xy(self, X, y, ensure_min_samples=1):
         raise NotImplementedError
 
-    def _encode_targets(self, y) -> np.ndarray:  # -> (n, c) float array
+    def _encode_targets(self, y, comm) -> np.ndarray:  # -> (n, c) float array (classes agreed over the ranks)
         raise NotImplementedError
 
     def _scorer(self):  # -> score(outputs, y_true) -> float
         raise NotImplementedError
-
-    def _encode_targets_distributed(self, y, comm) -> np.ndarray:
-        """The encoded targets when every rank holds a shard (a classifier agrees on the classes first)."""
-        return self._encode_targets(y)
 
     def _validate_val(self, X_val, y_val):
         """Validation data checked like the training data (same features; for a classifier, known labels)."""
@@ -187,7 +183,7 @@ class _BaseRFM(BaseEstimator):
             self.n_features_in_ = enc.n_columns
             if names is not None and all(isinstance(c, str) for c in names):
                 self.feature_names_in_ = names
-        Y = self._encode_targets(y) if comm.world_size == 1 else self._encode_targets_distributed(y, comm)
+        Y = self._encode_targets(y, comm)
         if X_val is not None:
             X_val, y_val = on_every_rank(comm, owner, lambda: self._validate_val(X_val, y_val))
         rt = runtime_for(self, owner, comm)
@@ -434,7 +430,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     def _validate_xy(self, X, y, ensure_min_samples=1):
         return validate_regression_data(self, X, y, ensure_min_samples)
 
-    def _encode_targets(self, y):
+    def _encode_targets(self, y, comm):
         return encode_regression_targets(self, y)
 
     def _scorer(self):
@@ -466,12 +462,8 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     def _validate_xy(self, X, y, ensure_min_samples=1):
         return validate_classification_data(self, X, y, ensure_min_samples)
 
-    def _encode_targets_distributed(self, y, comm):
+    def _encode_targets(self, y, comm):
         self.classes_, Y = one_hot_agreed(comm, y, type(self).__name__)  # a shard may hold only some classes
-        return Y
-
-    def _encode_targets(self, y):
-        self.classes_, Y = one_hot_classes(y, type(self).__name__)
         return Y
 
     def _scorer(self):

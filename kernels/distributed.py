@@ -231,7 +231,7 @@ class Comm:
         self._run("all_gather_object", self.dist.all_gather_object, everyone, obj)
         return everyone
 
-    def _gather_ints(self, values: list[int], device) -> list[list[int]]:
+    def _gather_ints(self, values: list[int]) -> list[list[int]]:
         mine = torch.tensor(values, dtype=torch.long, device=self.device)
         got = [torch.zeros_like(mine) for _ in range(self.world_size)]
         self._run("all_gather", self.dist.all_gather, got, mine)
@@ -239,12 +239,13 @@ class Comm:
         return [g.tolist() for g in got]
 
     def sizes(self, n_local: int, device=None) -> list[int]:
-        """Every rank's row count, in rank order."""
-        return [g[0] for g in self._gather_ints([int(n_local)], device)]
+        """Every rank's row count, in rank order (``device`` is not needed: the counts travel on the group's own
+        device; kept so that :class:`LocalComm` and :class:`Comm` take the same arguments)."""
+        return [g[0] for g in self._gather_ints([int(n_local)])]
 
     def min_int(self, v: int) -> int:
         """The smallest of every rank's ``v``."""
-        return min(g[0] for g in self._gather_ints([int(v)], None))
+        return min(g[0] for g in self._gather_ints([int(v)]))
 
     def all_gather_rows(self, t: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
         """The row-wise concatenation, in rank order, of every rank's ``t`` (n_p, ...); shards may differ in size

@@ -94,17 +94,9 @@ def scale_rows(n: int, device=None) -> torch.Tensor:
     return torch.linspace(0, n - 1, min(n, SCALE_ROWS), device=device).round().long().unique()
 
 
-def median_distance(pts: Points, kernel: Kernel | None = None) -> float:
-    """Median pairwise distance (in the current metric; L1 of the transformed rows for the product Laplace kernel)
-    among up to SCALE_ROWS evenly spaced rows; 0 for one row."""
-    n = len(pts)
-    if n < 2:
-        return 0.0
-    return median_of(pts.z[scale_rows(n, pts.z.device)], kernel)
-
-
 def median_of(z: torch.Tensor, kernel: Kernel | None = None) -> float:
-    """Median pairwise distance among the rows ``z`` (0 for fewer than two)."""
+    """Median pairwise distance among the rows ``z`` (in the current metric; L1 of the transformed rows for the
+    product Laplace kernel); 0 for fewer than two."""
     if z.shape[0] < 2:
         return 0.0
     z = z.double()
@@ -380,11 +372,14 @@ class _Loop:
         self.history = []
         self.warned = set()
         self.tied_groups = None  # one-hot blocks whose AGOP entries are tied (categorical columns)
+        self._all_x = None  # every rank's training rows, once gathered (training_rows)
 
     def training_rows(self, rows) -> torch.Tensor:
         """The untransformed training rows ``rows`` (global indices; None: all of them), on every rank."""
         if rows is None:
-            return self.comm.all_gather_rows(self.Xt)
+            if self._all_x is None:  # gathered once (the diagonal AGOP asks at every step of a sharded fit)
+                self._all_x = self.comm.all_gather_rows(self.Xt)
+            return self._all_x
         return self.comm.take_rows(self.Xt, self.off, rows)
 
     def _complete(self, phase) -> _Rows:
@@ -440,13 +435,9 @@ class _Loop:
             per_step = _per_step(comm, sent, sol)
             if inner is not None:
                 inner.close()
-            idx = _score_rows(r.n, gen, pts.z.device)
-            train_out = kernel_matmul(self._take(pts.z, r, idx), centres, sol.x, kernel=kern,
-                                      memory_budget=self.work_budget, accumulate=torch.float64)
-            y_idx = r.y[idx.cpu().numpy()] if r.complete else comm.take_objects(r.y, r.offset, idx.cpu().numpy())
-            x_rows = r.X[local] if r.complete else None
-            score = self.score(train_out.cpu().double().numpy(), y_idx)
-            return sol, score, centres, local, x_rows, per_step
+            score = self._estimated_score(r, lambda idx: self._take(pts.z, r, idx), centres, sol.x, kern,
+                                          accumulate=torch.float64)
+            return sol, score, centres, local, r.X[local] if r.complete else None, per_step
         if not r.complete and plan.solver is not Solver.CG:
             r = self._complete(phase)  # direct and EigenPro solve the gathered rows on every rank
             pts = Points.of(r.X, self.factor)
@@ -475,11 +466,18 @@ class _Loop:
             sol = replace(sol, x=op.gather(sol.x))
             machine = op.all
         del op
-        idx = _score_rows(r.n, gen, pts.z.device)
-        train_out = kernel_matmul(machine.z[idx], machine, sol.x, kernel=kern, memory_budget=self.work_budget)
-        y_idx = r.y[idx.cpu().numpy()] if r.complete else comm.take_objects(r.y, r.offset, idx.cpu().numpy())
-        score = self.score(train_out.cpu().double().numpy(), y_idx)
+        score = self._estimated_score(r, lambda idx: machine.z[idx], machine, sol.x, kern)  # (every row's points)
         return sol, score, machine, None, r.X if r.complete else None, per_step
+
+    def _estimated_score(self, r: _Rows, rows_of, machine: Points, alpha, kern, *, accumulate=None):
+        """The training score of a solve estimated on SCORE_ROWS fixed random rows of the phase (an exact one costs
+        a pass over K): ``rows_of(idx)`` gives their transformed rows on every rank; labels from the phase's rows."""
+        idx = _score_rows(r.n, self.gen, machine.z.device)
+        out = kernel_matmul(rows_of(idx), machine, alpha, kernel=kern, memory_budget=self.work_budget,
+                            accumulate=accumulate)
+        picked = idx.cpu().numpy()
+        y_idx = r.y[picked] if r.complete else self.comm.take_objects(r.y, r.offset, picked)
+        return self.score(out.cpu().double().numpy(), y_idx)
 
     def _feature_step(self, x_rows, pts, rows, p):
         """The AGOP of the predictor (centres: the solve's rows, or the m-centre model's centres) over a sample of
@@ -655,8 +653,9 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     # the final solve always uses all of them
     sub = None
     n_agop = min(p.agop_sample_size, n_tr)
-    n_val = len(va) if va is not None else 0 if X_val is None else sum(comm.sizes(len(X_val), device))
-    plan_args = dict(n_train=most_tr, n_val=n_val if comm.world_size == 1 else max(sizes) - most_tr, n_agop=n_agop,
+    # the validation rows a rank holds at most: its held-out rows, or its share of X_val
+    most_val = max(sizes) - most_tr + (0 if X_val is None else max(comm.sizes(len(X_val), device)))
+    plan_args = dict(n_train=most_tr, n_val=most_val, n_agop=n_agop,
                      d=d, c=c, itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype,
                      device=device, budget=rt.budget, owner=owner, n_local=most_tr if comm.world_size > 1 else None)
     # the plan on all rows does not depend on the subset (planned once; 'auto' subsets are decided from it)

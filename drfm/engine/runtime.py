@@ -59,10 +59,9 @@ class Runtime:
 def open_comm(estimator, owner: str):
     """The rank group of a fit: a :class:`~kernels.distributed.Comm` with the estimator's timeout when it is
     ``distributed``, else a :class:`~kernels.distributed.LocalComm`."""
-    if not getattr(estimator, "distributed", False):
+    if not estimator.distributed:
         return LocalComm()
-    timeout = estimator.get_params(deep=False).get("distributed_timeout", DEFAULT_TIMEOUT_S)
-    return Comm(timeout=timedelta(seconds=float(timeout)), owner=owner)
+    return Comm(timeout=timedelta(seconds=float(estimator.distributed_timeout)), owner=owner)
 
 
 def runtime_for(estimator, owner: str, comm) -> Runtime:

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from ..family import as_kernel
+from ..distributed import LocalComm
 from ..memory import default_memory_budget, plan_blocks
 from ..operators import KernelOperator, Points
 from ._result import SolveResult, as_columns
@@ -99,9 +100,9 @@ class CentreSystem:
         self.points, self.centres = points, centres
         self.kernel = as_kernel(kernel, bandwidth)
         self.bandwidth, self.reg = self.kernel.bandwidth, float(reg)
-        self._reduce = (lambda t: t) if comm is None else comm.allreduce
+        self.comm = LocalComm() if comm is None else comm
         self.n_local, self.m = len(points), len(centres)
-        self.n = self.n_local if comm is None else int(sum(comm.sizes(self.n_local, points.z.device)))
+        self.n = int(sum(self.comm.sizes(self.n_local, points.z.device)))
         self.dtype, self.device = points.z.dtype, points.z.device
         budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
         itemsize = points.z.element_size()
@@ -161,7 +162,7 @@ class CentreSystem:
         for _, tile in self._wide_tiles():
             out.addmm_(tile.T, tile @ v)
         self.n_products += 1
-        return self._reduce(out)
+        return self.comm.allreduce(out)
 
     def rhs(self, Y: torch.Tensor) -> torch.Tensor:
         """``K_nm^T Y`` (float64, m x c)."""
@@ -169,7 +170,7 @@ class CentreSystem:
         Yw = Y.double()
         for i, tile in self._wide_tiles():
             out.addmm_(tile.T, Yw[i : i + tile.shape[0]])
-        return self._reduce(out)
+        return self.comm.allreduce(out)
 
     # beta = T^{-1} A^{-1} u   and its inverse  u = A T beta
     def to_beta(self, u: torch.Tensor) -> torch.Tensor:
@@ -264,9 +265,8 @@ def solve_centres(
     u0 = None if x0 is None else system.to_u(X0.double())
     res = solve_cg(_Operator(system), b, reg=0.0, x0=u0, rtol=rtol, atol=atol,
                    max_iter=100 if max_iter is None else max_iter, callback=callback)
-    beta = system.to_beta(res.x).to(Y.dtype)
-    if comm is not None:  # the ranks' factors and CG iterates agree to round-off; rank 0's coefficients everywhere
-        beta = comm.broadcast(beta)
+    # the ranks' factors and CG iterates agree to round-off: rank 0's coefficients everywhere
+    beta = system.comm.broadcast(system.to_beta(res.x).to(Y.dtype))
     details = {"n_centres": system.m, "jitter": system.jitter, "stored": system.K is not None,
                "kernel_products": system.n_products}
     return SolveResult(beta.squeeze(1) if squeeze else beta, res.n_iter, res.converged, res.residual_norms,
