@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -72,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         res = args.func(args)
+    except KeyboardInterrupt:
+        if os.environ.get("DRFM_DEBUG"):
+            raise
+        # files are written whole or not at all (drfm.data.files): an interrupt leaves no half-written output
+        print(f"drfm {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         if os.environ.get("DRFM_DEBUG"):
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"drfm {args.command}: error: {msg}", file=sys.stderr)
+        print(f"drfm {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that could not be read or written (a full disk, a permission, a size limit)
+        if os.environ.get("DRFM_DEBUG"):
+            raise
+        print(f"drfm {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        return 1
     if isinstance(res, dict) and res.get("rank", 0) != 0:
         return 0  # under torchrun only rank 0 reports (every rank holds the same model)
     text = json.dumps(res, indent=None if isinstance(res, list) else 2, default=str) if args.json else args.show(res)

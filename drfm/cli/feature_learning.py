@@ -30,8 +30,9 @@ def cmd_feature_learning(args) -> dict:
     rows = feature_learning_study(sizes=tuple(args.n), d=args.d, iters=args.iters, seeds=tuple(range(args.seeds)),
                                   device=args.device, verbose=args.verbose)
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        from ..data.files import write_text
+
+        write_text(args.out, json.dumps(rows, indent=1), what="--out")
     if args.plot:
         plot_feature_learning(rows, args.plot)
     return {"rows": rows, "out": args.out, "plot": args.plot}

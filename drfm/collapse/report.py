@@ -76,8 +76,9 @@ class CollapseReport:
         """Standard JSON (non-finite values, e.g. NC1 of a dead layer, are written as null)."""
         text = json.dumps(_finite_or_none(self.to_dict()), allow_nan=False, **kw)
         if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
+            from ..data.files import write_text
+
+            write_text(path, text, what="report file")
         return text
 
     def to_frame(self):
@@ -162,8 +163,12 @@ class CollapseReport:
         # panels in the order asked for; by default in the order the metrics were measured
         metrics = list(metrics) if metrics else list(dict.fromkeys(r["metric"] for r in rows))
         fig = self._figure(plt, rows, metrics, x, log)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        from ..data.files import save_figure
+
+        try:
+            save_figure(fig, path, dpi=120, bbox_inches="tight")
+        finally:
+            plt.close(fig)
         return path
 
     def plot_spectra(self, path, *, stage: str = "nonlinear", top: int | None = None):
@@ -202,8 +207,12 @@ class CollapseReport:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        from ..data.files import save_figure
+
+        try:
+            save_figure(fig, path, dpi=120, bbox_inches="tight")
+        finally:
+            plt.close(fig)
         return path
 
     @staticmethod

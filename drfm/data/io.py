@@ -2,6 +2,7 @@
 training data of ``drfm fit`` (a named dataset, feature / target files, or one table)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def check_output_path(path: str | None, what: str, suffixes: tuple[str, ...] | N
         raise DataFileError(f"{what} {path!r} is a directory; give a file name")
     if not p.parent.is_dir():
         raise DataFileError(f"{what} {path!r}: the folder {str(p.parent)!r} does not exist")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise DataFileError(f"{what} {path!r}: the folder {str(p.parent)!r} is not writable")
     if suffixes and p.suffix.lower() not in suffixes:
         raise DataFileError(f"{what} {path!r} must be {' or '.join(suffixes)}")
 
@@ -117,13 +120,18 @@ def write_array(arr, path: str | None) -> str | None:
     """Predictions to .npy / .csv, or None (the caller prints them)."""
     if path is None:
         return None
+    from .files import atomic_write
+
     p = Path(path)
-    if p.suffix.lower() == ".npy":
-        np.save(p, arr)
-    elif p.suffix.lower() in (".csv", ".txt"):
-        np.savetxt(p, arr.reshape(len(arr), -1), delimiter=",", fmt="%s" if arr.dtype.kind in "OUS" else "%.10g")
-    else:
+    suffix = p.suffix.lower()
+    if suffix not in (".npy", ".csv", ".txt"):
         raise DataFileError(f"output file {path!r} must be .npy or .csv")
+    with atomic_write(p, "wb" if suffix == ".npy" else "w", what="output file") as fh:
+        if suffix == ".npy":
+            np.save(fh, arr)
+        else:
+            np.savetxt(fh, arr.reshape(len(arr), -1), delimiter=",",
+                       fmt="%s" if arr.dtype.kind in "OUS" else "%.10g")
     return str(p)
 
 

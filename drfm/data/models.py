@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import __version__
 from .._backend import resolve_device
+from .files import write_bytes
 
 __all__ = ["FORMAT", "MAGIC", "ModelFileError", "load_model", "read_header", "save_model"]
 
@@ -227,12 +228,9 @@ def save_model(model, path, *, metadata: dict | None = None) -> Path:
     buf = io.BytesIO()
     state = np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8)
     np.savez(buf, **{"state.json": state, **enc.arrays})
-    path = Path(path)
-    with open(path, "wb") as fh:
-        fh.write(MAGIC)
-        fh.write(json.dumps(header, default=str).encode() + b"\n")
-        fh.write(buf.getvalue())
-    return path
+    # to a temporary file renamed over ``path`` once complete: a failed save leaves a previous model intact
+    return write_bytes(path, MAGIC + json.dumps(header, default=str).encode() + b"\n" + buf.getvalue(),
+                       what="model file")
 
 
 def _read_start(path: Path):

@@ -118,13 +118,14 @@ def run_suite(suite_file: Path, cases: list[dict], out_path: Path, *, timeout: f
     """Run each case in its own process, appending one JSON line per case to ``out_path``; ``progress`` (an
     iterable wrapper such as tqdm) is applied to the cases."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    from ..data.files import write_text
+
     results = []
-    with open(out_path, "w") as fh:
-        for case in (progress(cases) if progress else cases):
-            rec = _run_one(suite_file, case, timeout)
-            results.append(rec)
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
+    for case in (progress(cases) if progress else cases):
+        rec = _run_one(suite_file, case, timeout)
+        results.append(rec)
+        # the whole file again after each case, renamed into place: finished cases survive an interrupted run
+        write_text(out_path, "".join(json.dumps(r) + "\n" for r in results), what="results file")
     return results
 
 

@@ -258,6 +258,10 @@ def plot_feature_learning(rows, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    from ..data.files import save_figure
+
+    try:
+        save_figure(fig, path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collapse import CollapseReport
+from ..data.files import save_figure, write_text
 
 __all__ = ["reproduce", "summarise"]
 
@@ -51,10 +52,28 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _write_atomic(report: CollapseReport, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    report.to_json(tmp)
-    tmp.replace(path)  # a part counts as done only once its file is complete
+#: the file in a study folder that records the settings its results were made with
+SETTINGS_FILE = "settings.json"
+
+
+def _agree_settings(out: Path, settings: dict) -> None:
+    """A resumed study continues only with the settings it was started with (the number of seeds may grow):
+    ``ValueError`` naming every differing setting when ``out`` records others; the settings are recorded when the
+    folder has none (a new study, or one started before the record existed)."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"the study folder {str(out)!r} has an unreadable {SETTINGS_FILE} ({exc}); remove it "
+                             "only if every result in the folder was made with the settings you are giving") from None
+        settings = json.loads(json.dumps(settings))  # tuples as lists, as they were recorded
+        differ = [f"{k} {recorded.get(k)!r} there, {v!r} now" for k, v in settings.items() if recorded.get(k) != v]
+        if differ:
+            raise ValueError(f"the study folder {str(out)!r} holds results made with other settings ("
+                             + "; ".join(differ) + "): resume with the same settings, or give a new --out folder")
+        return
+    write_text(path, json.dumps(settings, indent=1), what="study settings")
 
 
 def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth: int = 5,
@@ -78,6 +97,11 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _agree_settings(out, {"dataset": dataset, "depth": depth, "mlp_depth": mlp_depth, "n_train": n_train,
+                          "epochs": epochs, "measure_every": measure_every, "feature_maps": list(feature_maps),
+                          "sigma": sigma, "layer_sample_size": layer_sample_size,
+                          "agop_sample_size": agop_sample_size, "baseline": baseline, "mlp_backbone": mlp_backbone,
+                          "metrics": list(metrics)})
     layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=layer_sample_size,
                          agop_sample_size=agop_sample_size)
     parts = {"compare": None, **({"laplace_krr": None} if baseline else {}),
@@ -98,10 +122,10 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
                                metrics=metrics, device=device, verbose=verbose, mlp_extra=mlp_extra)
             report.meta.setdefault("resources", {})[part] = {"seconds": time.perf_counter() - t0,
                                                              "peak_rss_gib_so_far": _peak_rss_gib()}
-            _write_atomic(report, path)
+            report.to_json(path)  # atomic (drfm.data.files): a part is done once its file is complete
             logger.info("reproduce: seed %d part %s done in %.0f s", seed, part, time.perf_counter() - t0)
     for seed in todo:  # a seed whose parts are all done becomes one file
-        _write_atomic(_merge_parts(out / f"seed-{seed}", list(parts), seed), _seed_file(out, seed))
+        _merge_parts(out / f"seed-{seed}", list(parts), seed).to_json(_seed_file(out, seed))
     return summarise(out, plot=True)
 
 
@@ -183,9 +207,8 @@ def summarise(out, *, plot: bool = True) -> dict:
                                  for m, v in acc.items()},
                "resources": {k: rep.meta.get("resources", {}) for k, rep in zip(names, reports)},
                "rows": rows}
-    with open(out / "summary.json", "w") as fh:
-        json.dump(summary, fh, indent=1)
-    (out / "report.md").write_text(_markdown(summary))
+    write_text(out / "summary.json", json.dumps(summary, indent=1), what="study summary")
+    write_text(out / "report.md", _markdown(summary), what="study report")
     if plot:
         _plot(rows, out)
     return summary
@@ -262,8 +285,10 @@ def _plot(rows, out: Path):
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "depth.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure(fig, out / "depth.png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     per_epoch = [r for r in rows if r["epoch"] is not None and r["model"] == "mlp"]
     if per_epoch:
         metrics = list(dict.fromkeys(r["metric"] for r in per_epoch))
@@ -289,5 +314,7 @@ def _plot(rows, out: Path):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
         fig.tight_layout()
-        fig.savefig(out / "epochs.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        try:
+            save_figure(fig, out / "epochs.png", dpi=120, bbox_inches="tight")
+        finally:
+            plt.close(fig)
