@@ -1,7 +1,7 @@
 """What the subcommands share: the user-error type, the model families, ``--param`` parsing, common arguments."""
 from __future__ import annotations
 
-__all__ = ["MODELS", "UsageError", "common", "data_home_arg", "deep_rfm_args", "metrics_arg", "model_class",
+__all__ = ["MODELS", "UsageError", "common", "csv_header_arg", "data_home_arg", "deep_rfm_args", "metrics_arg", "model_class",
            "parse_params"]
 
 
@@ -57,6 +57,15 @@ def metrics_arg(sp):
                          "eigenvalues), and per layer nc3 (against the layer's least-squares readout), nc4 "
                          "(against the model's predictions), linear_cka (against the one-hot labels) "
                          "(default nc1 nc2); also nc2_uniformity, within_share, between_share, nc3_uniform")
+
+def csv_header_arg(sp):
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--header", dest="header", action="store_const", const=True, default=None,
+                   help="CSV files start with a row of column names")
+    g.add_argument("--no-header", dest="header", action="store_const", const=False,
+                   help="CSV files have no row of column names (default: the first row is names only when none of "
+                        "its fields is a number and the next row has one)")
+
 
 def data_home_arg(sp):
     sp.add_argument("--data-home", default=None,

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ._common import MODELS, UsageError, common, data_home_arg, model_class, parse_params
+from ._common import MODELS, UsageError, common, csv_header_arg, data_home_arg, model_class, parse_params
 
 
 class _FitHelp(argparse.RawDescriptionHelpFormatter):
@@ -42,6 +42,7 @@ def register(add) -> None:
     sp.add_argument("--y", help="targets file (.npy or .csv), with --X")
     sp.add_argument("--data", help="one .csv/.npy table holding features and the target column")
     sp.add_argument("--target", help="with --data: target column name or index (default: the last column)")
+    csv_header_arg(sp)
     sp.add_argument("--model", default="rfm", choices=sorted(MODELS), help="model family (default rfm)")
     sp.add_argument("--task", choices=["classification", "regression"],
                     help="default: the dataset's task; for files, classification when targets are text or few "
@@ -66,7 +67,7 @@ def cmd_fit(args) -> dict:
     rank, world, rank_device = _init_distributed(args.device)
     data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
                          task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed,
-                         data_home=args.data_home, shard=(rank, world) if world > 1 else None)
+                         data_home=args.data_home, shard=(rank, world) if world > 1 else None, header=args.header)
     cls = model_class(args.model, data.task)
     params = parse_params(args.param)
     valid = set(cls().get_params(deep=True))  # nested parameters too (e.g. a Deep RFM's layer__reg)

@@ -5,7 +5,7 @@ import sys
 import time
 
 
-from ._common import UsageError, common
+from ._common import UsageError, common, csv_header_arg
 
 
 def register(add) -> None:
@@ -18,6 +18,7 @@ def register(add) -> None:
                     "trust their source.")
     sp.add_argument("model", help="a model file written by `drfm fit --save`")
     sp.add_argument("input", help="features to predict on (.npy or .csv)")
+    csv_header_arg(sp)
     sp.add_argument("-o", "--output", help="write predictions here (.npy or .csv; default: print them)")
     sp.add_argument("--allow-pickle", action="store_true",
                     help="also load format 1 model files (pickles from earlier drfm versions, which can run code "
@@ -39,7 +40,7 @@ def cmd_predict(args) -> dict:
         header = read_header(args.model)
     except (ModelFileError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    X, names = read_array(args.input, "input")
+    X, names = read_array(args.input, "input", header=args.header)
     if X.ndim == 1:
         X = X[None, :] if X.shape[0] == model.n_features_in_ else X[:, None]
     X, preprocessing = model_inputs(X, names, header, f"input file {args.input!r}")
@@ -49,6 +50,8 @@ def cmd_predict(args) -> dict:
     t0 = time.perf_counter()
     pred = np.asarray(model.predict(X))
     seconds = time.perf_counter() - t0
+    if len(pred) != len(X):  # one prediction per input row, in order, end to end
+        raise RuntimeError(f"{len(pred)} predictions for {len(X)} input rows")
     written = write_array(pred, args.output)
     if preprocessing and not written and not args.json:
         print(f"drfm predict: {preprocessing}", file=sys.stderr)  # stdout holds only the predictions

@@ -16,12 +16,16 @@ class DataFileError(ValueError):
     """A data file or data argument that cannot be used; the message is one line naming the file or argument."""
 
 
-def read_array(path: str, what: str, *, numeric: bool = True, mmap: bool = False):
+def read_array(path: str, what: str, *, numeric: bool = True, mmap: bool = False, header: bool | None = None):
     """A 2-D (or 1-D) array from a .npy or .csv/.txt file; ``DataFileError`` with one line for every problem.
 
-    CSV: comma separated, an optional header row (kept as column names), ``numeric=False`` keeps text labels.
-    ``mmap=True``: a .npy file is memory-mapped (only the rows indexed later are read; their values are checked by
-    the caller). Returns (array, column names or None).
+    CSV: comma separated, UTF-8 (a byte-order mark is dropped), quoted fields and CRLF line ends allowed, blank lines
+    skipped. ``header``: True / False says whether the first row holds column names; None decides by one rule that
+    never takes data for names -- the first row is a header when none of its fields is a number and the next row has
+    a number in some column (so a first data row with one bad field is reported, not dropped; a file of text only
+    has no header unless ``header=True``). A field that is not a number is reported with its line and column
+    (``numeric=False`` keeps text columns as text). ``mmap=True``: a .npy file is memory-mapped (only the rows
+    indexed later are read; their values are checked by the caller). Returns (array, column names or None).
     """
     p = Path(path)
     if not p.is_file():
@@ -34,27 +38,7 @@ def read_array(path: str, what: str, *, numeric: bool = True, mmap: bool = False
             raise DataFileError(f"{what} file {path!r} is not a readable .npy array ({type(exc).__name__})") from None
         names = None
     elif suffix in (".csv", ".txt"):
-        import csv
-
-        try:
-            with open(p, newline="") as fh:
-                rows = [r for r in csv.reader(fh) if r]
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataFileError(f"{what} file {path!r} is not a readable CSV file ({type(exc).__name__})") from None
-        if not rows:
-            raise DataFileError(f"{what} file {path!r} is empty")
-        names = None
-        if _has_header(rows):
-            names, rows = [v.strip() for v in rows[0]], rows[1:]
-        widths = {len(r) for r in rows}
-        if len(widths) != 1:
-            raise DataFileError(f"{what} file {path!r} has rows of different lengths {sorted(widths)}")
-        try:
-            arr = np.array(rows, dtype=np.float64)
-        except ValueError:
-            if numeric:
-                raise DataFileError(f"{what} file {path!r} has non-numeric entries") from None
-            arr = np.array([[v.strip() for v in r] for r in rows])
+        arr, names = _read_csv(p, what, numeric=numeric, header=header)
     else:
         raise DataFileError(f"{what} file {path!r} must be .npy or .csv, got {suffix or 'no extension'!r}")
     if not isinstance(arr, np.memmap) and arr.dtype.kind in "biuf" and arr.size and \
@@ -63,6 +47,64 @@ def read_array(path: str, what: str, *, numeric: bool = True, mmap: bool = False
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise DataFileError(f"{what} file {path!r} must hold a non-empty 1-D or 2-D array, got shape {arr.shape}")
     return arr, names
+
+
+def _read_csv(p: Path, what: str, *, numeric: bool, header: bool | None):
+    import csv
+
+    path = str(p)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            rows, lines = [], []
+            for r in reader:
+                if r and any(v.strip() for v in r):
+                    rows.append(r)
+                    lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataFileError(f"{what} file {path!r} is not a readable UTF-8 CSV file ({type(exc).__name__}: "
+                            f"{exc})") from None
+    if not rows:
+        raise DataFileError(f"{what} file {path!r} is empty")
+    names = None
+    if header is None:
+        header = _has_header(rows)
+    if header:
+        names, rows, lines = [v.strip() for v in rows[0]], rows[1:], lines[1:]
+        if not rows:
+            raise DataFileError(f"{what} file {path!r} has a header row ({', '.join(names)}) but no data rows")
+    width = len(names) if names is not None else len(rows[0])
+    for r, line in zip(rows, lines):
+        if len(r) != width:
+            first = "the header" if names is not None else f"line {lines[0]}"
+            raise DataFileError(f"{what} file {path!r}: line {line} has {len(r)} fields, {first} has {width}")
+    try:
+        return np.array(rows, dtype=np.float64), names
+    except ValueError:
+        pass
+    if not numeric:
+        return np.array([[v.strip() for v in r] for r in rows]), names
+    if names is None and len(rows) == 1 and not any(_is_number(v) for v in rows[0]):
+        raise DataFileError(f"{what} file {path!r} holds one row of names ({', '.join(v.strip() for v in rows[0])})"
+                            " and no data rows")
+    bad = first_bad_field(rows, lines, names)
+    hint = "" if header or lines[0] != 1 else " (if the first line holds column names, pass --header)"
+    raise DataFileError(f"{what} file {path!r}: {bad}{hint}")
+
+
+def first_bad_field(rows, lines=None, names=None, columns=None) -> str:
+    """'line L, column C (name): ...' for the first field of ``rows`` (text) that is not a number, in ``columns``
+    (default: all); ``lines`` are the rows' line numbers in the file (None: 'data row i')."""
+    cols = range(len(rows[0])) if columns is None else columns
+    for i, r in enumerate(rows):
+        line = f"data row {i + 1}" if lines is None else f"line {lines[i]}"
+        for j in cols:
+            if not _is_number(r[j]):
+                col = f"column {j + 1}" + (f" ({names[j]!r})" if names else "")
+                v = r[j].strip()
+                why = "is empty (missing values are not supported)" if not v else f"{v[:40]!r} is not a number"
+                return f"{line}, {col}: {why}"
+    return "a field is not a number"
 
 
 def _is_number(v) -> bool:
@@ -74,14 +116,11 @@ def _is_number(v) -> bool:
 
 
 def _has_header(rows) -> bool:
-    """The first row is a header when some column is numeric in every later row but not in the first (text label
-    columns and other text columns do not decide either way)."""
+    """The first row is a header when none of its fields is a number and the next row has a number (a text-only
+    file -- e.g. text labels -- has no header by this rule; pass ``header=True`` for one)."""
     if len(rows) < 2:
         return False
-    for j, first in enumerate(rows[0]):
-        if not _is_number(first) and all(j < len(r) and _is_number(r[j]) for r in rows[1:]):
-            return True
-    return False
+    return not any(_is_number(v) for v in rows[0]) and any(_is_number(v) for v in rows[1])
 
 
 def model_inputs(X: np.ndarray, names: list[str] | None, header: dict, what: str) -> tuple[np.ndarray, str | None]:
@@ -161,7 +200,8 @@ class TrainingData:
 
 
 def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=None, test_size=0.2, n_train=None,
-                  seed=0, data_home=None, shard: tuple[int, int] | None = None) -> TrainingData:
+                  seed=0, data_home=None, shard: tuple[int, int] | None = None,
+                  header: bool | None = None) -> TrainingData:
     """Exactly one source: a named ``dataset`` (its own split), feature and target files ``X`` / ``y``, or one table
     ``data`` with a ``target`` column (name or index; default the last); files are split with ``test_size``.
 
@@ -181,11 +221,11 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
     if X_path:
         if not y_path:
             raise DataFileError("--X needs --y (the targets file)")
-        X, names = read_array(X_path, "--X", mmap=shard is not None)
-        y, _ = read_array(y_path, "--y", numeric=False)
+        X, names = read_array(X_path, "--X", mmap=shard is not None, header=header)
+        y, _ = read_array(y_path, "--y", numeric=False, header=header)
         source = X_path
     else:
-        table, names = read_array(data, "--data", numeric=False)
+        table, names = read_array(data, "--data", numeric=False, header=header)
         if table.ndim != 2 or table.shape[1] < 2:
             raise DataFileError(f"--data file {data!r} needs at least two columns (features and a target)")
         col = target
@@ -209,7 +249,8 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
         try:
             X = X.astype(np.float64)
         except ValueError:
-            raise DataFileError(f"--data file {data!r} has non-numeric feature columns") from None
+            bad = first_bad_field(X.tolist(), names=names)
+            raise DataFileError(f"--data file {data!r}: {bad} (feature columns must be numbers)") from None
         source = data
     if X.ndim == 1:
         X = X[:, None]

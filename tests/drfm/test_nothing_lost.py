@@ -155,3 +155,103 @@ def test_reproduce_refuses_to_resume_with_other_settings(tmp_path, capsys, monke
     assert "depth 1 there, 2 now" in err and "sigma 0.05 there, 0.1 now" in err and len(calls) == 1
     # the same settings (more seeds) resume
     assert main([*base, "--depth", "1", "--seeds", "2"]) == 130 and len(calls) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CSV reading never guesses a header from data
+def _csv(tmp_path, name, text, *, bom=False, crlf=False):
+    p = tmp_path / name
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return p
+
+
+def _rows(n=10, d=3, seed=0):
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    return X, "".join(",".join(f"{v:.6f}" for v in r) + "\n" for r in X)
+
+
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("header", [False, True])
+def test_csv_bom_crlf_header_keep_every_row(tmp_path, bom, crlf, header):
+    from drfm.data.io import read_array
+
+    X, body = _rows()
+    p = _csv(tmp_path, "x.csv", ("a,b,c\n" if header else "") + body, bom=bom, crlf=crlf)
+    arr, names = read_array(str(p), "input")
+    assert arr.shape == (10, 3) and np.allclose(arr, X, atol=1e-6)
+    assert names == (["a", "b", "c"] if header else None)
+
+
+def test_csv_quoted_numbers_and_blank_lines(tmp_path):
+    from drfm.data.io import read_array
+
+    p = _csv(tmp_path, "q.csv", '"x","y"\n"1.5","2"\n\n" 3",4e0\n')
+    arr, names = read_array(str(p), "input")
+    assert names == ["x", "y"] and arr.tolist() == [[1.5, 2.0], [3.0, 4.0]]
+
+
+@pytest.mark.parametrize("bad", ["x", "0x10", ""])
+def test_a_bad_field_in_the_first_row_is_reported_not_taken_as_a_header(tmp_path, bad):
+    from drfm.data.io import DataFileError, read_array
+
+    _, body = _rows()
+    p = _csv(tmp_path, "b.csv", f"0.1,{bad},0.3\n" + body)
+    with pytest.raises(DataFileError, match="line 1, column 2") as info:
+        read_array(str(p), "input")
+    assert ("is empty" if bad == "" else f"'{bad}' is not a number") in str(info.value)
+    # and the same further down, with the header's column name
+    p = _csv(tmp_path, "c.csv", "a,b,c\n" + body + f"0.1,{bad},0.3\n")
+    with pytest.raises(DataFileError, match=r"line 12, column 2 \('b'\)"):
+        read_array(str(p), "input")
+
+
+def test_header_only_and_explicit_header_flags(tmp_path, capsys):
+    from drfm.data.io import DataFileError, read_array
+
+    with pytest.raises(DataFileError, match="no data rows"):
+        read_array(str(_csv(tmp_path, "h.csv", "a,b,c\n")), "input")
+    with pytest.raises(DataFileError, match="no data rows"):
+        read_array(str(_csv(tmp_path, "h2.csv", "a,b,c\n")), "input", header=True)
+    # a header of numbers is only a header when the caller says so
+    _, body = _rows()
+    p = _csv(tmp_path, "n.csv", "1,2,3\n" + body)
+    assert read_array(str(p), "input")[0].shape == (11, 3)
+    arr, names = read_array(str(p), "input", header=True)
+    assert arr.shape == (10, 3) and names == ["1", "2", "3"]
+    # text only (a labels file): no header unless asked
+    lab = _csv(tmp_path, "y.csv", "cat\ndog\ncat\n")
+    assert read_array(str(lab), "--y", numeric=False)[0].shape == (3, 1)
+    assert read_array(str(lab), "--y", numeric=False, header=True)[0].shape == (2, 1)
+
+
+def test_predict_on_a_bom_csv_gives_one_prediction_per_row(tmp_path, capsys):
+    X, y = _fit_files(tmp_path)
+    keep = tmp_path / "m.drfm"
+    assert main(["fit", "--X", str(X), "--y", str(y), "--param", "iters=1", "--param", "n_threads=1",
+                 "--save", str(keep)]) == 0
+    Xs, body = _rows(n=10, d=5, seed=3)
+    p = _csv(tmp_path, "in.csv", body, bom=True)
+    capsys.readouterr()
+    assert main(["predict", str(keep), str(p), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(preds) == 10
+    from drfm.data.models import load_model
+
+    assert np.allclose(preds, load_model(keep).predict(Xs.round(6)), rtol=1e-5, atol=1e-6)
+    # the first row bad: an error naming it, not 9 predictions
+    p = _csv(tmp_path, "bad.csv", "0.1,x,0.3,0.4,0.5\n" + body)
+    assert main(["predict", str(keep), str(p)]) == 2
+    assert "line 1, column 2: 'x' is not a number" in capsys.readouterr().err
+
+
+def test_fit_on_a_table_names_the_bad_feature_cell(tmp_path, capsys):
+    X, _ = _rows(n=30, d=2)
+    rows = [f"{a:.5f},{b:.5f},{'cat' if a > 0 else 'dog'}" for a, b in X]
+    rows[4] = "0.1,,cat"
+    p = _csv(tmp_path, "t.csv", "a,b,label\n" + "\n".join(rows) + "\n")
+    assert main(["fit", "--data", str(p), "--param", "iters=1"]) == 2
+    err = capsys.readouterr().err
+    assert "data row 5, column 2 ('b'): is empty" in err, err
