@@ -34,7 +34,7 @@ from kernels import MemoryPlan, apply_sqrt_m
 from kernels.features import apply_feature_map, draw_cosine, draw_relu
 
 from ._backend import make_generator, resolve_dtype, to_tensor
-from .engine import RFMParams, run_rfm, runtime_for
+from .engine import RFMParams, plan_layer, run_rfm, runtime_for
 from .engine.agree import agree_data, agree_parameters, on_every_rank, one_hot_agreed, standardization_agreed
 from .engine.runtime import DEFAULT_TIMEOUT_S, open_comm
 from ._threads import with_threads
@@ -212,6 +212,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         dtype, budget = rt.dtype, rt.budget
         h = to_tensor((X - self.mean_) / self.scale_, torch.float64, torch.device("cpu"))
         n = h.shape[0]
+        self._check_layers_fit(template, n, h.shape[1], Y.shape[1], rt)  # every layer's memory, before layer 0
         layers = []
         for idx in tqdm(range(self.depth), desc=type(self).__name__, disable=not self.verbose, unit="layer"):
             t0 = time.perf_counter()
@@ -219,11 +220,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
                 h = _row_normalise(h)
             d_l = h.shape[1]
             width = d_l if self.width is None else self.width
-            # what the layer holds beside its kernel machine: its input and linear stage, the new features, W
-            held = MemoryPlan(budget).add("layer input and linear stage (float64)", 2 * n * d_l * 8)
-            held.add(f"random features (width {width}, float64 and working copy)", n * width * (8 + 8))
-            held.add("feature-map weights", width * (d_l + 1) * 8)
-            held.check(f"{type(self).__name__} layer {idx}", hint=f"(n = {n}, d = {d_l}, width = {width})")
+            held = self._layer_held(budget, n, d_l, idx)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             km = self._machine(template, iters=template.iters, seed=seed, budget=held.left())
             layer_rt = rt.with_generator(make_generator(seed), owner=f"{owner} layer {idx}", budget=km.memory_budget)
@@ -234,6 +231,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
             W, b = _draw_map(self.feature_map, d_l, width, self.sigma, gen)
             z = apply_sqrt_m(h, torch.as_tensor(R))
             h = apply_feature_map(self.feature_map, z.to(dtype), W, b).double()
+            on_every_rank(comm, owner, lambda: self._check_features(h, idx, dtype))
             layers.append(Layer(
                 idx, R * R if R.ndim == 1 else R @ R.T, R, self.feature_map, None if W is None else W.numpy(),
                 None if b is None else b.numpy(), float(state.history[-1]["train_score"]),
@@ -249,6 +247,49 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         self.final_ = self._machine(template, iters=0, seed=seed, budget=budget, verbose=final_verbose).fit(
             h.numpy(), Y)
         return self
+
+    def _layer_held(self, budget: int, n: int, d_l: int, idx: int) -> MemoryPlan:
+        """What layer ``idx`` holds beside its kernel machine (its input and linear stage, the new features, W),
+        checked against ``budget``; the plan's ``left()`` is the machine's budget."""
+        width = d_l if self.width is None else self.width
+        held = MemoryPlan(budget).add("layer input and linear stage (float64)", 2 * n * d_l * 8)
+        held.add(f"random features (width {width}, float64 and working copy)", n * width * (8 + 8))
+        held.add("feature-map weights", width * (d_l + 1) * 8)
+        held.check(f"{type(self).__name__} layer {idx}", hint=f"(n = {n}, d = {d_l}, width = {width})")
+        return held
+
+    def _check_layers_fit(self, template, n: int, d: int, c: int, rt) -> None:
+        """Refuse before any work a depth whose later layers cannot fit: each distinct layer input width (d for
+        layer 0, the map's width after it) gets its held arrays and its kernel machine's memory plan checked."""
+        widths = {0: d}
+        if self.depth > 1:
+            widths.setdefault(1, d if self.feature_map == "none" or self.width is None else self.width)
+        for idx, d_l in widths.items():
+            if idx > 0 and d_l == d:
+                continue
+            held = self._layer_held(rt.budget, n, d_l, idx)
+            km = self._machine(template, iters=template.iters, seed=0, budget=held.left())
+            plan_layer(n, d_l, c, params=RFMParams.of(km),
+                       runtime=rt.with_generator(make_generator(0), owner=f"{type(self).__name__} layer {idx}",
+                                                 budget=km.memory_budget))
+
+    def _check_features(self, h: torch.Tensor, idx: int, dtype) -> None:
+        """A layer's random features must be finite and differ between rows, else a clear error naming the cause
+        (e.g. ``sigma`` far too large: the cosine map's phases overflow; far too small: every row maps to the same
+        features and the model predicts one value)."""
+        owner, fm = type(self).__name__, self.feature_map
+        cosine = fm == "cosine"
+        if not bool(torch.isfinite(h).all()):
+            why = (f": sigma={self.sigma:g} makes the phases z W^T overflow {str(dtype).replace('torch.', '')}; use "
+                   "a smaller sigma" if cosine else "")
+            raise ValueError(f"{owner} layer {idx}: the {fm} random features are not finite{why}")
+        if h.shape[0] > 1 and h.shape[1] > 0:
+            spread = float(h.std(0).max())
+            if not spread > 1e-6 * max(float(h.abs().max()), torch.finfo(dtype).tiny):
+                why = (f": sigma={self.sigma:g} is too small for the data (the phases z W^T barely vary between "
+                       "rows); use a larger sigma" if cosine else "")
+                raise ValueError(f"{owner} layer {idx}: the {fm} random features are the same for every row, the "
+                                 f"model could only predict one value{why}")
 
     # -- transforms
     def _stages(self, X, upto=None):

@@ -399,17 +399,79 @@ def feature_spectrum(features, labels, *, top: int | None = None) -> dict:
     classes, idx = np.unique(np.asarray(labels), return_inverse=True)
     if len(idx) != H.shape[0]:
         raise ValueError(f"labels has {len(idx)} entries for {H.shape[0]} feature rows")
-    N, K = H.shape[0], len(classes)
+    (N, p), K = H.shape, len(classes)
+    side = min(N, p)
+    _check_spectrum_memory(side)
     Hc = H - H.mean(0)
     Yc = np.eye(K)[idx]
     Yc = Yc - Yc.mean(0)
+    if N < p:  # the smaller side: the N x N Gram matrix has the covariance's nonzero eigenvalues
+        return _spectrum_from_gram(_gram(Hc) / N, Yc, p, K, top)
     return _spectrum_of(Hc.T @ Hc / N, Hc.T @ Yc, float(np.sum(Yc**2)), N, K, top)
+
+
+#: rows of H per block of the Gram product (bounded temporaries whatever p is)
+_GRAM_BLOCK = 256
+
+
+def _gram(Hc: np.ndarray) -> np.ndarray:
+    """``H_c H_c^T`` (N x N) by row blocks (each block a bounded GEMM; a single p x p or N x N product with a wide
+    inner dimension crashed OpenBLAS at p = 20 000)."""
+    N = Hc.shape[0]
+    G = np.empty((N, N))
+    for i in range(0, N, _GRAM_BLOCK):
+        G[i : i + _GRAM_BLOCK] = Hc[i : i + _GRAM_BLOCK] @ Hc.T
+    return 0.5 * (G + G.T)
+
+
+def _check_spectrum_memory(side: int) -> None:
+    """The eigen-decomposition holds a few ``side x side`` float64 matrices: refused before any work when they do
+    not fit the memory available."""
+    from kernels.memory import available_memory
+
+    need = 4 * side * side * 8
+    have = available_memory("cpu")
+    if need > have:
+        raise ValueError(f"the feature spectrum of {side} x {side} needs about {need / 2**30:.1f} GiB ("
+                         f"min(samples, features) = {side}); {have / 2**30:.1f} GiB are available: pass fewer rows")
+
+
+def _finish_spectrum(lam, N, K, k, share) -> dict:
+    total = float(lam.sum())
+    mf = float(lam[: max(K - 1, 1)].sum() / total) if total > 0 else 0.0
+    return {"eigenvalues": lam[:k], "participation_ratio": float(total**2 / np.sum(lam**2)) if total > 0 else 0.0,
+            "n_above_1pct": int(np.sum(lam > 0.01 * lam[0])) if total > 0 else 0, "label_share": share,
+            "mf_share": mf, "verdict": "MF" if mf >= MF_VARIANCE_SHARE else "EF", "n_classes": K}
+
+
+def _spectrum_from_gram(G, Yc, p, K, top=None) -> dict:
+    """:func:`feature_spectrum` from the Gram side ``G = H_c H_c^T / N`` (N x N, N < p): its eigenvectors are the
+    eigenfunctions u_i themselves, so the label share is ``||u_i^T Y_c||^2 / ||Y_c||^2``; the covariance's other
+    p - N eigenvalues are 0. Eigenvalues only when no eigenfunction is asked for (``top=0``)."""
+    N = G.shape[0]
+    k = p if top is None else min(int(top), p)
+    if k == 0:
+        lam, U = np.linalg.eigvalsh(G), None
+    else:
+        lam, U = np.linalg.eigh(G)
+        U = U[:, ::-1]
+    lam = np.concatenate([np.clip(lam[::-1], 0.0, None), np.zeros(p - N)])
+    ynorm = float(np.sum(Yc**2))
+    share = np.zeros(k)
+    kk = min(k, N)
+    keep = lam[:kk] > lam[0] * 1e-12 if lam.sum() > 0 else np.zeros(kk, bool)
+    if ynorm > 0 and keep.any():
+        share[:kk][keep] = np.sum((U[:, :kk][:, keep].T @ Yc) ** 2, axis=1) / ynorm
+    return _finish_spectrum(lam, N, K, k, share)
 
 
 def _spectrum_of(cov, hy, ynorm, N, K, top=None) -> dict:
     """:func:`feature_spectrum` from the centred feature covariance (p, p), the features' products with the centred
     one-hot labels ``H_c^T Y_c`` (p, K) and ``||Y_c||_F^2``: the eigenfunctions ``u_i = H_c v_i / sqrt(N l_i)`` carry
-    ``||u_i^T Y_c||^2 = ||v_i^T H_c^T Y_c||^2 / (N l_i)`` of the labels (no per-sample quantity needed)."""
+    ``||u_i^T Y_c||^2 = ||v_i^T H_c^T Y_c||^2 / (N l_i)`` of the labels (no per-sample quantity needed).
+    Eigenvalues only when no eigenfunction is asked for (``top=0``)."""
+    if top is not None and int(top) == 0:
+        return _finish_spectrum(np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None), N, K, 0, np.zeros(0))
     lam, V = np.linalg.eigh(cov)
     lam, V = np.clip(lam[::-1], 0.0, None), V[:, ::-1]
     total = float(lam.sum())
@@ -419,10 +481,7 @@ def _spectrum_of(cov, hy, ynorm, N, K, top=None) -> dict:
     if ynorm > 0 and keep.any():
         proj = (V[:, :k][:, keep].T @ hy) / np.sqrt(N * lam[:k][keep])[:, None]
         share[keep] = np.sum(proj**2, axis=1) / ynorm
-    mf = float(lam[: max(K - 1, 1)].sum() / total) if total > 0 else 0.0
-    return {"eigenvalues": lam[:k], "participation_ratio": float(total**2 / np.sum(lam**2)) if total > 0 else 0.0,
-            "n_above_1pct": int(np.sum(lam > 0.01 * lam[0])) if total > 0 else 0, "label_share": share,
-            "mf_share": mf, "verdict": "MF" if mf >= MF_VARIANCE_SHARE else "EF", "n_classes": K}
+    return _finish_spectrum(lam, N, K, k, share)
 
 
 def effective_features(features, labels) -> float:

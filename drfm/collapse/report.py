@@ -261,11 +261,22 @@ def _finite_or_none(obj):
     return obj
 
 
-def check_metrics(metrics) -> None:
-    """``ValueError`` naming any metric that is not in :data:`METRICS` or :data:`LAYER_METRICS`."""
+def check_metrics(metrics) -> tuple:
+    """The metrics as a tuple of names (one name may be given as a string); ``ValueError`` naming any metric that is
+    not in :data:`METRICS` or :data:`LAYER_METRICS`, ``TypeError`` for anything but names."""
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    try:
+        metrics = tuple(metrics)
+    except TypeError:
+        raise TypeError(f"metrics must be a metric name or a sequence of names, got {type(metrics).__name__}") from None
+    odd = [m for m in metrics if not isinstance(m, str)]
+    if odd:
+        raise TypeError(f"metrics must be names (str), got {odd[:3]}")
     unknown = [m for m in metrics if m not in METRICS and m not in LAYER_METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; available: {', '.join([*METRICS, *LAYER_METRICS])}")
+    return metrics
 
 
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
@@ -276,7 +287,7 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     each layer's least-squares readout, ``nc4`` against ``predictions`` (the model's; else that readout's) and
     ``linear_cka`` against the one-hot labels. ``spectra=k`` keeps the top k eigenvalues of every layer and stage's
     feature covariance in ``meta["spectra"][model][stage][layer]`` (:meth:`CollapseReport.plot_spectra`)."""
-    check_metrics(metrics)
+    metrics = check_metrics(metrics)
     y = np.asarray(y)
     new = report is None
     if new:
@@ -303,12 +314,22 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     return report
 
 
+def _check_fitted(model) -> None:
+    """sklearn's NotFittedError (a ValueError and an AttributeError) for an unfitted estimator."""
+    from sklearn.base import BaseEstimator
+    from sklearn.utils.validation import check_is_fitted
+
+    if isinstance(model, BaseEstimator):
+        check_is_fitted(model)
+
+
 def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm",
                     spectra: int | None = None) -> CollapseReport:
     """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
     on (X, y), per layer and stage (input / linear / nonlinear); ``spectra=k`` also keeps each layer's top k feature
     eigenvalues for :meth:`CollapseReport.plot_spectra`."""
-    check_metrics(metrics)  # before the (possibly long) feature pass
+    metrics = check_metrics(metrics)  # before the (possibly long) feature pass
+    _check_fitted(model)
     predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None
     layers = model.iter_layer_features(X) if hasattr(model, "iter_layer_features") else model.layer_features(X)
     return stage_report(layers, y, metrics=metrics, model_name=model_name, predictions=predictions,

@@ -66,7 +66,7 @@ class ModelFileError(ValueError):
 
 
 def _class_of(path: str):
-    if path not in _ESTIMATORS:
+    if not isinstance(path, str) or path not in _ESTIMATORS:
         raise ModelFileError(f"the model file names the class {path!r}, which is not a drfm estimator")
     module, name = _ESTIMATORS[path]
     return getattr(importlib.import_module(module), name)
@@ -173,8 +173,21 @@ class _Decoder:
             return self.sequential(v)
         if "__estimator__" in v:
             cls = _class_of(v["__estimator__"])
-            est = cls(**self(v["params"]))
-            est.__dict__.update(self(v["state"]))
+            params, state = self(v["params"]), self(v["state"])
+            if not isinstance(params, dict) or not isinstance(state, dict):
+                raise ModelFileError("the model file holds an estimator without its parameters or state")
+            known = set(cls._get_param_names())
+            odd = [k for k in params if k not in known]
+            if odd:
+                raise ModelFileError(f"the model file gives {cls.__name__} parameters it does not have: {odd[:3]}")
+            # fitted state is data: no key may shadow a method or property of the class, or a parameter
+            odd = [k for k in state if not isinstance(k, str) or not k.isidentifier() or hasattr(cls, k)
+                   or k in known]
+            if odd:
+                raise ModelFileError(f"the model file holds {cls.__name__} state under names drfm does not write: "
+                                     f"{odd[:3]}")
+            est = cls(**params)
+            est.__dict__.update(state)
             return est
         if "__layer__" in v:
             from ..deep import Layer
@@ -187,18 +200,28 @@ class _Decoder:
         raise ModelFileError(f"the model file holds an unknown object {sorted(v)[:3]}")
 
     def sequential(self, v):
+        specs, weights = v["__sequential__"], self(v["state"])
+        if not isinstance(specs, list) or not isinstance(weights, dict):
+            raise ModelFileError("the model file holds a network without its layers or weights")
         mods = []
-        for spec in v["__sequential__"]:
-            kind = spec.get("type")
-            if kind not in _MODULES:
+        for i, spec in enumerate(specs):
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if not isinstance(kind, str) or kind not in _MODULES:
                 raise ModelFileError(f"the model file names the module {kind!r}, which is not supported")
             if kind == "Linear":
-                mods.append(nn.Linear(int(spec["in_features"]), int(spec["out_features"]), bias=bool(spec["bias"]),
-                                      dtype=getattr(torch, spec["dtype"])))
+                # the declared shape must be the stored weights' shape before anything is allocated for it
+                n_in, n_out, dtype = spec.get("in_features"), spec.get("out_features"), spec.get("dtype")
+                w, b = weights.get(f"{i}.weight"), weights.get(f"{i}.bias")
+                if not (isinstance(n_in, int) and isinstance(n_out, int) and isinstance(w, torch.Tensor)
+                        and tuple(w.shape) == (n_out, n_in) and dtype in ("float32", "float64", "float16")
+                        and w.dtype == getattr(torch, dtype)
+                        and (b is None) != bool(spec.get("bias")) and (b is None or tuple(b.shape) == (n_out,))):
+                    raise ModelFileError(f"the model file's layer {i} (Linear) does not match its stored weights")
+                mods.append(nn.Linear(n_in, n_out, bias=b is not None, dtype=getattr(torch, dtype), device="meta"))
             else:
                 mods.append(getattr(nn, kind)(**{a: spec[a] for a in _MODULES[kind]}))
         net = nn.Sequential(*mods)
-        net.load_state_dict(self(v["state"]))
+        net.load_state_dict(weights, assign=True)  # the stored tensors themselves: no second copy
         return net.train(bool(v.get("training", False)))
 
 
@@ -278,7 +301,7 @@ def load_model(path, *, device: str = "cpu", allow_pickle: bool = False):
             )
         model = _load_pickle(path, offset)
     elif magic == MAGIC:
-        model = _load_v2(path, offset)
+        model = _load_v2(path, offset, header)
     else:
         version = magic[len(_MAGIC_PREFIX):].strip().decode(errors="replace")
         raise ModelFileError(f"{str(path)!r} is a drfm model file of format {version!r}; this drfm "
@@ -289,24 +312,83 @@ def load_model(path, *, device: str = "cpu", allow_pickle: bool = False):
     return _place(model, resolve_device(device, "load_model"))
 
 
-def _load_v2(path: Path, offset: int):
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        payload = fh.read()
+#: dtypes of the arrays in a model file (numbers, booleans, text)
+_ARRAY_KINDS = "biufcUS"
+
+
+def _read_member(archive, info, payload_size: int) -> np.ndarray:
+    """One .npy member, its header checked before anything is allocated: stored uncompressed (as drfm writes), no
+    larger than the file, a numeric or text dtype, and a shape whose bytes fit the member."""
+    import zipfile
+
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size > payload_size:
+        raise ModelFileError(f"member {info.filename!r} is compressed or larger than the file")
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ModelFileError(f"member {info.filename!r} has an unknown .npy version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh, max_header_size=10000)
+        if dtype.kind not in _ARRAY_KINDS or dtype.hasobject:
+            raise ModelFileError(f"member {info.filename!r} has dtype {dtype}, which drfm does not write")
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if nbytes > info.file_size - fh.tell():
+            raise ModelFileError(f"member {info.filename!r} declares shape {shape} ({nbytes} bytes), more than it "
+                                 "holds")
+        data = fh.read(nbytes)
+    a = np.frombuffer(data, dtype=dtype) if nbytes else np.zeros(0, dtype=dtype)
+    return a.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _array_refs(tree, out: set) -> set:
+    """The array keys a state tree refers to."""
+    if isinstance(tree, dict):
+        if "__array__" in tree and isinstance(tree["__array__"], str):
+            out.add(tree["__array__"])
+        for v in tree.values():
+            _array_refs(v, out)
+    elif isinstance(tree, list):
+        for v in tree:
+            _array_refs(v, out)
+    return out
+
+
+def _load_v2(path: Path, offset: int, header: dict):
+    import zipfile
+
+    size = path.stat().st_size - offset
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}  # every member, none may need a pickle
-        tree = json.loads(arrays.pop("state.json").tobytes().decode())
-    except ModelFileError:
-        raise
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            with zipfile.ZipFile(io.BytesIO(fh.read())) as archive:
+                members = {info.filename: info for info in archive.infolist()}
+                if "state.json.npy" not in members:
+                    raise ModelFileError("it has no state.json member")
+                tree = json.loads(_read_member(archive, members.pop("state.json.npy"), size).tobytes().decode())
+                wanted = {f"{k}.npy" for k in _array_refs(tree, set())}
+                extra = sorted(set(members) - wanted)
+                if extra:  # drfm writes only the arrays its state refers to
+                    raise ModelFileError(f"member {extra[0]!r} is not one drfm writes")
+                arrays = {name[:-4]: _read_member(archive, members[name], size) for name in wanted & set(members)}
     except Exception as exc:  # noqa: BLE001 - any failure to read the archive means a damaged file
-        raise ModelFileError(f"{str(path)!r} is a damaged drfm model file ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(f"{str(path)!r} is a damaged drfm model file ({_why(exc)}){_written_by(header)}") from None
     try:
         return _Decoder(arrays)(tree)
-    except ModelFileError:
-        raise
     except Exception as exc:  # noqa: BLE001 - a tree drfm did not write
-        raise ModelFileError(f"{str(path)!r} is a damaged drfm model file ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(f"{str(path)!r} is a damaged drfm model file ({_why(exc)}){_written_by(header)}") from None
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ModelFileError) else f"{type(exc).__name__}: {exc}"
+
+
+def _written_by(header: dict) -> str:
+    """'; it was written by drfm X and this is drfm Y' when the versions differ (a newer writer may be the cause)."""
+    version = header.get("drfm_version")
+    if not isinstance(version, str) or version == __version__:
+        return ""
+    return f"; it was written by drfm {version} and this is drfm {__version__}"
 
 
 def _load_pickle(path: Path, offset: int):

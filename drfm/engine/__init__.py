@@ -6,8 +6,9 @@
   checks, label types, categories, classes, standardisation);
 * :mod:`drfm.engine.machine`: the fitted kernel machine used by the loop's scoring, ``predict`` and ``agop``.
 """
-from .loop import KernelScaleWarning, RFMParams, RFMState, run_rfm
+from .loop import KernelScaleWarning, RFMParams, RFMState, plan_layer, run_rfm
 from .machine import KernelMachine
 from .runtime import Runtime, runtime_for
 
-__all__ = ["KernelMachine", "KernelScaleWarning", "RFMParams", "RFMState", "Runtime", "run_rfm", "runtime_for"]
+__all__ = ["KernelMachine", "KernelScaleWarning", "RFMParams", "RFMState", "Runtime", "plan_layer", "run_rfm",
+           "runtime_for"]

@@ -60,7 +60,7 @@ from .._categorical import tie_groups
 from .machine import KernelMachine
 from .runtime import Runtime, labels_of_all_ranks
 
-__all__ = ["KernelScaleWarning", "RFMParams", "RFMState", "run_rfm"]
+__all__ = ["KernelScaleWarning", "RFMParams", "RFMState", "plan_layer", "run_rfm"]
 
 logger = logging.getLogger("drfm.rfm")
 
@@ -71,6 +71,9 @@ SCORE_ROWS = 2000
 EARLY_STOPPING_MIN_N = 2000
 #: the validation split early stopping holds out when validation_fraction is None: 10%, at most 10000 rows
 DEFAULT_VALIDATION_FRACTION, DEFAULT_VALIDATION_MAX_ROWS = 0.1, 10000
+#: more RFM iterations than this get a warning at the start of the fit (M usually settles within SETTLES_WITHIN)
+MANY_ITERS, SETTLES_WITHIN = 1000, 10
+
 #: the chosen iterate is refit on all rows only when the held-out rows are at least this share of them: beyond
 #: (n > 200 000 with the default split) one more solve on all n rows would cost as much as the fit for <= 5% more rows
 REFIT_MIN_SHARE = 0.05
@@ -328,6 +331,18 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
                                   n_local=n_local if phase == "all" else None)
         logger.info("%s: solver %s for %s rows (%s)", owner, plans[phase].solver, phase, plans[phase].reason)
     return plans
+
+
+def plan_layer(n_local: int, d: int, c: int, *, params: RFMParams, runtime: Runtime) -> dict:
+    """The memory plan of a fit with no held-out rows (a Deep RFM layer's) on this rank's ``n_local`` rows of
+    width ``d``, made as :func:`run_rfm` makes it, without any work: the planner's error when it cannot fit."""
+    p, rt = params, runtime
+    sizes = rt.comm.sizes(n_local, rt.device)
+    n, most = sum(sizes), max(sizes)
+    return _plan_phases({"all": n}, n_train=most, n_val=0, n_agop=min(p.agop_sample_size, n), d=d, c=c,
+                        itemsize=torch.empty((), dtype=rt.dtype).element_size(), p=p, dtype=rt.dtype,
+                        device=rt.device, budget=rt.budget, owner=rt.owner,
+                        n_local=most if rt.comm.world_size > 1 else None)
 
 
 @dataclass
@@ -634,6 +649,10 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     n, off = sum(sizes), sum(sizes[: comm.rank])
     if n == 0:
         raise ValueError(f"{owner}: no rank holds any training rows")
+    if p.iters > MANY_ITERS:
+        warnings.warn(f"{owner}: iters={p.iters} RFM iterations, each a kernel solve and an AGOP step: the feature "
+                      f"matrix usually settles within {SETTLES_WITHIN} (early stopping keeps the best iterate); this "
+                      "fit may run for a very long time", UserWarning, stacklevel=2)
     stopping = final_solve and p.iters > 0 and (p.early_stopping is True or (
         p.early_stopping == "auto" and (n >= EARLY_STOPPING_MIN_N or X_val is not None)))
     if X_val is not None:

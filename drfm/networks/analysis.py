@@ -130,6 +130,9 @@ def network_view(model, X):
     """``(network, X, initial state or None)`` for a Sequential or a fitted model with a ``network_view`` method."""
     view = getattr(model, "network_view", None)
     if callable(view):
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(model)  # NotFittedError, not an AttributeError from inside
         return view(X)
     layer_blocks(model)
     return model, X, None
@@ -232,7 +235,7 @@ def mlp_collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str 
                         report: CollapseReport | None = None) -> CollapseReport:
     """Collapse metrics per Linear layer and stage (input / linear = S V^T h / nonlinear), rows as in Deep RFM's
     :func:`~drfm.collapse.collapse_report`; with ``epoch`` every row carries it (training dynamics)."""
-    check_metrics(metrics)  # before the feature pass
+    metrics = check_metrics(metrics)  # before the feature pass
     return stage_report(iter_layer_features(model, X), y, metrics=metrics, model_name=model_name, epoch=epoch,
                         report=report)
 

@@ -29,10 +29,12 @@ def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.
                    spectra: int | None = None) -> CollapseReport:
     """Fit a Deep RFM on a named dataset and report its collapse metrics per layer and stage (test accuracy and fit
     time in ``meta``)."""
+    from ..collapse import check_metrics
     from ..data.datasets import load
     from ..deep import DeepRFMClassifier
     from ..rfm import RFMRegressor
 
+    metrics = check_metrics(metrics)  # before the data are read and the model is fitted
     data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
     if data.task != "classification":
         raise ValueError(f"dataset {dataset!r} is a regression set; collapse needs class labels")
@@ -92,8 +94,10 @@ def compare(X_train, y_train, X_test, y_test, *, depth: int = 5, mlp_params: dic
     """Train an MLP with ``depth`` hidden layers and a Deep RFM of depth ``depth`` on the same data; one report with
     both models' per-layer, per-stage collapse rows, the MLP's NFA rows (trained and at initialisation), the MLP's
     per-epoch rows (``measure_every``), and test accuracy / seconds in ``meta``."""
+    from ..collapse import check_metrics
     from ..deep import DeepRFMClassifier
 
+    metrics = check_metrics(metrics)  # before either model is trained
     # mlp_params may set the MLP's own depth (the seed paper compares Deep RFM depth 20 with a 5-layer MLP)
     mlp = TorchMLPClassifier(**{"depth": depth, "random_state": random_state, "verbose": verbose,
                                 "measure_every": measure_every, **(mlp_params or {})})

@@ -3,6 +3,7 @@ exact row counts, resumes that refuse mixed settings, crafted model files, bound
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,3 +256,260 @@ def test_fit_on_a_table_names_the_bad_feature_cell(tmp_path, capsys):
     assert main(["fit", "--data", str(p), "--param", "iters=1"]) == 2
     err = capsys.readouterr().err
     assert "data row 5, column 2 ('b'): is empty" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# crafted model files: refused by the loader's own error, quickly and without allocating what they declare
+def _model_file(tmp_path):
+    from drfm import TorchMLPClassifier
+    from drfm.data.models import save_model
+
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    mlp = TorchMLPClassifier(1, 4, epochs=1, random_state=0).fit(X, (X[:, 0] > 0).astype(int))
+    return save_model(mlp, tmp_path / "mlp.drfm")
+
+
+def _split(path):
+    data = path.read_bytes()
+    first = data.index(b"\n") + 1
+    second = data.index(b"\n", first) + 1
+    return data[:first], json.loads(data[first:second]), data[second:]
+
+
+def _with_members(path, out, edit_tree=None, members=None, header_edit=None):
+    """A copy of a model file: its tree edited, its members replaced or added (raw bytes, optionally compressed)."""
+    import io
+    import zipfile
+
+    magic, header, payload = _split(path)
+    with zipfile.ZipFile(io.BytesIO(payload)) as z:
+        raw = {i.filename: z.read(i) for i in z.infolist()}
+    if edit_tree:
+        tree = json.loads(np.load(io.BytesIO(raw["state.json.npy"])).tobytes().decode())
+        buf = io.BytesIO()
+        np.save(buf, np.frombuffer(json.dumps(edit_tree(tree)).encode(), dtype=np.uint8))
+        raw["state.json.npy"] = buf.getvalue()
+    entries = {name: (data, zipfile.ZIP_STORED) for name, data in raw.items()}
+    entries.update(members or {})  # a member of the same name is replaced
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, (data, compress) in entries.items():
+            z.writestr(name, data, compress_type=compress)
+    if header_edit:
+        header = header_edit(header)
+    out.write_bytes(magic + json.dumps(header).encode() + b"\n" + buf.getvalue())
+    return out
+
+
+def _refused_fast(path, match):
+    import tracemalloc
+
+    from drfm.data.models import ModelFileError, load_model
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ModelFileError, match=match):
+            load_model(path)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 1.0 and peak < 100 * 2**20, (time.perf_counter() - t0, peak)
+
+
+def _npy_header_only(shape, dtype="<f4"):
+    """A .npy member that declares ``shape`` but holds 16 bytes of data."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 16
+
+
+def test_crafted_model_files_are_refused_quickly(tmp_path):
+    import zipfile
+
+    path = _model_file(tmp_path)
+    # a zip-bomb member the loader never uses (300 MB of zeros in ~300 kB)
+    bomb = _with_members(path, tmp_path / "bomb.drfm",
+                         members={"extra.npy": (b"\0" * (300 * 2**20), zipfile.ZIP_DEFLATED)})
+    assert bomb.stat().st_size < 5 * 2**20
+    _refused_fast(bomb, "damaged.*compressed|damaged.*not one drfm writes")
+    # an array member declaring 20 000 x 20 000 floats it does not hold
+    _, _, payload = _split(path)
+    import io
+
+    with zipfile.ZipFile(io.BytesIO(payload)) as z:
+        first_array = next(i.filename for i in z.infolist() if i.filename != "state.json.npy")
+    huge = _with_members(path, tmp_path / "huge.drfm", members={first_array: (_npy_header_only((20000, 20000)),
+                                                                              zipfile.ZIP_STORED)})
+    _refused_fast(huge, r"declares shape \(20000, 20000\)")
+
+    # a Linear layer declared 20 000 x 20 000 over small stored weights
+    def widen(tree):
+        text = json.dumps(tree)
+        return json.loads(text.replace('"in_features": 4', '"in_features": 20000', 1)
+                          .replace('"out_features": 4', '"out_features": 20000', 1))
+
+    _refused_fast(_with_members(path, tmp_path / "wide.drfm", edit_tree=widen), "does not match its stored weights")
+    # wrong types in the header and the tree
+    _refused_fast(_with_members(path, tmp_path / "cls.drfm", header_edit=lambda h: {**h, "class": ["x"]}),
+                  "not a drfm estimator")
+
+    def shadow(tree):
+        tree["state"]["__dict__"].append(["predict", 1])
+        return tree
+
+    _refused_fast(_with_members(path, tmp_path / "shadow.drfm", edit_tree=shadow), "names drfm does not write")
+
+    def unknown_param(tree):
+        tree["params"]["__dict__"].append(["no_such_param", 1])
+        return tree
+
+    _refused_fast(_with_members(path, tmp_path / "param.drfm", edit_tree=unknown_param), "does not have")
+
+
+def test_a_damaged_file_from_another_version_names_both_versions(tmp_path):
+    import zipfile
+
+    from drfm import __version__
+
+    path = _model_file(tmp_path)
+    newer = _with_members(path, tmp_path / "newer.drfm", header_edit=lambda h: {**h, "drfm_version": "9.0.0"},
+                          members={"new_thing.npy": (b"\0" * 64, zipfile.ZIP_STORED)})
+    _refused_fast(newer, f"written by drfm 9.0.0 and this is drfm {__version__}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# spectra from the smaller side
+def test_feature_spectrum_from_the_gram_side_equals_the_covariance_side():
+    from drfm.collapse import metrics as C
+
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(40, 90)) @ np.diag(np.linspace(3, 0.1, 90))
+    labels = rng.integers(0, 4, size=40)
+    got = C.feature_spectrum(H, labels)  # N < p: the Gram side
+    Hc = H - H.mean(0)
+    Yc = np.eye(4)[labels]
+    Yc = Yc - Yc.mean(0)
+    ref = C._spectrum_of(Hc.T @ Hc / 40, Hc.T @ Yc, float(np.sum(Yc**2)), 40, 4)  # the p x p covariance
+    assert got["eigenvalues"].shape == ref["eigenvalues"].shape == (90,)
+    np.testing.assert_allclose(got["eigenvalues"], ref["eigenvalues"], atol=1e-10)
+    np.testing.assert_allclose(got["label_share"][:39], ref["label_share"][:39], atol=1e-8)
+    for key in ("participation_ratio", "mf_share", "n_above_1pct", "verdict"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-10) if isinstance(got[key], float) else got[key] == ref[key]
+    assert C.effective_features(H, labels) == pytest.approx(ref["participation_ratio"], rel=1e-10)
+    assert C.mf_share(H, labels) == pytest.approx(ref["mf_share"], rel=1e-10)
+    # and the covariance side's eigenvalues-only route (N >= p)
+    H2 = rng.normal(size=(120, 30))
+    l2 = rng.integers(0, 3, size=120)
+    assert C.effective_features(H2, l2) == pytest.approx(C.feature_spectrum(H2, l2)["participation_ratio"])
+
+
+def test_feature_spectrum_of_20000_features_is_quick():
+    from drfm.collapse import metrics as C
+
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(1000, 20000)).astype(np.float32)
+    labels = rng.integers(0, 10, size=1000)
+    t0 = time.perf_counter()
+    pr, mf = C.effective_features(H, labels), C.mf_share(H, labels)
+    spec = C.feature_spectrum(H, labels, top=20)
+    assert time.perf_counter() - t0 < 30
+    # 1000 random directions: close to flat, 999 nonzero eigenvalues (centring removes one)
+    assert 500 < pr < 1000 and 0 < mf < 0.05 and len(spec["eigenvalues"]) == 20
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# silent or misleading results
+def test_float32_underflow_of_a_feature_is_an_error():
+    from drfm import RFMRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3))
+    with pytest.raises(ValueError, match="below float32's smallest normal number.*column 0"):
+        RFMRegressor(iters=1).fit(X * 1e-50, X[:, 0])
+    # float64 keeps such values
+    RFMRegressor(iters=0, dtype="float64").fit(X * 1e-50, X[:, 0])
+
+
+@pytest.mark.parametrize("sigma, words", [(1e-300, "too small"), (1e300, "overflow")])
+def test_deep_rfm_sigma_far_out_of_scale_names_sigma(sigma, words):
+    from drfm import DeepRFMClassifier
+
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.raises(ValueError, match=f"layer 0.*sigma={re.escape(f'{sigma:g}')}.*{words}"):
+        DeepRFMClassifier(2, sigma=sigma, random_state=0).fit(X, y)
+
+
+def test_metrics_as_one_name_and_early_rejection(tmp_path, capsys, monkeypatch):
+    from drfm import DeepRFMClassifier
+    from drfm.collapse import check_metrics, collapse_report
+    from drfm.studies import experiments
+
+    assert check_metrics("nc1") == ("nc1",)
+    with pytest.raises(TypeError, match="names"):
+        check_metrics([1, 2])
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    model = DeepRFMClassifier(1, random_state=0).fit(X, y)
+    assert {r["metric"] for r in collapse_report(model, X, y, metrics="nc1").rows} == {"nc1"}
+    # `drfm collapse --metrics bogus`: refused before the data are read or a model is fitted
+    monkeypatch.setattr(experiments, "DeepRFMClassifier", None, raising=False)
+    fitted = []
+    import drfm.deep
+
+    monkeypatch.setattr(drfm.deep.DeepRFMClassifier, "fit", lambda self, *a, **k: fitted.append(1))
+    assert main(["collapse", "--dataset", "digits", "--metrics", "bogus"]) == 2
+    assert "unknown metrics ['bogus']" in capsys.readouterr().err and not fitted
+
+
+def test_unfitted_models_give_not_fitted_errors():
+    from sklearn.exceptions import NotFittedError
+
+    from drfm import RFMRegressor, TorchMLPClassifier
+    from drfm.collapse import collapse_report
+    from drfm.networks.analysis import network_agop
+
+    X = np.zeros((4, 2))
+    with pytest.raises(NotFittedError):
+        collapse_report(RFMRegressor(), X, np.arange(4))
+    with pytest.raises(NotFittedError):
+        network_agop(TorchMLPClassifier(), X, 0)
+
+
+def test_random_state_none_leaves_numpys_global_state_alone():
+    from drfm import RFMRegressor
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy(), np.random.get_state()[2]
+    RFMRegressor(iters=1, random_state=None).fit(X, X[:, 0])
+    after = np.random.get_state()
+    assert np.array_equal(before[0], after[1]) and before[1] == after[2]
+
+
+def test_very_many_iterations_warn():
+    from drfm import RFMRegressor
+
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.warns(UserWarning, match="iters=1001"):
+        RFMRegressor(iters=1001, early_stopping=True, validation_fraction=0.25, n_iter_no_change=1).fit(X, X[:, 0])
+
+
+def test_deep_rfm_whose_later_layer_cannot_fit_is_refused_before_layer_0(monkeypatch):
+    import drfm.deep
+    from drfm import DeepRFMClassifier
+
+    X = np.random.default_rng(0).normal(size=(200, 10))
+    y = (X[:, 0] > 0).astype(int)
+    calls = []
+    real = drfm.deep.run_rfm
+    monkeypatch.setattr(drfm.deep, "run_rfm", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    # layer 1's input is 4096 wide: its d x d feature matrices alone (2 x 128 MiB in float64) exceed the budget
+    with pytest.raises(ValueError, match="layer 1.*memory_budget"):
+        DeepRFMClassifier(2, width=4096, memory_budget=96 * 2**20, random_state=0).fit(X, y)
+    assert calls == []  # refused before layer 0 was fitted
+    DeepRFMClassifier(2, width=64, memory_budget=96 * 2**20, random_state=0).fit(X, y)
+    assert len(calls) == 2
