@@ -555,7 +555,9 @@ class _Loop:
                "solver_reason": plan.reason,
                "solver_iters": sol.n_iter, "solver_converged": sol.converged, "solver_residual": sol.final_residual,
                "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
-               "agop_rows": self.n_agop if agop_step else None}
+               "agop_rows": self.n_agop if agop_step else None,
+               # the width of the rows in the metric (d; fewer with a compact factor): the distance GEMMs' depth
+               "metric_columns": int(pts.z.shape[1])}
         rec.update(per_step)
         if self.comm.world_size > 1:
             rec["world_size"] = self.comm.world_size

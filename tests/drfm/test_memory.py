@@ -77,6 +77,7 @@ LARGE = dict(iters=1, solver_tol=1e-2, solver_max_iter=4, agop_sample_size=4000)
 @pytest.mark.parametrize("n, d, budget, params", [
     (30000, 100, 64 * MiB, LARGE),
     (30000, 100, 512 * MiB, LARGE),
+    (20000, 500, 256 * MiB, LARGE),  # the adversarial pass's case (issue 30): 436 MiB of growth before
     (200, 2000, 512 * MiB, {"iters": 2}),
 ])
 def test_peak_rss_stays_under_budget_plus_data(n, d, budget, params):

@@ -123,7 +123,7 @@ def test_sigint_during_fit_is_one_line_and_exit_130(tmp_path):
     X, y = _fit_files(tmp_path, n=4000, d=20)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "drfm.cli", "fit", "--X", str(X), "--y", str(y), "--param",
-                             "iters=100000", "--param", "early_stopping=False", "--param", "n_threads=1"],
+                             "iters=1000", "--param", "early_stopping=False", "--param", "n_threads=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(8)  # torch imported, the data read, the fit running
     assert proc.poll() is None, proc.communicate()
