@@ -212,7 +212,7 @@ def test_predict_refuses_files_that_are_not_drfm_models(files, capsys):
     (["fit", "--X", "{d}/X.npy", "--y", "{d}/y.npy", "--param", "iters"], "KEY=VALUE"),
     (["fit", "--X", "{d}/X.npy", "--y", "{d}/y.npy", "--param", "iters=-1"], "'iters' parameter"),
     (["fit", "--dataset", "digits", "--X", "{d}/X.npy"], "exactly one data source"),
-    (["fit", "--data", "{d}/ragged.csv"], "rows of different lengths"),
+    (["fit", "--data", "{d}/ragged.csv"], "line 2 has 2 fields, line 1 has 3"),
     (["fit", "--dataset", "lowrank", "--model", "mlp"], "classification only"),
     (["bench", "--compare", "{d}/nothere.jsonl", "{d}/nothere.jsonl"], "does not exist"),
     (["bench", "--compare", "{d}/y.npy", "{d}/y.npy"], "is not JSON lines text"),
