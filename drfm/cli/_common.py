@@ -26,6 +26,10 @@ def parse_params(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        booleans = {"true": True, "false": False, "none": None}
+        if value.strip().lower() in booleans:  # early_stopping=false / FALSE / False; n_centres=none
+            out[key.strip()] = booleans[value.strip().lower()]
+            continue
         try:
             out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

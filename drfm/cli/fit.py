@@ -32,7 +32,7 @@ def register(add) -> None:
         "fit", help="fit a model on a dataset or your own files; score it; optionally save it",
         description="Fit an RFM, a Deep RFM or an MLP on a named dataset (see `drfm datasets`) or on your own files, "
                     "report train/test scores, and save the fitted model with --save. Examples:\n"
-                    "  drfm fit --dataset digits --model rfm --param iters=3 --save digits.pkl\n"
+                    "  drfm fit --dataset digits --model rfm --param iters=3 --save digits.drfm\n"
                     "  drfm fit --X X.npy --y y.npy --model deep-rfm --param depth=4 --test-size 0.2\n"
                     "  drfm fit --data table.csv --target label --task classification",
         formatter_class=_FitHelp)

@@ -262,6 +262,9 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
             y = y.astype(np.float64)
         except ValueError:
             pass
+    text_file = Path(y_path if X_path else data).suffix.lower() in (".csv", ".txt")
+    if text_file and y.dtype.kind == "f" and y.size and np.all(np.mod(y, 1) == 0) and np.all(np.abs(y) < 2**53):
+        y = y.astype(np.int64)  # labels written as integers in a text file stay integers (classes, headers, outputs)
     task = task or infer_task(y)
     if task == "regression" and y.dtype.kind in "OUS":
         raise DataFileError("targets are text labels; regression needs numbers (use --task classification)")

@@ -333,3 +333,27 @@ def test_building_the_parser_constructs_no_model(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     assert "usage: drfm predict" in capsys.readouterr().out
+
+
+def test_integer_labels_from_a_csv_stay_integers(tmp_path, capsys):
+    """Issue 31: classes read from a CSV as '0', '1', '2' are ints in the model, its header and every output."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 3))
+    lab = np.digitize(X[:, 0], [-0.4, 0.4])
+    (tmp_path / "t.csv").write_text("a,b,c,label\n" + "".join(
+        f"{a:.5f},{b:.5f},{c:.5f},{k}\n" for (a, b, c), k in zip(X, lab)))
+    model = tmp_path / "m.drfm"
+    assert main(["fit", "--data", str(tmp_path / "t.csv"), "--param", "iters=1", "--param", "early_stopping=false",
+                 "--save", str(model)]) == 0
+    from drfm.data.models import load_model, read_header
+
+    classes = read_header(model)["classes"]
+    assert classes == [0, 1, 2] and all(type(c) is int for c in classes)
+    assert load_model(model).get_params()["early_stopping"] is False
+    np.save(tmp_path / "x.npy", X[:4])
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "x.npy"), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert all(isinstance(p, int) for p in preds)
+    assert main(["predict", str(model), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.csv")]) == 0
+    assert all(line.strip().isdigit() for line in (tmp_path / "p.csv").read_text().splitlines())
