@@ -74,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    import warnings
+
+    shown = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        # a warning is a message to the user: its text, not the library's source line that raised it
+        print(f"drfm {args.command}: {category.__name__}: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         res = args.func(args)
     except KeyboardInterrupt:
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"drfm {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
     if isinstance(res, dict) and res.get("rank", 0) != 0:
         return 0  # under torchrun only rank 0 reports (every rank holds the same model)
     text = json.dumps(res, indent=None if isinstance(res, list) else 2, default=str) if args.json else args.show(res)

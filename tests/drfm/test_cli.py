@@ -357,3 +357,19 @@ def test_integer_labels_from_a_csv_stay_integers(tmp_path, capsys):
     assert all(isinstance(p, int) for p in preds)
     assert main(["predict", str(model), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.csv")]) == 0
     assert all(line.strip().isdigit() for line in (tmp_path / "p.csv").read_text().splitlines())
+
+
+def test_warnings_in_the_cli_are_one_line_without_source(tmp_path):
+    """Issue 31: a warning shows as `drfm CMD: Category: message`, not a source path and a code line."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3)) * 1e4  # unscaled: the kernel is nearly the identity at bandwidth 10
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", X[:, 0])
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "drfm.cli", "fit", "--X", str(tmp_path / "X.npy"), "--y",
+                           str(tmp_path / "y.npy"), "--param", "iters=0", "--param", "n_threads=1"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("drfm fit: ") for ln in lines), proc.stderr
+    assert any("KernelScaleWarning" in ln for ln in lines) and ".py:" not in proc.stderr
