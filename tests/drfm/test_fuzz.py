@@ -173,8 +173,11 @@ def test_fuzz_cli_fit(param, model, capsys):
                      f"{param}={value}", "--param", extra])
         err = capsys.readouterr().err.strip()
         assert code in (0, 2), err
-        if code == 2:
-            assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        if code == 2:  # one error line (warnings before it are one line each, `drfm fit: Category: ...`)
+            lines = err.splitlines()
+            assert "Traceback" not in err and all(ln.startswith("drfm fit: ") for ln in lines), err
+            assert sum(ln.startswith("drfm fit: error: ") for ln in lines) == 1 and \
+                lines[-1].startswith("drfm fit: error: "), err
         _tally("cli_fit", f"exit {code}")
 
 
