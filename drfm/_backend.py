@@ -89,16 +89,7 @@ def finite_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device, what:
         big = float(np.max(np.abs(a)))
         raise ValueError(f"{what} has values beyond the {name} range (largest |value| {big:.3g}): standardise the "
                          "data, or use dtype='float64'.")
-    if what == "X" and t.numel() and t.dtype.is_floating_point:
-        # a feature whose every value lies below the precision's smallest normal number becomes 0 (or keeps a few
-        # bits): the kernel then sees a constant and the model silently predicts one value
-        peak = np.max(np.abs(np.asarray(a, dtype=np.float64)), axis=0) if np.ndim(a) == 2 else None
-        tiny = torch.finfo(dtype).tiny
-        if peak is not None and np.any((peak > 0) & (peak < tiny)):
-            j = int(np.argmax((peak > 0) & (peak < tiny)))
-            raise ValueError(f"{what} has features whose values all lie below {name}'s smallest normal number "
-                             f"{tiny:.3g} (column {j}: largest |value| {peak[j]:.3g}); they would round to 0: "
-                             "standardise the data, or use dtype='float64'.")
+    if what == "X" and t.numel():
         # kernel distances are formed from squared norms (one GEMM): those must not overflow either (row norms:
         # n values, no copy of X; an overflowing norm is inf and refused too)
         norm = float(torch.linalg.vector_norm(t, dim=1).max())

@@ -333,6 +333,24 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
     return plans
 
 
+def _check_underflow(X: np.ndarray, comm, dtype: torch.dtype, owner: str) -> None:
+    """A training feature whose every value (over all ranks' rows) lies below the working precision's smallest
+    normal number would round to 0: the kernel would see a constant and the model predict one value. The same
+    ValueError on every rank, before any work (column peaks from each rank's max and min: no copy of X)."""
+    tiny = torch.finfo(dtype).tiny
+    d = X.shape[1]
+    peak = (np.maximum(np.abs(X.max(0)), np.abs(X.min(0))).astype(np.float64) if X.shape[0] else np.zeros(d))
+    if comm.world_size > 1:
+        peak = np.max(np.stack(comm.gather_objects(peak)), axis=0)
+    bad = (peak > 0) & (peak < tiny)
+    if bad.any():
+        j = int(np.argmax(bad))
+        name = str(dtype).replace("torch.", "")
+        raise ValueError(f"{owner}: X has features whose values all lie below {name}'s smallest normal number "
+                         f"{tiny:.3g} (column {j}: largest |value| {peak[j]:.3g}); they would round to 0: "
+                         "standardise the data, or use dtype='float64'.")
+
+
 def plan_layer(n_local: int, d: int, c: int, *, params: RFMParams, runtime: Runtime) -> dict:
     """The memory plan of a fit with no held-out rows (a Deep RFM layer's) on this rank's ``n_local`` rows of
     width ``d``, made as :func:`run_rfm` makes it, without any work: the planner's error when it cannot fit."""
@@ -651,6 +669,7 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     n, off = sum(sizes), sum(sizes[: comm.rank])
     if n == 0:
         raise ValueError(f"{owner}: no rank holds any training rows")
+    _check_underflow(X, comm, dtype, owner)
     if p.iters > MANY_ITERS:
         warnings.warn(f"{owner}: iters={p.iters} RFM iterations, each a kernel solve and an AGOP step: the feature "
                       f"matrix usually settles within {SETTLES_WITHIN} (early stopping keeps the best iterate); this "

@@ -105,6 +105,10 @@ def fault(world, rank, mode, out):
         RFMClassifier(**kw).fit(X[rows], labels if rank == 0 else labels.astype(str))
     elif mode == "val_one_rank":
         RFMRegressor(**kw).fit(X[rows], y[rows], *((X[:20], y[:20]) if rank == 1 else (None, None)))
+    elif mode == "underflow":  # column 2 below float32's normal range on every rank: the same error everywhere
+        Xr = X[rows].copy()
+        Xr[:, 2] *= 1e-50
+        RFMRegressor(**{**kw, "dtype": "float32"}).fit(Xr, y[rows])
     elif mode == "params":
         RFMRegressor(**{**kw, "iters": 1 + rank}).fit(X[rows], y[rows])
     elif mode in ("kill", "pause"):

@@ -67,6 +67,7 @@ def test_every_setting_gives_the_single_process_model(world, single_process, tmp
     ("labels", "labels are of different types"),
     ("val_one_rank", "X_val / y_val were given on rank(s) [1] only"),
     ("params", "The 'iters' parameter of RFMRegressor differs between the ranks (rank 0: 1, rank 1: 2)"),
+    ("underflow", "below float32's smallest normal number 1.18e-38 (column 2"),
 ])
 def test_a_disagreement_between_ranks_is_one_clear_error_on_every_rank(mode, message, tmp_path):
     results, _ = launch(WORKER, 2, mode, tmp_path, deadline=120)
