@@ -261,12 +261,8 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
     def _check_layers_fit(self, template, n: int, d: int, c: int, rt) -> None:
         """Refuse before any work a depth whose later layers cannot fit: each distinct layer input width (d for
         layer 0, the map's width after it) gets its held arrays and its kernel machine's memory plan checked."""
-        widths = {0: d}
-        if self.depth > 1:
-            widths.setdefault(1, d if self.feature_map == "none" or self.width is None else self.width)
-        for idx, d_l in widths.items():
-            if idx > 0 and d_l == d:
-                continue
+        later = d if self.feature_map == "none" or self.width is None else self.width
+        for idx, d_l in [(0, d)] + ([(1, later)] if self.depth > 1 and later != d else []):
             held = self._layer_held(rt.budget, n, d_l, idx)
             km = self._machine(template, iters=template.iters, seed=0, budget=held.left())
             plan_layer(n, d_l, c, params=RFMParams.of(km),

@@ -165,10 +165,7 @@ class CollapseReport:
         fig = self._figure(plt, rows, metrics, x, log)
         from ..data.files import save_figure
 
-        try:
-            save_figure(fig, path, dpi=120, bbox_inches="tight")
-        finally:
-            plt.close(fig)
+        save_figure(fig, path)
         return path
 
     def plot_spectra(self, path, *, stage: str = "nonlinear", top: int | None = None):
@@ -209,10 +206,7 @@ class CollapseReport:
         fig.tight_layout()
         from ..data.files import save_figure
 
-        try:
-            save_figure(fig, path, dpi=120, bbox_inches="tight")
-        finally:
-            plt.close(fig)
+        save_figure(fig, path)
         return path
 
     @staticmethod

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileWriteError", "atomic_write", "check_writable", "save_figure", "write_bytes", "write_text"]
+__all__ = ["FileWriteError", "atomic_write", "save_figure", "write_bytes", "write_text"]
 
 
 class FileWriteError(OSError):
@@ -95,23 +95,17 @@ def write_text(path, text: str, *, what: str = "file") -> Path:
     return Path(path)
 
 
-def save_figure(fig, path, *, what: str = "figure", **kw) -> Path:
-    """A matplotlib figure to ``path`` (format from the suffix, default png) through :func:`atomic_write`."""
+def save_figure(fig, path, *, what: str = "figure", dpi: int = 120, bbox_inches="tight") -> Path:
+    """A matplotlib figure to ``path`` (format from the suffix, default png) through :func:`atomic_write`; the
+    figure is closed afterwards, whether the write succeeded or not."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
-    with atomic_write(path, "wb", what=what) as fh:
-        fig.savefig(fh, format=fmt, **kw)
+    try:
+        with atomic_write(path, "wb", what=what) as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches=bbox_inches)
+    finally:
+        plt.close(fig)
     return path
 
-
-def check_writable(path, what: str) -> None:
-    """Before heavy work: the folder of ``path`` exists and this process may create files in it; ``path`` itself is
-    not a directory. ``FileWriteError`` (one line) otherwise."""
-    p = Path(path)
-    if p.is_dir():
-        raise FileWriteError(21, f"{what} {str(path)!r} is a directory; give a file name")
-    folder = p.parent
-    if not folder.is_dir():
-        raise FileWriteError(2, f"{what} {str(path)!r}: the folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise FileWriteError(13, f"{what} {str(path)!r}: the folder {str(folder)!r} is not writable")

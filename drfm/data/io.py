@@ -92,13 +92,12 @@ def _read_csv(p: Path, what: str, *, numeric: bool, header: bool | None):
     raise DataFileError(f"{what} file {path!r}: {bad}{hint}")
 
 
-def first_bad_field(rows, lines=None, names=None, columns=None) -> str:
-    """'line L, column C (name): ...' for the first field of ``rows`` (text) that is not a number, in ``columns``
-    (default: all); ``lines`` are the rows' line numbers in the file (None: 'data row i')."""
-    cols = range(len(rows[0])) if columns is None else columns
+def first_bad_field(rows, lines=None, names=None) -> str:
+    """'line L, column C (name): ...' for the first field of ``rows`` (text) that is not a number; ``lines`` are the
+    rows' line numbers in the file (None: 'data row i')."""
     for i, r in enumerate(rows):
         line = f"data row {i + 1}" if lines is None else f"line {lines[i]}"
-        for j in cols:
+        for j in range(len(r)):
             if not _is_number(r[j]):
                 col = f"column {j + 1}" + (f" ({names[j]!r})" if names else "")
                 v = r[j].strip()

@@ -264,8 +264,5 @@ def plot_feature_learning(rows, path):
     fig.tight_layout()
     from ..data.files import save_figure
 
-    try:
-        save_figure(fig, path, dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -285,10 +285,7 @@ def _plot(rows, out: Path):
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        save_figure(fig, out / "depth.png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure(fig, out / "depth.png")
     per_epoch = [r for r in rows if r["epoch"] is not None and r["model"] == "mlp"]
     if per_epoch:
         metrics = list(dict.fromkeys(r["metric"] for r in per_epoch))
@@ -314,7 +311,4 @@ def _plot(rows, out: Path):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
         fig.tight_layout()
-        try:
-            save_figure(fig, out / "epochs.png", dpi=120, bbox_inches="tight")
-        finally:
-            plt.close(fig)
+        save_figure(fig, out / "epochs.png")
