@@ -43,7 +43,7 @@ class _BaseRFM(BaseEstimator):
         "bandwidth": [Interval("float", 0, None, closed="neither"), Options("median", "auto")],
         "kernel": [Options(*KERNELS)],
         "exponent": [Interval("float", 0, 2, closed="right")],
-        "reg": [Interval("float", 0, None, closed="left")],
+        "reg": [Interval("float", 0, None, closed="left"), Options("auto")],
         "iters": [Interval("int", 0, None, closed="left")],
         "diag": [BOOL],
         "centering": [BOOL],
@@ -76,7 +76,7 @@ class _BaseRFM(BaseEstimator):
         *,
         kernel="laplace",
         exponent=1.0,
-        reg=1e-3,
+        reg="auto",
         iters=5,
         diag=False,
         centering=False,
@@ -139,6 +139,10 @@ class _BaseRFM(BaseEstimator):
     def _scorer(self):  # -> score(outputs, y_true) -> float
         raise NotImplementedError
 
+    def _encode_val(self, y_val) -> np.ndarray:  # -> (n_val, c) encoded like the training targets
+        y_val = np.asarray(y_val, dtype=np.float64)
+        return y_val.reshape(len(y_val), -1)
+
     def _validate_val(self, X_val, y_val):
         """Validation data checked like the training data (same features; for a classifier, known labels)."""
         X_val = self._input(X_val)
@@ -188,6 +192,7 @@ class _BaseRFM(BaseEstimator):
             X_val, y_val = on_every_rank(comm, owner, lambda: self._validate_val(X_val, y_val))
         rt = runtime_for(self, owner, comm)
         state = run_rfm(X, y, Y, params=RFMParams.of(self), score=self._scorer(), runtime=rt, X_val=X_val, y_val=y_val,
+                        Y_val=None if X_val is None else self._encode_val(y_val),
                         tied_groups=None if enc is None else enc.tied)
         device = rt.device
         d = X.shape[1]
@@ -197,6 +202,7 @@ class _BaseRFM(BaseEstimator):
         # the compact factor the kernel is evaluated with (None: M = I); predict and agop reuse it
         self.factor_ = None if state.factor is None else state.factor.cpu().numpy()
         self.bandwidth_ = float(state.bandwidth)
+        self.reg_ = float(state.reg)
         self.dual_coef_ = state.alpha.cpu().numpy()
         self.X_fit_ = state.X_fit.cpu().numpy()
         self.best_iter_ = state.best_iter
@@ -314,8 +320,15 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         (:mod:`kernels.family`).
     exponent : float in (0, 2], default=1.0
         p of ``kernel='laplace_exp'`` (ignored by the other kernels).
-    reg : float, default=1e-3
-        Ridge added to the kernel diagonal (``0`` interpolates).
+    reg : float or 'auto', default='auto'
+        Ridge added to the kernel diagonal (``0`` interpolates). 'auto': chosen from the data at every solve on a
+        grid from 1e-6 to 100 (half decades) by an exact path: the leave-one-out error from one eigendecomposition
+        of K (direct solves of up to 3000 rows), the m-centre model's generalised eigenproblem (up to 4000 centres;
+        scored on the validation rows, or by GCV without them), else one solve per value scored on the validation
+        rows (walked from the last choice), else the leave-one-out path on 3000 random rows. The criterion is the
+        mean squared error of the encoded targets (one-hot for a classifier). ``reg_`` and ``history_`` (``reg``,
+        ``reg_criterion``, ``reg_path``) say what was chosen and why; the refit after early stopping keeps the kept
+        solve's value.
     iters : int, default=5
         Number of AGOP updates of M (``0``: plain Laplace kernel ridge).
     diag : bool, default=False
@@ -415,6 +428,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     M_ : (d, d) or (d,) ndarray, learned feature matrix of the kept iterate.
     sqrt_m_ : ndarray, its factor R (``M_ = R R``) used to transform the data.
     bandwidth_ : float, the bandwidth of the kept iterate's kernel (``bandwidth``, or the measured median).
+    reg_ : float, the ridge of the kept solve (``reg``, or the value reg='auto' chose).
     factor_ : (d, r) ndarray or None, the compact factor of ``sqrt_m_`` the kernel is evaluated with (its
         numerically non-zero eigen-directions; None when M = I); predict and agop reuse it.
     dual_coef_ : (n_fit, n_outputs) ndarray.
@@ -468,6 +482,9 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
 
     def _scorer(self):
         return accuracy_of_outputs(self.classes_)
+
+    def _encode_val(self, y_val):
+        return (np.asarray(y_val)[:, None] == self.classes_[None, :]).astype(np.float64)
 
     def _validate_val(self, X_val, y_val):
         X_val, y_val = super()._validate_val(X_val, y_val)

@@ -49,6 +49,9 @@ from tqdm.auto import tqdm
 from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, Points, StoredKernel, compact_factor,
                      feature_matrix_update, kernel_matmul, plan_solve, solve_centres, solve_cg, solve_direct,
                      solve_eigenpro)
+from kernels.solvers import RIDGE_GRID, RidgePath, SolveResult, default_centre_count, loo_path, solve_centres_path, walk_path
+from kernels.solvers.centres import path_workspace_bytes
+from kernels.solvers.ridge import loo_workspace_bytes
 from kernels.distributed import ShardedKernel, distributed_agop
 from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
@@ -80,6 +83,18 @@ REFIT_MIN_SHARE = 0.05
 
 #: iter_sample_size='auto': the subset on which M is learned when the solve on all rows is the m-centre model
 AUTO_ITER_SAMPLE_SIZE = 16000
+
+#: reg='auto' (module text of :mod:`kernels.solvers.ridge`): the ridge of every solve is chosen on RIDGE_GRID by
+#: - the m-centre model: its path (one pass forming K_nm^T K_nm, the generalised eigenproblem) with at most
+#:   CENTRE_PATH_MAX_M centres, scored on the validation rows when the fit has them, else by GCV; with more centres
+#:   the previous solve's choice (a walk would run a whole m-centre CG per value);
+#: - with validation rows: one solve per value (Cholesky, or CG / EigenPro warm-started from the best value's
+#:   solution) walked from the last choice towards lower validation error (3-5 solves; cheaper than the
+#:   eigendecomposition from ~1000 rows: an eigh costs 27-38 Choleskys of the same matrix);
+#: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
+#:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
+#: REG_START is the ridge the memory plan assumes and the first walk starts from (the fixed default before 'auto').
+LOO_MAX_ROWS, CENTRE_PATH_MAX_M, REG_START = 3000, 4000, 1e-3
 
 #: rows (evenly spaced, no random draw) whose pairwise distances measure the kernel's scale at each solve
 SCALE_ROWS = 1000
@@ -162,7 +177,7 @@ class RFMParams:
     bandwidth: float | str
     kernel: str
     exponent: float
-    reg: float
+    reg: float | str
     iters: int
     diag: bool
     centering: bool
@@ -208,6 +223,7 @@ class RFMState:
     iter_rows: np.ndarray | None
     val_outputs: np.ndarray | None = None
     val_labels: object = None
+    reg: float | None = None
 
 
 def _validation_split(n, fraction, gen):
@@ -243,9 +259,23 @@ def _schedule(iters: int, has_subset: bool, final_solve: bool, all_cold: bool):
         yield "all", False
 
 
-def _fit_items(*, n_train, n_val, n_sub, n_agop, n_rows, d, c, itemsize, diag) -> dict[str, int]:
+def _plan_reg(p) -> float:
+    """The ridge a solve is planned with: ``reg``, or REG_START for reg='auto'."""
+    return REG_START if p.reg == "auto" else float(p.reg)
+
+
+def ridge_path_bytes(n_rows: int, n_centres: int | None, itemsize: int) -> int:
+    """What reg='auto' holds beside a solve of ``n_rows`` rows at most: the leave-one-out path (on the solve's rows
+    or LOO_MAX_ROWS of them, with their kernel matrix), or the m-centre path's m x m matrices."""
+    k = min(n_rows, LOO_MAX_ROWS)
+    m = min(n_rows, n_centres or default_centre_count(n_rows))
+    return max(loo_workspace_bytes(k) + k * k * itemsize, path_workspace_bytes(m) if m <= CENTRE_PATH_MAX_M else 0)
+
+
+def _fit_items(*, n_train, n_val, n_sub, n_agop, n_rows, d, c, itemsize, diag, ridge_path=0) -> dict[str, int]:
     """The fit's own allocations beside a solve of ``n_rows`` rows: its data (and the subset's copy), the AGOP's
-    sample rows, transformed centres and accumulators, and the d x d feature matrices with their update."""
+    sample rows, transformed centres and accumulators, the d x d feature matrices with their update, and
+    ``ridge_path`` bytes for reg='auto'."""
     items = {"training data": (n_train + n_val) * d * itemsize + n_train * c * itemsize}
     if n_sub:
         items["subset rows"] = n_sub * (d + c) * itemsize
@@ -256,6 +286,8 @@ def _fit_items(*, n_train, n_val, n_sub, n_agop, n_rows, d, c, itemsize, diag) -
                                                                  copies=2 if diag else 0)
     items["feature-matrix update (eigendecomposition)"] = feature_matrix_workspace_bytes(d, diag)
     items["feature matrices (R, its factor, M_)"] = (d if diag else d * d) * (2 * itemsize + 2 * 8)
+    if ridge_path:
+        items["ridge path (reg='auto')"] = ridge_path
     return items
 
 
@@ -324,10 +356,11 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
     plans = {}
     for phase, rows in sizes.items():
         reserved = _fit_items(n_train=n_train, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
-                              n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag)
+                              n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag,
+                              ridge_path=ridge_path_bytes(rows, p.n_centres, itemsize) if p.reg == "auto" else 0)
         requested = "auto" if phase == "sub" and p.solver == "nystrom" else p.solver
         plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=requested,
-                                  reg=float(p.reg), owner=owner, reserved=reserved, n_centres=p.n_centres,
+                                  reg=_plan_reg(p), owner=owner, reserved=reserved, n_centres=p.n_centres,
                                   n_local=n_local if phase == "all" else None)
         logger.info("%s: solver %s for %s rows (%s)", owner, plans[phase].solver, phase, plans[phase].reason)
     return plans
@@ -384,7 +417,7 @@ class _Loop:
     ``alpha`` and the training rows it uses, ``rows`` (global indices into the training rows; None: all of them).
     """
 
-    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, rt: Runtime, score, work_budget, n_agop):
+    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, rt: Runtime, score, work_budget, n_agop, Yv=None):
         self.p, self.plans, self.score, self.rt = p, plans, score, rt
         self.comm, self.gen, self.owner = rt.comm, rt.generator, rt.owner
         self.work_budget = work_budget
@@ -406,6 +439,11 @@ class _Loop:
         self.warned = set()
         self.tied_groups = None  # one-hot blocks whose AGOP entries are tied (categorical columns)
         self._all_x = None  # every rank's training rows, once gathered (training_rows)
+        # reg='auto': the validation rows' encoded targets (all ranks' rows, float64) that score a ridge walk, and
+        # the last chosen ridge (where the next walk starts)
+        self.Yv_all = (None if Xv is None or Yv is None or p.reg != "auto" else
+                       self.comm.all_gather_rows(Yv.to(torch.float64)))
+        self.reg_chosen = None  # the ridge the last reg='auto' solve chose
 
     def training_rows(self, rows) -> torch.Tensor:
         """The untransformed training rows ``rows`` (global indices; None: all of them), on every rank."""
@@ -451,10 +489,11 @@ class _Loop:
             self.centre_idx[phase] = idx.to(self.Xt.device)
         return self.centre_idx[phase]
 
-    def _solve(self, plan, phase, r: _Rows, pts, p, x0):
+    def _solve(self, plan, phase, r: _Rows, pts, p, x0, regs=None):
         """One solve on the phase's rows; returns (result with complete coefficients, the training score, the
         machine's transformed points, its rows as indices into the phase's rows or None for all of them, the rows'
-        untransformed values when at hand, bytes communicated per step)."""
+        untransformed values when at hand, bytes communicated per step). ``regs``: the m-centre model's ridge path
+        over these values (:func:`~kernels.solvers.solve_centres_path`) instead of one solve at ``p.reg``."""
         comm, gen, kern = self.comm, self.gen, kernel_of(p)
         sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
         if plan.solver.centres:
@@ -462,9 +501,15 @@ class _Loop:
             local = self._centres(phase, r.n, plan.n_centres)
             centres = Points(self._take(pts.z, r, local), self._take(pts.z_sq, r, local))
             inner, progress = _inner_progress(p.verbose, plan.solver, p.solver_max_iter)
-            sol = solve_centres(pts, centres, r.Y, kernel=kern, reg=float(p.reg), x0=x0, rtol=p.solver_tol,
-                                max_iter=p.solver_max_iter, callback=progress, store=plan.store,
-                                memory_budget=self.work_budget, comm=None if r.complete else comm)
+            if regs is not None:
+                held = None if self.Yv_all is None else (
+                    lambda betas: self._val_errors(centres, betas, kern, centres=True))
+                sol = solve_centres_path(pts, centres, r.Y, regs=regs, kernel=kern, held_out=held, store=plan.store,
+                                         memory_budget=self.work_budget, comm=None if r.complete else comm)
+            else:
+                sol = solve_centres(pts, centres, r.Y, kernel=kern, reg=float(p.reg), x0=x0, rtol=p.solver_tol,
+                                    max_iter=p.solver_max_iter, callback=progress, store=plan.store,
+                                    memory_budget=self.work_budget, comm=None if r.complete else comm)
             per_step = _per_step(comm, sent, sol)
             if inner is not None:
                 inner.close()
@@ -501,6 +546,65 @@ class _Loop:
         del op
         score = self._estimated_score(r, lambda idx: machine.z[idx], machine, sol.x, kern)  # (every row's points)
         return sol, score, machine, None, r.X if r.complete else None, per_step
+
+    def _solve_auto(self, plan, phase, r: _Rows, pts, p, x0):
+        """:meth:`_solve` with the ridge chosen from the data (reg='auto'; the routes: LOO_MAX_ROWS' comment). Returns
+        what :meth:`_solve` returns and the history entries of the ridge choice."""
+        t0 = time.perf_counter()
+        comm, kern = self.comm, kernel_of(p)
+        if plan.solver.centres and plan.n_centres <= CENTRE_PATH_MAX_M:  # the m-centre path
+            out = self._solve(plan, phase, r, pts, p, x0, regs=RIDGE_GRID)
+            path = out[0].details["ridge_path"]
+        elif plan.solver.centres and self.reg_chosen is not None:
+            # more centres than the path affords, and a walk would run a whole m-centre CG per value: the ridge the
+            # exactly solved subset chose (same units: reg K_mm equals reg I at m = n)
+            lam = self.reg_chosen
+            out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0)
+            path = RidgePath([lam], [float("nan")], "carried from the previous solve")
+        elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
+            kept = {}
+
+            def evaluate(lam):
+                start = kept["out"][0].x if kept else x0  # warm start from the best value so far
+                res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start)
+                err = self._val_errors(res[2], [res[0].x], kern, centres=res[3] is not None)[0]
+                if not kept or err < kept["err"]:
+                    kept.update(out=res, err=err)
+                return err
+
+            path = walk_path(evaluate, RIDGE_GRID, start=self.reg_chosen or REG_START)
+            out = kept["out"]
+        elif plan.solver is Solver.DIRECT and r.n <= LOO_MAX_ROWS:  # the exact leave-one-out path
+            sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
+            r = self._complete(phase)
+            pts = Points.of(r.X, self.factor)
+            if self.K is None or self.K.shape[0] != r.n:
+                self.K = None
+                self.K = torch.empty((r.n, r.n), dtype=pts.z.dtype, device=pts.z.device)
+            kern.matrix(pts.z, pts.z, x_sq=pts.z_sq, z_sq=pts.z_sq, out=self.K)
+            path, alpha, train_out = loo_path(self.K, r.Y, RIDGE_GRID)
+            sol = SolveResult(alpha, 1, True, [], path.reg, "direct")
+            out = (sol, self.score(train_out.cpu().numpy(), r.y), pts, None, r.X, _per_step(comm, sent, sol))
+        else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
+            k = min(r.n, LOO_MAX_ROWS)
+            idx = torch.randperm(r.n, generator=self.gen)[:k].sort().values.to(pts.z.device)
+            z, z_sq, Ys = self._take(pts.z, r, idx), self._take(pts.z_sq, r, idx), self._take(r.Y, r, idx)
+            path = loo_path(kern.matrix(z, z, x_sq=z_sq, z_sq=z_sq), Ys, RIDGE_GRID)[0]
+            del z, z_sq, Ys
+            path.criterion = f"loo on {k} of {r.n} rows"
+            out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0)
+        self.reg_chosen = path.reg
+        return out, {"reg": path.reg, **path.record(), "reg_seconds": time.perf_counter() - t0}
+
+    def _val_errors(self, machine: Points, alphas, kern, *, centres=False) -> list[float]:
+        """The mean squared error of each coefficient matrix's outputs on the validation rows (all ranks' rows)
+        against their encoded targets: one pass over the rows for all of them."""
+        c = self.Yv_all.shape[1]
+        km = KernelMachine(machine, torch.cat([a.reshape(a.shape[0], -1) for a in alphas], 1).to(machine.z.dtype),
+                           kernel_of(self.p) if kern is None else kern, self.factor)
+        out = km.outputs(self.Xv, memory_budget=self.work_budget, accumulate=torch.float64 if centres else None)
+        out = self.comm.all_gather_rows(out).double()
+        return [float((out[:, j * c:(j + 1) * c] - self.Yv_all).square().mean()) for j in range(len(alphas))]
 
     def _estimated_score(self, r: _Rows, rows_of, machine: Points, alpha, kern, *, accumulate=None):
         """The training score of a solve estimated on SCORE_ROWS fixed random rows of the phase (an exact one costs
@@ -556,7 +660,12 @@ class _Loop:
         bandwidth = _kernel_bandwidth(self.p, self._take(pts.z, r, sample), self.owner, self.warned)
         p = replace(self.p, bandwidth=bandwidth)  # the loop's parameters with this solve's bandwidth
         x0 = self._start(phase, plan, r.n)
-        sol, train_score, pts, local, x_rows, per_step = self._solve(plan, phase, r, pts, p, x0)
+        ridge = {}
+        if p.reg == "auto":
+            (sol, train_score, pts, local, x_rows, per_step), ridge = self._solve_auto(plan, phase, r, pts, p, x0)
+            p = replace(p, reg=ridge["reg"])
+        else:
+            sol, train_score, pts, local, x_rows, per_step = self._solve(plan, phase, r, pts, p, x0)
         self.alpha = sol.x
         self.alpha_of = phase if local is None else ("centres", phase)
         if not bool(torch.isfinite(self.alpha).all()):
@@ -572,11 +681,12 @@ class _Loop:
                "bandwidth": bandwidth, "solver": sol.method,
                "solver_reason": plan.reason,
                "solver_iters": sol.n_iter, "solver_converged": sol.converged, "solver_residual": sol.final_residual,
-               "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
+               "reg": float(p.reg), "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
                "agop_rows": self.n_agop if agop_step else None,
                # the width of the rows in the metric (d; fewer with a compact factor): the distance GEMMs' depth
                "metric_columns": int(pts.z.shape[1])}
         rec.update(per_step)
+        rec.update(ridge)
         if self.comm.world_size > 1:
             rec["world_size"] = self.comm.world_size
             rec["sharded"] = not r.complete and plan.solver in (Solver.CG, Solver.NYSTROM)
@@ -637,7 +747,7 @@ def _local(idx: np.ndarray, offset: int, n_local: int) -> np.ndarray:
 
 def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callable[[np.ndarray, object], float],
             runtime: Runtime, final_solve: bool = True, X_val: np.ndarray | None = None, y_val=None,
-            tied_groups: list | None = None) -> RFMState:
+            Y_val: np.ndarray | None = None, tied_groups: list | None = None) -> RFMState:
     """Run the RFM loop on validated arrays (this rank's rows of them; all rows on one process).
 
     Parameters
@@ -649,7 +759,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     final_solve : solve once more on all rows with the final M (False for a Deep RFM layer: the loop then ends with
         its last AGOP step, and ``last_sqrt_m`` holds the new data map).
     X_val, y_val : explicit validation data (instead of a held-out ``validation_fraction``); with several ranks,
-        each rank's share (every rank passes them, or none does).
+        each rank's share (every rank passes them, or none does). ``Y_val``: their encoded targets (what reg='auto'
+        scores outputs against; without them explicit validation data do not choose the ridge).
     tied_groups : column groups (one-hot blocks of categorical columns) whose AGOP entries are averaged over the
         permutations of each group before every feature-matrix update (:func:`drfm._categorical.tie_groups`).
 
@@ -714,16 +825,19 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         sub = torch.randperm(n_tr, generator=gen)[:size].sort().values.to(device)
     if sub is not None:
         plans.update(_plan_phases({"sub": len(sub)}, **plan_args))
+    Yv = None
     if X_val is not None:
         Xv, y_va = finite_tensor(X_val, dtype, device), labels_of_all_ranks(comm, y_val)
+        if Y_val is not None:
+            Yv = finite_tensor(Y_val, dtype, device, "y_val")
     elif va is None:
         Xv, y_va = None, None
     else:
-        Xv = finite_tensor(X[va_mine], dtype, device)
+        Xv, Yv = finite_tensor(X[va_mine], dtype, device), finite_tensor(Y[va_mine], dtype, device, "y")
         y_va = y[va] if comm.world_size == 1 else comm.take_objects(y, off, va)
     loop = _Loop(p, plans, finite_tensor(X[tr_mine], dtype, device), finite_tensor(Y[tr_mine], dtype, device, "y"),
                  y[tr_mine], Xv, y_va, sub, rt=rt, score=score,
-                 work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop)
+                 work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop, Yv=Yv)
     loop.tied_groups = tied_groups
     # no subset solve with the final M when the solve on all rows does not start from its coefficients
     shape = (p.iters, sub is not None, final_solve, not plans["all"].solver.iterative_exact)
@@ -769,10 +883,14 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
             logger.info("%s: refit skipped: %s", owner, history[best_t]["refit_skipped"])
             refit_plans = None
     if refit_plans is not None:
-        # the kept iterate's M (and bandwidth) refit on every training row: the validation rows only chose it
+        # the kept iterate's M (and bandwidth, and ridge) refit on every training row: the validation rows chose it
+        if p.reg == "auto":
+            rp = replace(rp, reg=history[best_t]["reg"])
         del loop, best_alpha
         refit = _refit(X, y, Y, rp, refit_plans, best_r, best_factor, len(history), score, rt)
         history.append(refit.history[0])
+        if p.reg == "auto":
+            history[-1]["reg_criterion"] = f"the kept solve's ({best_t})"
         _, _, _, _, best_alpha, rows, _ = refit.best
         X_fit = refit.training_rows(rows)
         solver = refit.plans["all"].solver.value
@@ -791,4 +909,5 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         iter_rows=None if sub is None else tr[sub.cpu().numpy()],
         val_outputs=val_outputs,
         val_labels=None if val_outputs is None else val_labels,
+        reg=history[-1]["reg"] if refit_plans is not None else history[best_t]["reg"],
     )

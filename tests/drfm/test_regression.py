@@ -89,7 +89,8 @@ def rfm_cases():
 
     # early_stopping (a later default, on from 2000 rows) would change what the references recorded: the cases keep
     # the loop as it was, and its own tests live in test_rfm.py
-    base = dict(device="cpu", dtype="float64", random_state=0, early_stopping=False)
+    # reg=1e-3: the default before reg='auto' (issue 27); a float reg keeps the pinned behaviour exactly
+    base = dict(device="cpu", dtype="float64", random_state=0, early_stopping=False, reg=1e-3)
     small = _lowrank(360, 10, 1)
     mid = _lowrank(700, 10, 2)
     big = _lowrank(7660, 4, 3)
@@ -115,7 +116,7 @@ def engine_cases():
     """(name, estimator factory, data) fitted with default settings (early stopping on from 2000 rows)."""
     from drfm import RFMClassifier, RFMRegressor
 
-    base = dict(device="cpu", dtype="float64", random_state=0)
+    base = dict(device="cpu", dtype="float64", random_state=0, reg=1e-3)  # (the default before reg='auto')
     X, y = _lowrank(2660, 8, 11)
     Xc, yc = _classes(2460, 6, 12)
     return [
@@ -161,11 +162,12 @@ def deep_cases():
 
     base = dict(device="cpu", dtype="float64", random_state=0)
     return [
-        ("deep_cosine", lambda: DeepRFMClassifier(3, feature_map="cosine", sigma=0.5, width=48, **base),
+        ("deep_cosine", lambda: DeepRFMClassifier(3, feature_map="cosine", sigma=0.5, width=48, **base,
+                                                  layer=RFMRegressor(2.0, iters=1, reg=1e-3)),
          _classes(300, 8, 5)),
         # (before the layer template: DeepRFMRegressor(3, ..., iter_sample_size=150))
         ("deep_relu_subset", lambda: DeepRFMRegressor(3, feature_map="relu", width=24, **base,
-                                                      layer=RFMRegressor(2.0, iters=1, iter_sample_size=150)),
+                                                      layer=RFMRegressor(2.0, iters=1, iter_sample_size=150, reg=1e-3)),
          _lowrank(260, 6, 6)),
     ]
 

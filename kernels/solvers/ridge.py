@@ -1,0 +1,154 @@
+"""Ridge paths: kernel ridge regression for a whole grid of ridge values, scored, from one factorisation.
+
+Three exact paths, each giving the solution and a criterion (lower is better) for every ridge value ``lam``:
+
+* :func:`loo_path` -- the exact system ``(K + lam I) alpha = Y`` from one eigendecomposition ``K = U diag(s) U^T``
+  (float64). With ``G = (K + lam I)^{-1}`` the leave-one-out residual of row i is ``alpha_i / G_ii`` (the residual
+  ``(y - f)_i / (1 - H_ii)`` of ``H = K G``, written without the cancellation in ``1 - H_ii``), and
+  ``G_ii = sum_j U_ij^2 / (s_j + lam)``: O(n^2 c) per value after the O(n^3) eigendecomposition.
+* :func:`centres_path` -- the m-centre system ``(A + lam B) beta = b`` (``A = K_nm^T K_nm``, ``B = K_mm`` with the
+  solver's jitter, ``b = K_nm^T Y``) from the generalised eigenproblem ``A v = mu B v``: with ``T^T T = B`` and
+  ``T^{-T} A T^{-1} = V diag(mu) V^T``, ``beta(lam) = T^{-1} V diag(1 / (mu + lam)) q`` for ``q = V^T T^{-T} b``.
+  Its criterion is generalised cross-validation, ``(RSS / (n c)) / (1 - df / n)^2`` with the residual sum of squares
+  ``RSS = ||Y||^2 - sum_j q_j^2 (2 / (mu_j + lam) - mu_j / (mu_j + lam)^2)`` and ``df = sum_j mu_j / (mu_j + lam)``
+  (the trace of the hat matrix ``K_nm (A + lam B)^{-1} K_nm^T``), or the squared error on held-out rows.
+* :func:`walk_path` -- any solver: one solve per ridge value, scored on held-out rows, walking the grid from a start
+  value towards lower error until both neighbours are worse (the criterion is close to unimodal in log lam).
+
+The criterion is the mean squared error over rows and output columns (for a classifier, of its one-hot targets: a
+proper score of the outputs the kernel machine fits, where accuracy is flat over most of the grid).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["RIDGE_GRID", "RidgePath", "centres_path", "loo_path", "loo_workspace_bytes", "ridge_grid", "walk_path"]
+
+#: the ridge values a path scores: 1e-6 to 1e2 in half decades (relative to k(x, x) = 1 of the kernel family)
+RIDGE_GRID = tuple(float(10.0 ** (e / 2)) for e in range(-12, 5))
+
+
+@dataclass
+class RidgePath:
+    """The scored ridge values of one path: ``regs`` (those evaluated, ascending), ``errors`` (the criterion, lower is
+    better), ``criterion`` ('loo', 'gcv' or 'holdout') and the chosen value ``reg``."""
+
+    regs: list[float]
+    errors: list[float]
+    criterion: str
+
+    @property
+    def best(self) -> int:
+        errors = np.asarray(self.errors, dtype=np.float64)
+        return int(np.argmin(np.where(np.isnan(errors), np.inf, errors)))  # (an unscored value: NaN)
+
+    @property
+    def reg(self) -> float:
+        return self.regs[self.best]
+
+    def record(self) -> dict:
+        """The path as a history entry."""
+        return {"reg_criterion": self.criterion,
+                "reg_path": [[float(r), float(e)] for r, e in zip(self.regs, self.errors)]}
+
+
+def ridge_grid(regs) -> np.ndarray:
+    regs = np.asarray(sorted(float(r) for r in regs), dtype=np.float64)
+    if regs.size == 0 or not np.all(np.isfinite(regs)) or regs[0] <= 0:
+        raise ValueError(f"a ridge path needs positive finite ridge values, got {list(regs)}")
+    return regs
+
+
+def loo_workspace_bytes(n: int) -> int:
+    """What :func:`loo_path` holds beside K: the float64 copy of K, its eigenvectors and their squares."""
+    return 3 * n * n * 8
+
+
+def loo_path(K: torch.Tensor, Y: torch.Tensor, regs=RIDGE_GRID) -> tuple[RidgePath, torch.Tensor, torch.Tensor]:
+    """The exact leave-one-out path of ``(K + lam I) alpha = Y`` over ``regs`` (module text).
+
+    Returns the path, the chosen value's coefficients ``alpha`` (n, c) in Y's dtype and its training outputs
+    ``K alpha = Y - lam alpha`` (float64)."""
+    grid = ridge_grid(regs)
+    Y2 = Y.reshape(Y.shape[0], -1)
+    s, U = torch.linalg.eigh(K.double())
+    s.clamp_(min=0.0)  # K is PSD: negative eigenvalues are round-off
+    Yd = Y2.double()
+    UtY = U.T @ Yd
+    U2 = U.square()
+    errors = []
+    for lam in grid:
+        inv = 1.0 / (s + lam)
+        loo = (U @ (UtY * inv[:, None])) / (U2 @ inv)[:, None]  # alpha_i / G_ii
+        errors.append(float(loo.square().mean()))
+    del U2
+    path = RidgePath([float(r) for r in grid], errors, "loo")
+    lam = path.reg
+    alpha = U @ (UtY / (s + lam)[:, None])
+    train_out = Yd - lam * alpha
+    return path, alpha.to(Y.dtype).reshape(Y.shape), train_out
+
+
+def centres_path(A: torch.Tensor, T: torch.Tensor, b: torch.Tensor, y_sq: float, n: int, regs=RIDGE_GRID, *,
+                 held_out: Callable[[list[torch.Tensor]], list[float]] | None = None
+                 ) -> tuple[RidgePath, torch.Tensor]:
+    """The m-centre path of ``(A + lam T^T T) beta = b`` over ``regs`` (module text), all float64.
+
+    ``A`` (m, m) is ``K_nm^T K_nm``, ``T`` the upper Cholesky factor of ``K_mm`` (with jitter), ``b`` (m, c) is
+    ``K_nm^T Y``, ``y_sq`` is ``||Y||^2`` and ``n`` the rows behind them (all ranks'). The criterion is GCV, or with
+    ``held_out`` (``held_out(betas) -> errors``: the held-out mean squared error of each coefficient matrix) that
+    error. Returns the path and the chosen value's ``beta`` (m, c)."""
+    grid = ridge_grid(regs)
+    eye = torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
+    Tinv = torch.linalg.solve_triangular(T, eye, upper=True)
+    C = Tinv.T @ A @ Tinv  # T^{-T} A T^{-1}
+    mu, V = torch.linalg.eigh((C + C.T) / 2)
+    del C, eye
+    mu.clamp_(min=0.0)
+    W = Tinv @ V  # beta(lam) = W diag(1 / (mu + lam)) q
+    del Tinv, V
+    q = W.T @ b
+    c = b.shape[1]
+    if held_out is not None:
+        errors = [float(e) for e in held_out([W @ (q / (mu + lam)[:, None]) for lam in grid])]
+    else:
+        errors = []
+        for lam in grid:
+            inv = 1.0 / (mu + lam)
+            rss = y_sq - float((q.square() * (2 * inv - mu * inv.square())[:, None]).sum())
+            df = float((mu * inv).sum())
+            errors.append(max(rss, 0.0) / (n * c) / max(1.0 - df / n, 1e-12) ** 2)
+    path = RidgePath([float(r) for r in grid], errors, "gcv" if held_out is None else "holdout")
+    beta = W @ (q / (mu + path.reg)[:, None])
+    return path, beta
+
+
+def walk_path(evaluate: Callable[[float], float], regs=RIDGE_GRID, *, start: float = 1e-3) -> RidgePath:
+    """Score ridge values one at a time with ``evaluate(lam) -> held-out error``: the grid value nearest ``start``,
+    its two neighbours, then onwards in the better direction while the error falls (at most the whole grid).
+    The caller keeps what each evaluation produced (e.g. the best solution so far)."""
+    grid = ridge_grid(regs)
+    scored: dict[int, float] = {}
+
+    def score(i):
+        if i not in scored:
+            e = float(evaluate(float(grid[i])))
+            scored[i] = e if np.isfinite(e) else np.inf
+        return scored[i]
+
+    i = int(np.argmin(np.abs(np.log(grid) - np.log(max(start, 1e-300)))))
+    score(i)
+    while True:
+        around = [j for j in (i - 1, i + 1) if 0 <= j < len(grid)]
+        for j in around:
+            score(j)
+        j = min(around + [i], key=lambda k: (scored[k], k != i))
+        if j == i:
+            break
+        i = j
+    keys = sorted(scored)
+    return RidgePath([float(grid[k]) for k in keys], [scored[k] for k in keys], "holdout")
