@@ -69,6 +69,11 @@ def _label(case: dict) -> str:
     return f"RFM[{case['solver']}{',' + params if params else ''}]"
 
 
+#: reg='auto': the leave-one-out path against one Cholesky solve (where the route switch sits)
+CASES += [{"suite": "solvers", "kind": "ridge_path", "dataset": "random", "solver": "direct", "n": n}
+          for n in (500, 1000, 2000, 3000, 4000)]
+
+
 def cases(*, quick=False, sizes=None, device="auto"):
     base = QUICK_CASES if quick else CASES
     if sizes:
@@ -111,9 +116,45 @@ def run_centre_step(case: dict) -> dict:
             "exp_per_second": exps, "row_block": system.row_block, "stored": system.K is not None}
 
 
+def run_ridge_path(case: dict) -> dict:
+    """reg='auto' routes on one n x n Laplace matrix (float32, d = 20, one output): the exact leave-one-out path
+    (float64 eigendecomposition, all 17 values) against one Cholesky solve (a walk costs 3-6 of them, plus a kernel
+    rebuild each) -- where the switch between the routes sits."""
+    import numpy as np
+    import torch
+
+    from kernels import laplace_kernel
+    from kernels.solvers import loo_path, solve_direct
+
+    n = case["n"]
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 20, generator=g)
+    Y = (X[:, :1] * X[:, 1:2] + 0.5 * torch.randn(n, 1, generator=g))
+    K = laplace_kernel(X, X, bandwidth=10.0)
+
+    def build():
+        laplace_kernel(X, X, bandwidth=10.0, out=K)
+
+    times = {"loo_seconds": lambda: loo_path(K, Y), "cholesky_seconds": lambda: solve_direct(K, Y, reg=1e-2),
+             "kernel_seconds": build}
+    out = {}
+    for key, fn in times.items():
+        fn()
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out[key] = float(np.median(ts))
+    out["loo_over_cholesky"] = out["loo_seconds"] / out["cholesky_seconds"]
+    return out
+
+
 def run_case(case: dict) -> dict:
     if case["kind"] == "centre_step":
         return run_centre_step(case)
+    if case["kind"] == "ridge_path":
+        return run_ridge_path(case)
     from drfm import RFMClassifier, RFMRegressor
     from drfm.datasets import load
 

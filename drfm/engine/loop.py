@@ -37,6 +37,7 @@ The fitted kernel machine (its points or centres, coefficients, kernel and metri
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -94,7 +95,8 @@ AUTO_ITER_SAMPLE_SIZE = 16000
 #: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
 #:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
 #: REG_START is the ridge the memory plan assumes and the first walk starts from (the fixed default before 'auto').
-LOO_MAX_ROWS, CENTRE_PATH_MAX_M, REG_START = 3000, 4000, 1e-3
+#: Each path holds at most RIDGE_BUDGET_SHARE of the memory budget (fewer rows or centres under a small one).
+LOO_MAX_ROWS, CENTRE_PATH_MAX_M, REG_START, RIDGE_BUDGET_SHARE = 3000, 4000, 1e-3, 0.25
 
 #: rows (evenly spaced, no random draw) whose pairwise distances measure the kernel's scale at each solve
 SCALE_ROWS = 1000
@@ -264,12 +266,24 @@ def _plan_reg(p) -> float:
     return REG_START if p.reg == "auto" else float(p.reg)
 
 
-def ridge_path_bytes(n_rows: int, n_centres: int | None, itemsize: int) -> int:
-    """What reg='auto' holds beside a solve of ``n_rows`` rows at most: the leave-one-out path (on the solve's rows
-    or LOO_MAX_ROWS of them, with their kernel matrix), or the m-centre path's m x m matrices."""
-    k = min(n_rows, LOO_MAX_ROWS)
+def ridge_limits(budget: int, itemsize: int) -> tuple[int, int]:
+    """(the rows of a leave-one-out path, the centres of an m-centre path) reg='auto' uses at most: LOO_MAX_ROWS and
+    CENTRE_PATH_MAX_M, fewer where the path would hold more than RIDGE_BUDGET_SHARE of the budget."""
+    share = RIDGE_BUDGET_SHARE * budget
+    k = int(math.sqrt(share / (loo_workspace_bytes(1) + itemsize)))
+    m = int(math.sqrt(share / path_workspace_bytes(1)))
+    return max(1, min(LOO_MAX_ROWS, k)), min(CENTRE_PATH_MAX_M, m)
+
+
+def ridge_path_bytes(n_rows: int, n_centres: int | None, itemsize: int, budget: int, has_val: bool) -> int:
+    """What reg='auto' holds beside a solve of ``n_rows`` rows at most: without validation rows the leave-one-out
+    path (on the solve's rows or a subset of them, with their kernel matrix); the m-centre path's m x m matrices
+    when it applies (the larger of the two). A validation walk holds nothing beyond its solves."""
+    loo_rows, centre_max = ridge_limits(budget, itemsize)
+    k = min(n_rows, loo_rows)
     m = min(n_rows, n_centres or default_centre_count(n_rows))
-    return max(loo_workspace_bytes(k) + k * k * itemsize, path_workspace_bytes(m) if m <= CENTRE_PATH_MAX_M else 0)
+    return max(0 if has_val else loo_workspace_bytes(k) + k * k * itemsize,
+               path_workspace_bytes(m) if m <= centre_max else 0)
 
 
 def _fit_items(*, n_train, n_val, n_sub, n_agop, n_rows, d, c, itemsize, diag, ridge_path=0) -> dict[str, int]:
@@ -344,12 +358,15 @@ def _inner_progress(verbose, solver, cap):
     return bar, callback
 
 
-def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner, n_local=None):
+def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner, n_local=None,
+                 has_val=False):
     """A SolvePlan per phase ('all' rows, and 'sub' with a subset), each with the fit's own items reserved.
 
     ``sizes`` are the phases' global row counts (the solver is the one a single process would choose); ``n_train``
     and ``n_val`` the rows this rank holds at most (its data); ``n_local`` (several ranks) the most training rows a
     rank holds: the m-centre model on all rows is planned for them.
+
+    ``has_val``: the fit has validation rows (reg='auto' then walks instead of holding a leave-one-out path).
 
     With solver='nystrom' and a subset, the subset's solves (which learn M) are planned as 'auto': the subset exists to
     be solved exactly, and M learned from an m-centre model was measurably worse (README)."""
@@ -357,7 +374,8 @@ def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, dev
     for phase, rows in sizes.items():
         reserved = _fit_items(n_train=n_train, n_val=n_val, n_sub=rows if phase == "sub" else 0, n_agop=n_agop,
                               n_rows=rows, d=d, c=c, itemsize=itemsize, diag=p.diag,
-                              ridge_path=ridge_path_bytes(rows, p.n_centres, itemsize) if p.reg == "auto" else 0)
+                              ridge_path=(ridge_path_bytes(rows, p.n_centres, itemsize, budget, has_val)
+                                          if p.reg == "auto" else 0))
         requested = "auto" if phase == "sub" and p.solver == "nystrom" else p.solver
         plans[phase] = plan_solve(rows, d, c, dtype=dtype, device=device, budget=budget, requested=requested,
                                   reg=_plan_reg(p), owner=owner, reserved=reserved, n_centres=p.n_centres,
@@ -444,6 +462,7 @@ class _Loop:
         self.Yv_all = (None if Xv is None or Yv is None or p.reg != "auto" else
                        self.comm.all_gather_rows(Yv.to(torch.float64)))
         self.reg_chosen = None  # the ridge the last reg='auto' solve chose
+        self.loo_rows, self.centre_max = ridge_limits(rt.budget, Xt.element_size())
 
     def training_rows(self, rows) -> torch.Tensor:
         """The untransformed training rows ``rows`` (global indices; None: all of them), on every rank."""
@@ -552,7 +571,7 @@ class _Loop:
         what :meth:`_solve` returns and the history entries of the ridge choice."""
         t0 = time.perf_counter()
         comm, kern = self.comm, kernel_of(p)
-        if plan.solver.centres and plan.n_centres <= CENTRE_PATH_MAX_M:  # the m-centre path
+        if plan.solver.centres and plan.n_centres <= self.centre_max:  # the m-centre path
             out = self._solve(plan, phase, r, pts, p, x0, regs=RIDGE_GRID)
             path = out[0].details["ridge_path"]
         elif plan.solver.centres and self.reg_chosen is not None:
@@ -574,7 +593,7 @@ class _Loop:
 
             path = walk_path(evaluate, RIDGE_GRID, start=self.reg_chosen or REG_START)
             out = kept["out"]
-        elif plan.solver is Solver.DIRECT and r.n <= LOO_MAX_ROWS:  # the exact leave-one-out path
+        elif plan.solver is Solver.DIRECT and r.n <= self.loo_rows:  # the exact leave-one-out path
             sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
             r = self._complete(phase)
             pts = Points.of(r.X, self.factor)
@@ -586,7 +605,7 @@ class _Loop:
             sol = SolveResult(alpha, 1, True, [], path.reg, "direct")
             out = (sol, self.score(train_out.cpu().numpy(), r.y), pts, None, r.X, _per_step(comm, sent, sol))
         else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
-            k = min(r.n, LOO_MAX_ROWS)
+            k = min(r.n, self.loo_rows)
             idx = torch.randperm(r.n, generator=self.gen)[:k].sort().values.to(pts.z.device)
             z, z_sq, Ys = self._take(pts.z, r, idx), self._take(pts.z_sq, r, idx), self._take(r.Y, r, idx)
             path = loo_path(kern.matrix(z, z, x_sq=z_sq, z_sq=z_sq), Ys, RIDGE_GRID)[0]
@@ -718,9 +737,9 @@ def _per_step(comm, before, sol) -> dict:
     return out
 
 
-def _refit_plans(n, p, bandwidth, plan_args):
-    """The parameters and the plan of a refit on all n rows."""
-    rp = replace(p, bandwidth=bandwidth, iters=0, validation_fraction=None)
+def _refit_plans(n, p, bandwidth, reg, plan_args):
+    """The parameters and the plan of a refit on all n rows (with the kept solve's bandwidth and ridge)."""
+    rp = replace(p, bandwidth=bandwidth, reg=reg, iters=0, validation_fraction=None)
     held = plan_args["n_train"] + plan_args["n_val"]
     return rp, _plan_phases({"all": n}, **{**plan_args, "n_train": held, "n_val": 0, "p": rp,
                                            "n_local": None if plan_args["n_local"] is None else held})
@@ -808,7 +827,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     most_val = max(sizes) - most_tr + (0 if X_val is None else max(comm.sizes(len(X_val), device)))
     plan_args = dict(n_train=most_tr, n_val=most_val, n_agop=n_agop,
                      d=d, c=c, itemsize=torch.empty((), dtype=dtype).element_size(), p=p, dtype=dtype,
-                     device=device, budget=rt.budget, owner=owner, n_local=most_tr if comm.world_size > 1 else None)
+                     device=device, budget=rt.budget, owner=owner, n_local=most_tr if comm.world_size > 1 else None,
+                     has_val=va is not None or (X_val is not None and Y_val is not None))
     # the plan on all rows does not depend on the subset (planned once; 'auto' subsets are decided from it)
     plans = _plan_phases({"all": n_tr}, **plan_args)
     size = p.iter_sample_size
@@ -872,7 +892,7 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     solver = (plans["all"] if final_solve or sub is None else plans["sub"]).solver.value
     refit_plans = None
     if refit_follows:
-        rp, refit_plans = _refit_plans(n, p, best_bandwidth, plan_args)
+        rp, refit_plans = _refit_plans(n, p, best_bandwidth, history[best_t]["reg"], plan_args)
         kept_solver = history[best_t]["solver"]
         if (refit_plans["all"].solver.centres and kept_solver != Solver.NYSTROM
                 and history[best_t]["n_rows"] == len(tr)):
@@ -884,8 +904,6 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
             refit_plans = None
     if refit_plans is not None:
         # the kept iterate's M (and bandwidth, and ridge) refit on every training row: the validation rows chose it
-        if p.reg == "auto":
-            rp = replace(rp, reg=history[best_t]["reg"])
         del loop, best_alpha
         refit = _refit(X, y, Y, rp, refit_plans, best_r, best_factor, len(history), score, rt)
         history.append(refit.history[0])

@@ -63,8 +63,8 @@ def workspace_bytes(n: int, m: int, c: int, *, itemsize: int, store: bool = Fals
 
 
 def path_workspace_bytes(m: int) -> int:
-    """What :func:`solve_centres_path` holds beyond :func:`workspace_bytes`: ``K_nm^T K_nm``, ``T^{-1}``, the
-    eigenvectors and their product with ``T^{-1}`` (float64, m x m each)."""
+    """What :func:`solve_centres_path` holds beyond :func:`workspace_bytes` at its peak (the eigendecomposition of
+    ``T^{-T} K_nm^T K_nm T^{-1}``: the matrix, its eigenvectors and LAPACK's ~2 m^2 workspace; float64)."""
     return 4 * m * m * 8
 
 
@@ -320,11 +320,10 @@ def solve_centres_path(
     system = CentreSystem(points, centres, bandwidth=bandwidth, reg=float(grid[0]), store=store,
                           memory_budget=memory_budget,
                           kernel=kernel, comm=comm)
-    A = system.normal_matrix()
+    system.A = None  # (the CG preconditioner's factor: not used here)
     b = system.rhs(B)
     y_sq = float(system.comm.allreduce(B.double().square().sum().reshape(1))[0])
-    path, beta = centres_path(A, system.T, b, y_sq, system.n, grid, held_out=held_out)
-    del A
+    path, beta = centres_path(system.normal_matrix(), system.T, b, y_sq, system.n, grid, held_out=held_out)
     beta = system.comm.broadcast(beta.to(Y.dtype))
     details = {"n_centres": system.m, "jitter": system.jitter, "stored": system.K is not None,
                "kernel_products": system.n_products, "ridge_path": path}

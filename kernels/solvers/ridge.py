@@ -98,19 +98,22 @@ def centres_path(A: torch.Tensor, T: torch.Tensor, b: torch.Tensor, y_sq: float,
                  ) -> tuple[RidgePath, torch.Tensor]:
     """The m-centre path of ``(A + lam T^T T) beta = b`` over ``regs`` (module text), all float64.
 
-    ``A`` (m, m) is ``K_nm^T K_nm``, ``T`` the upper Cholesky factor of ``K_mm`` (with jitter), ``b`` (m, c) is
+    ``A`` (m, m) is ``K_nm^T K_nm`` (pass it without keeping a reference: it is released as soon as it is used),
+    ``T`` the upper Cholesky factor of ``K_mm`` (with jitter), ``b`` (m, c) is
     ``K_nm^T Y``, ``y_sq`` is ``||Y||^2`` and ``n`` the rows behind them (all ranks'). The criterion is GCV, or with
     ``held_out`` (``held_out(betas) -> errors``: the held-out mean squared error of each coefficient matrix) that
     error. Returns the path and the chosen value's ``beta`` (m, c)."""
     grid = ridge_grid(regs)
-    eye = torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
-    Tinv = torch.linalg.solve_triangular(T, eye, upper=True)
-    C = Tinv.T @ A @ Tinv  # T^{-T} A T^{-1}
-    mu, V = torch.linalg.eigh((C + C.T) / 2)
-    del C, eye
+    # C = T^{-T} A T^{-1} by two triangular solves, one m x m matrix alive beside A at a time (eigh reads the lower
+    # triangle: no symmetrisation copy). The caller passes A without keeping it, so it is freed here.
+    C = torch.linalg.solve_triangular(T.T, A, upper=False)
+    del A
+    C = torch.linalg.solve_triangular(T, C, upper=True, left=False)
+    mu, V = torch.linalg.eigh(C)
+    del C
     mu.clamp_(min=0.0)
-    W = Tinv @ V  # beta(lam) = W diag(1 / (mu + lam)) q
-    del Tinv, V
+    W = torch.linalg.solve_triangular(T, V, upper=True)  # beta(lam) = W diag(1 / (mu + lam)) q
+    del V
     q = W.T @ b
     c = b.shape[1]
     if held_out is not None:

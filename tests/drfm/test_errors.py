@@ -17,7 +17,7 @@ y = X[:, 0]
     [
         ({"bandwidth": -1}, "The 'bandwidth' parameter of RFMRegressor must be a float in the range (0, inf) or a str among {'median', 'auto'}. Got -1 instead."),
         ({"bandwidth": 0.0}, "The 'bandwidth' parameter of RFMRegressor must be a float in the range (0, inf) or a str among {'median', 'auto'}. Got 0.0 instead."),
-        ({"reg": -0.1}, "The 'reg' parameter of RFMRegressor must be a float in the range [0, inf). Got -0.1 instead."),
+        ({"reg": -0.1}, "The 'reg' parameter of RFMRegressor must be a float in the range [0, inf) or a str among {'auto'}. Got -0.1 instead."),
         ({"iters": 1.5}, "The 'iters' parameter of RFMRegressor must be an int in the range [0, inf). Got 1.5 instead."),
         ({"solver": "magic"}, "The 'solver' parameter of RFMRegressor must be a str among {'auto', 'direct', 'cg', 'eigenpro', 'nystrom'}. Got 'magic' instead."),
         ({"device": "tpu"}, "The 'device' parameter of RFMRegressor must be a str among"),

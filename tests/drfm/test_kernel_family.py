@@ -57,7 +57,8 @@ def test_feature_learning_helps_on_the_low_rank_task(name, p):
     # geometry of x R with a full R; diag=True reaches 0.97 after 6 steps at bandwidth='median')
     X, y = _lowrank(1000, d=40, seed=5)
     Xte, yte = _lowrank(500, d=40, seed=6)
-    kw = dict(kernel=name, exponent=p, bandwidth="auto", early_stopping=False, random_state=0)
+    # reg=1e-3 (the numbers above): with reg='auto' plain gaussian kernel ridge alone reaches 0.96 here
+    kw = dict(kernel=name, exponent=p, bandwidth="auto", early_stopping=False, random_state=0, reg=1e-3)
     r0 = RFMRegressor(iters=0, **kw).fit(X, y).score(Xte, yte)
     r3 = RFMRegressor(iters=3, **kw).fit(X, y).score(Xte, yte)
     assert r3 > r0 + 0.1, (r0, r3)

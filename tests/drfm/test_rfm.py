@@ -202,20 +202,20 @@ def test_auto_solver_mid_size_uses_cg_on_the_stored_matrix(monkeypatch):
     import kernels.solvers.plan as plan_mod
 
     monkeypatch.setattr(plan_mod, "AUTO_DIRECT_MAX_N", 1000)  # make n = 1500 "mid-size"
-    X, y = lowrank(1500, d=8, seed=2)
+    X, y = lowrank(1500, d=8, seed=2)  # (a fixed ridge: the solvers' choice and agreement at one system)
     Xte, yte = lowrank(500, d=8, seed=3)
-    direct = RFMRegressor(iters=2, solver="direct", random_state=0, dtype="float64").fit(X, y)
-    stored = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64").fit(X, y)
+    direct = RFMRegressor(iters=2, solver="direct", random_state=0, dtype="float64", reg=1e-3).fit(X, y)
+    stored = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64", reg=1e-3).fit(X, y)
     assert stored.solver_ == "cg" and all("stored" in h["solver_reason"] for h in stored.history_)
     np.testing.assert_allclose(stored.M_, direct.M_, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored.predict(Xte), direct.predict(Xte), rtol=1e-4, atol=1e-4)
     # blocked products when the matrix (18 MB) does not fit beside the iterative solver's own ~56 MB
-    blocked = RFMRegressor(iters=2, solver="cg", solver_tol=1e-7, random_state=0, dtype="float64",
+    blocked = RFMRegressor(iters=2, solver="cg", solver_tol=1e-7, random_state=0, dtype="float64", reg=1e-3,
                            memory_budget=64 * 2**20).fit(X, y)
     assert blocked.solver_ == "cg" and "recomputed in blocks" in blocked.history_[0]["solver_reason"]
     np.testing.assert_allclose(blocked.predict(Xte), stored.predict(Xte), rtol=1e-4, atol=1e-4)
     # 'auto' there takes the m-centre model instead (here with m = n = 1500 centres: the exact model)
-    centres = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64",
+    centres = RFMRegressor(iters=2, solver_tol=1e-7, random_state=0, dtype="float64", reg=1e-3,
                            memory_budget=64 * 2**20).fit(X, y)
     assert centres.solver_ == "nystrom" and "does not fit" in centres.history_[0]["solver_reason"]
     assert "1500 centres = n: exact" in centres.history_[0]["solver_reason"]
@@ -259,9 +259,10 @@ def test_centre_model_keeps_only_its_centres_and_predicts_through_them():
 def test_centre_model_with_every_point_is_the_exact_fit():
     X, y = lowrank(800, d=6, seed=13)
     Xte, _ = lowrank(200, d=6, seed=14)
-    exact = RFMRegressor(iters=2, solver="direct", dtype="float64", random_state=0).fit(X, y)
+    # one fixed ridge: the two solvers' equivalence (reg='auto' would score LOO against GCV)
+    exact = RFMRegressor(iters=2, solver="direct", dtype="float64", reg=1e-3, random_state=0).fit(X, y)
     full = RFMRegressor(iters=2, solver="nystrom", n_centres=5000, iter_sample_size=None, dtype="float64",
-                        solver_tol=1e-12, solver_max_iter=300, random_state=0).fit(X, y)
+                        solver_tol=1e-12, solver_max_iter=300, reg=1e-3, random_state=0).fit(X, y)
     assert full.X_fit_.shape[0] == 800 and "= n: exact" in full.history_[0]["solver_reason"]
     np.testing.assert_allclose(full.M_, exact.M_, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(full.predict(Xte), exact.predict(Xte), rtol=1e-6, atol=1e-7)
