@@ -26,7 +26,8 @@ from kernels.solvers.plan import SOLVERS
 
 from ._backend import finite_tensor, resolve_budget, resolve_dtype, to_tensor
 from .engine import KernelMachine, RFMParams, run_rfm, runtime_for
-from .engine.agree import agree_data, agree_encoding, agree_parameters, on_every_rank, one_hot_agreed
+from .engine.agree import (agree_data, agree_encoding, agree_parameters, on_every_rank, one_hot_agreed,
+                           standardization_agreed)
 from .engine.runtime import DEFAULT_TIMEOUT_S, open_comm
 from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
 from ._categorical import CategoricalEncoding, fit_encoding
@@ -64,6 +65,7 @@ class _BaseRFM(BaseEstimator):
         "n_threads": [Interval("int", 1, None, closed="left"), Options("auto"), NoneOK],
         "distributed": [BOOL],
         "distributed_timeout": [Interval("float", 0, None, closed="neither")],
+        "standardize": [BOOL],
         "categorical_features": [Options("from_dtype"), InstanceOf(list, tuple, np.ndarray, name="a list of column "
                                  "names / indices or a boolean mask"), NoneOK],
         "random_state": RANDOM_STATE,
@@ -96,6 +98,7 @@ class _BaseRFM(BaseEstimator):
         memory_budget=None,
         n_threads=None,
         categorical_features="from_dtype",
+        standardize=False,
         distributed=False,
         distributed_timeout=DEFAULT_TIMEOUT_S,
         random_state=None,
@@ -124,6 +127,7 @@ class _BaseRFM(BaseEstimator):
         self.memory_budget = memory_budget
         self.n_threads = n_threads
         self.categorical_features = categorical_features
+        self.standardize = standardize
         self.distributed = distributed
         self.distributed_timeout = distributed_timeout
         self.random_state = random_state
@@ -187,6 +191,14 @@ class _BaseRFM(BaseEstimator):
             self.n_features_in_ = enc.n_columns
             if names is not None and all(isinstance(c, str) for c in names):
                 self.feature_names_in_ = names
+        # the numeric columns standardised with every rank's training rows (one-hot blocks as they are)
+        numeric = np.ones(X.shape[1], dtype=bool)
+        for block in ([] if enc is None else [g for j, g in enumerate(enc.groups) if j in enc.cats]):
+            numeric[block] = False
+        self.x_mean_, self.x_scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        mean, scale = standardization_agreed(comm, X[:, numeric], self.standardize)
+        self.x_mean_[numeric], self.x_scale_[numeric] = mean, scale
+        X = self._standardized(X)
         Y = self._encode_targets(y, comm)
         if X_val is not None:
             X_val, y_val = on_every_rank(comm, owner, lambda: self._validate_val(X_val, y_val))
@@ -242,18 +254,26 @@ class _BaseRFM(BaseEstimator):
         state = getattr(self, "categorical_", None)
         return None if state is None else CategoricalEncoding(state, self.n_features_in_)
 
+    def _standardized(self, X: np.ndarray) -> np.ndarray:
+        """``X`` with the training standardisation (a model saved before ``standardize`` existed: as it is)."""
+        mean = getattr(self, "x_mean_", None)
+        if mean is None or not self.standardize:
+            return X
+        return (X - mean) / self.x_scale_
+
     def _input(self, X) -> np.ndarray:
-        """Prediction-time input: validated like the training input (categorical columns one-hot encoded)."""
+        """Prediction-time input: validated like the training input (categorical columns one-hot encoded, numeric
+        ones standardised)."""
         enc = self._encoding()
         if enc is None:
             # a distributed model may be asked for the predictions of a rank without test rows
-            return validate_data(self, X, reset=False, dtype=DTYPES,
-                                 ensure_min_samples=0 if getattr(self, "distributed", False) else 1)
+            return self._standardized(validate_data(self, X, reset=False, dtype=DTYPES,
+                                                    ensure_min_samples=0 if getattr(self, "distributed", False) else 1))
         names = getattr(self, "feature_names_in_", None)
         if names is not None and hasattr(X, "columns") and list(X.columns) != list(names):
             raise ValueError(f"The feature names should match those that were passed during fit: got "
                              f"{list(X.columns)}, expected {list(names)}.")
-        return check_array(enc.transform(X, type(self).__name__), dtype=DTYPES)
+        return self._standardized(check_array(enc.transform(X, type(self).__name__), dtype=DTYPES))
 
     @with_threads
     def _raw_predict(self, X) -> np.ndarray:
@@ -404,6 +424,15 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         ``string`` and ``bool`` columns; None: every column numeric. ``M_`` is over the encoded columns;
         ``feature_importances_`` has one entry per input column; ``categorical_`` lists the categorical columns and
         their categories (a category unseen in fit gets an all-zero block).
+    standardize : bool, default=False
+        Standardise the numeric input columns with the training rows' mean and standard deviation (constant columns
+        keep scale 1; one-hot blocks are left as they are) and, for :class:`RFMRegressor`, centre the targets on
+        their mean (an intercept): unscaled tables (prices beside 0/1 flags) otherwise put every point far from
+        every other, and a kernel machine without intercept predicts 0 away from the data (``bench tabular``:
+        README). ``x_mean_`` / ``x_scale_`` (and ``y_offset_``) hold them; ``M_``, ``agop`` and ``X_fit_`` are in the
+        standardised coordinates. False: the raw columns and targets. (Measured: on tables it lifts unscaled ones
+        from negative R^2 to above LightGBM's; on 8000 MNIST digits at bandwidth 10 it costs accuracy, 0.950 against
+        0.968 -- the default stays False until a default that serves both is measured.)
     distributed : bool, default=False
         Fit across the processes of an initialised ``torch.distributed`` process group (e.g. under ``torchrun``):
         every rank calls ``fit`` with its own rows (rank order = row order; a rank may hold none) and the same
@@ -445,14 +474,24 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         return validate_regression_data(self, X, y, ensure_min_samples)
 
     def _encode_targets(self, y, comm):
-        return encode_regression_targets(self, y)
+        Y = encode_regression_targets(self, y)
+        # with standardize: the targets centred on every rank's mean (the kernel machine then has an intercept;
+        # without one it predicts 0 away from the training rows)
+        self.y_offset_ = np.zeros(Y.shape[1])
+        if self.standardize:
+            self.y_offset_ = standardization_agreed(comm, Y, True)[0]
+        return Y - self.y_offset_
+
+    def _encode_val(self, y_val):
+        return super()._encode_val(y_val) - getattr(self, "y_offset_", 0.0)
 
     def _scorer(self):
-        return r2_of_outputs
+        offset = self.y_offset_
+        return lambda out, y_true: r2_of_outputs(out + offset, y_true)
 
     def predict(self, X):
         """Predicted targets, (n,) or (n, n_outputs) like the ``y`` given to fit."""
-        return regression_output(self, self._raw_predict(X))
+        return regression_output(self, self._raw_predict(X) + getattr(self, "y_offset_", 0.0))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -167,8 +167,8 @@ def _kernel_bandwidth(p, sample_z, owner, warned: set) -> float:
                 "nearly constant: every point looks alike, so predictions barely depend on the input")
         warnings.warn(
             f"{owner}: with bandwidth={L:g} and a median distance of {med:.3g} between training points (in the "
-            f"current metric) the kernel matrix is {what}. Scale the features (e.g. StandardScaler) or set the "
-            "bandwidth relative to the data: bandwidth='median'.", KernelScaleWarning, stacklevel=4)
+            f"current metric) the kernel matrix is {what}. Scale the features (standardize=True, or a StandardScaler) "
+            "or set the bandwidth relative to the data: bandwidth='median'.", KernelScaleWarning, stacklevel=4)
     return L
 
 

@@ -67,6 +67,8 @@ def cases():
         ("auto_bw_diag", lambda: RFMRegressor(bandwidth="auto", diag=True, iters=2, early_stopping=True,
                                               centering=True, **base), small),
         ("categorical", lambda: RFMRegressor(bandwidth="auto", iters=2, early_stopping=True, **base), frame(500)),
+        # standardised numeric columns and centred targets from every rank's rows (the one-hot block left alone)
+        ("standardize", lambda: RFMRegressor(standardize=True, iters=2, early_stopping=True, **base), frame(500)),
         ("classifier", lambda: RFMClassifier(bandwidth=5.0, iters=2, early_stopping=True, **base), classes(500)),
     ]
 

@@ -48,6 +48,9 @@ def test_every_setting_gives_the_single_process_model(world, single_process, tmp
             assert [h["solver"] for h in got["history"]] == [h["solver"] for h in ref["history"]], where
             assert [h["n_rows"] for h in got["history"]] == [h["n_rows"] for h in ref["history"]], where
             assert got["best_iter"] == ref["best_iter"] and got["n_fit"] == ref["n_fit"], where
+            # reg='auto' (every case's default) chose the same ridge at every solve, by the same route
+            assert [(h["reg"], h.get("reg_criterion")) for h in got["history"]] == \
+                [(h["reg"], h.get("reg_criterion")) for h in ref["history"]], where
             dev = float(np.max(np.abs(got["out"] - ref["out"]))) / scale
             assert dev < 1e-6, f"{where}: predictions differ by {dev:.3g} of their std"
             np.testing.assert_allclose(got["M"], ref["M"], rtol=1e-6, atol=1e-8, err_msg=where)

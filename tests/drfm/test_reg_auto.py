@@ -132,3 +132,40 @@ def test_bad_reg_is_refused_naming_it(reg):
     X, y, _ = _noisy(50, seed=12)
     with pytest.raises((ValueError, TypeError), match="'reg'"):
         RFMRegressor(reg=reg).fit(X, y)
+
+
+def test_standardize_is_the_fit_on_standardised_columns_and_centred_targets():
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((300, 3)) * [1000.0, 1.0, 0.01] + [5e4, 0.0, 3.0]
+    y = 50.0 + X[:, 0] / 1000 * X[:, 1] + 0.1 * rng.standard_normal(300)
+    Xte = rng.standard_normal((40, 3)) * [1000.0, 1.0, 0.01] + [5e4, 0.0, 3.0]
+    kw = dict(iters=2, reg=1e-2, **BASE)
+    std = RFMRegressor(standardize=True, **kw).fit(X, y)
+    mu, sd = X.mean(0), X.std(0)
+    ref = RFMRegressor(**kw).fit((X - mu) / sd, y - y.mean())
+    np.testing.assert_allclose(std.x_mean_, mu)
+    np.testing.assert_allclose(std.x_scale_, sd)
+    np.testing.assert_allclose(std.predict(Xte), ref.predict((Xte - mu) / sd) + y.mean(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(std.M_, ref.M_, rtol=1e-10, atol=1e-12)
+    # the score the loop records is the R^2 of the un-centred outputs
+    assert std.history_[0]["train_score"] == pytest.approx(ref.history_[0]["train_score"], rel=1e-10)
+    # the raw columns put every point far from every other: the unstandardised fit is far worse
+    yte = 50.0 + Xte[:, 0] / 1000 * Xte[:, 1]
+    from drfm import KernelScaleWarning
+
+    with pytest.warns(KernelScaleWarning, match="standardize=True"):
+        raw = RFMRegressor(**kw).fit(X, y)
+    assert std.score(Xte, yte) > 0.8 > raw.score(Xte, yte)
+
+
+def test_standardize_leaves_one_hot_blocks_and_classifier_targets_alone():
+    import pandas as pd
+
+    rng = np.random.default_rng(14)
+    X = pd.DataFrame({"price": rng.normal(1e4, 3e3, 200), "colour": rng.choice(["red", "blue"], 200)})
+    X["colour"] = X["colour"].astype("category")
+    y = (X["price"] > 1e4).astype(int) ^ (X["colour"] == "red")
+    clf = RFMClassifier(standardize=True, iters=1, **BASE).fit(X, y)
+    assert clf.x_scale_[0] == pytest.approx(X["price"].std(ddof=0)) and list(clf.x_scale_[1:]) == [1.0, 1.0]
+    assert set(np.unique(clf.X_fit_[:, 1:])) == {0.0, 1.0} and not hasattr(clf, "y_offset_")
+    assert clf.score(X, y) > 0.9
