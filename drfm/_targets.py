@@ -6,7 +6,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-__all__ = ["accuracy_of_outputs", "decision_values", "encode_regression_targets", "one_hot_classes",
+__all__ = ["accuracy_of_outputs", "decision_values", "encode_regression_targets", "one_hot_classes", "one_hot_of",
            "predict_labels", "r2_of_outputs", "regression_output", "validate_classification_data",
            "validate_regression_data"]
 
@@ -54,6 +54,11 @@ def validate_regression_data(estimator, X, y, ensure_min_samples: int = 1):
         X, y = _no_rows(estimator, X, y)
         return X, y.astype(np.float64)
     return validate_data(estimator, X, y, multi_output=True, y_numeric=True, dtype=DTYPES)
+
+
+def one_hot_of(y, classes: np.ndarray) -> np.ndarray:
+    """The (n, K) one-hot rows of labels ``y`` over ``classes`` (a label not among them: an all-zero row)."""
+    return (np.asarray(y)[:, None] == classes[None, :]).astype(np.float64)
 
 
 def one_hot_classes(y, owner: str):

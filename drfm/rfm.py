@@ -33,8 +33,9 @@ from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
 from ._categorical import CategoricalEncoding, fit_encoding
 from ._threads import with_threads
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
-from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, predict_labels,
-                       r2_of_outputs, regression_output, validate_classification_data, validate_regression_data)
+from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, one_hot_of,
+                       predict_labels, r2_of_outputs, regression_output, validate_classification_data,
+                       validate_regression_data)
 
 __all__ = ["RFMRegressor", "RFMClassifier"]
 
@@ -523,7 +524,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         return accuracy_of_outputs(self.classes_)
 
     def _encode_val(self, y_val):
-        return (np.asarray(y_val)[:, None] == self.classes_[None, :]).astype(np.float64)
+        return one_hot_of(y_val, self.classes_)
 
     def _validate_val(self, X_val, y_val):
         X_val, y_val = super()._validate_val(X_val, y_val)

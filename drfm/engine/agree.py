@@ -22,7 +22,7 @@ import torch
 
 from .._backend import standardization
 from .._categorical import CategoricalEncoding
-from .._targets import label_kinds, one_hot_classes
+from .._targets import label_kinds, one_hot_classes, one_hot_of
 
 __all__ = ["agree_data", "agree_encoding", "agree_parameters", "on_every_rank", "one_hot_agreed",
            "standardization_agreed"]
@@ -128,7 +128,7 @@ def one_hot_agreed(comm, y, owner: str) -> tuple[np.ndarray, np.ndarray]:
     classes = np.unique(np.concatenate([v for v in everyone if len(v)]))
     if len(classes) < 2:
         raise ValueError(f"{owner} needs samples of at least 2 classes over all ranks.")
-    return classes, (np.asarray(y)[:, None] == classes[None, :]).astype(np.float64)
+    return classes, one_hot_of(y, classes)
 
 
 def standardization_agreed(comm, X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:

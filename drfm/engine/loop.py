@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 from kernels import (BlockedKernel, NystromEigensystem, NystromPreconditioner, Points, StoredKernel, compact_factor,
                      feature_matrix_update, kernel_matmul, plan_solve, solve_centres, solve_cg, solve_direct,
                      solve_eigenpro)
-from kernels.solvers import RIDGE_GRID, RidgePath, SolveResult, default_centre_count, loo_path, solve_centres_path, walk_path
+from kernels.solvers import (RIDGE_GRID, RidgePath, SolveResult, default_centre_count, loo_path, solve_centres_path,
+                             walk_path)
 from kernels.solvers.centres import path_workspace_bytes
 from kernels.solvers.ridge import loo_workspace_bytes
 from kernels.distributed import ShardedKernel, distributed_agop
@@ -481,6 +482,13 @@ class _Loop:
             self.rows[phase] = r
         return r
 
+    def _matrix_buffer(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """The n x n buffer every solve on the same rows reuses (the old one released before a new one is made)."""
+        if self.K is None or self.K.shape[0] != n:
+            self.K = None
+            self.K = torch.empty((n, n), dtype=like.dtype, device=like.device)
+        return self.K
+
     def _take(self, t, r: _Rows, idx):
         """Rows ``idx`` (indices into the phase's rows) of a tensor over the phase's rows ``r``, on every rank."""
         return t[idx] if r.complete else self.comm.take_rows(t, r.offset, idx)
@@ -539,9 +547,8 @@ class _Loop:
             r = self._complete(phase)  # direct and EigenPro solve the gathered rows on every rank
             pts = Points.of(r.X, self.factor)
         if r.complete:
-            if plan.holds_matrix and (self.K is None or self.K.shape[0] != r.n):
-                self.K = None
-                self.K = torch.empty((r.n, r.n), dtype=pts.z.dtype, device=pts.z.device)
+            if plan.holds_matrix:
+                self._matrix_buffer(r.n, pts.z)
             if plan.solver is Solver.DIRECT:
                 sol, score = _solve_direct(pts, r.Y, r.y, self.K, p, self.score)
                 return sol, score, pts, None, r.X, _per_step(comm, sent, sol)
@@ -586,7 +593,7 @@ class _Loop:
             def evaluate(lam):
                 start = kept["out"][0].x if kept else x0  # warm start from the best value so far
                 res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start)
-                err = self._val_errors(res[2], [res[0].x], kern, centres=res[3] is not None)[0]
+                err = self._val_errors(res[2], [res[0].x], kern)[0]
                 if not kept or err < kept["err"]:
                     kept.update(out=res, err=err)
                 return err
@@ -597,11 +604,8 @@ class _Loop:
             sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
             r = self._complete(phase)
             pts = Points.of(r.X, self.factor)
-            if self.K is None or self.K.shape[0] != r.n:
-                self.K = None
-                self.K = torch.empty((r.n, r.n), dtype=pts.z.dtype, device=pts.z.device)
-            kern.matrix(pts.z, pts.z, x_sq=pts.z_sq, z_sq=pts.z_sq, out=self.K)
-            path, alpha, train_out = loo_path(self.K, r.Y, RIDGE_GRID)
+            K = kern.matrix(pts.z, pts.z, x_sq=pts.z_sq, z_sq=pts.z_sq, out=self._matrix_buffer(r.n, pts.z))
+            path, alpha, train_out = loo_path(K, r.Y, RIDGE_GRID)
             sol = SolveResult(alpha, 1, True, [], path.reg, "direct")
             out = (sol, self.score(train_out.cpu().numpy(), r.y), pts, None, r.X, _per_step(comm, sent, sol))
         else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
@@ -620,7 +624,7 @@ class _Loop:
         against their encoded targets: one pass over the rows for all of them."""
         c = self.Yv_all.shape[1]
         km = KernelMachine(machine, torch.cat([a.reshape(a.shape[0], -1) for a in alphas], 1).to(machine.z.dtype),
-                           kernel_of(self.p) if kern is None else kern, self.factor)
+                           kern, self.factor)
         out = km.outputs(self.Xv, memory_budget=self.work_budget, accumulate=torch.float64 if centres else None)
         out = self.comm.all_gather_rows(out).double()
         return [float((out[:, j * c:(j + 1) * c] - self.Yv_all).square().mean()) for j in range(len(alphas))]

@@ -100,10 +100,12 @@ class CentreSystem:
         (:class:`kernels.distributed.Comm`): ``points`` and Y are this rank's rows, ``centres`` the same on every rank;
         the m x c sums ``K_nm^T (K_nm v)`` and ``K_nm^T Y`` are all-reduced (one m x c all-reduce per CG step), and the
         preconditioner uses the global n. Everything over m (factors, CG vectors, coefficients) is replicated.
+    preconditioner : form Falkon's factor ``A`` (False: only ``T``, for :func:`solve_centres_path`, which runs no CG).
     """
 
     def __init__(self, points: Points, centres: Points, *, bandwidth: float | None = None, reg: float,
-                 store: bool = False, memory_budget: int | None = None, kernel=None, comm=None):
+                 store: bool = False, memory_budget: int | None = None, kernel=None, comm=None,
+                 preconditioner: bool = True):
         self.points, self.centres = points, centres
         self.kernel = as_kernel(kernel, bandwidth)
         self.bandwidth, self.reg = self.kernel.bandwidth, float(reg)
@@ -132,10 +134,12 @@ class CentreSystem:
         kmm = self.kernel.matrix(zc, zc)
         self.T, self.jitter = _cholesky_upper(kmm, torch.finfo(torch.float64).eps)
         del kmm
-        S = self.T @ self.T.T
-        S.mul_(self.n / self.m).diagonal().add_(self.reg)
-        self.A, _ = _cholesky_upper(S, torch.finfo(torch.float64).eps)
-        del S
+        self.A = None
+        if preconditioner:
+            S = self.T @ self.T.T
+            S.mul_(self.n / self.m).diagonal().add_(self.reg)
+            self.A, _ = _cholesky_upper(S, torch.finfo(torch.float64).eps)
+            del S
 
     def _kernel(self, z, z_sq, out=None):
         return self.kernel.matrix(z, self.centres.z, x_sq=z_sq, z_sq=self.centres.z_sq, out=out)
@@ -318,9 +322,7 @@ def solve_centres_path(
     grid = ridge_grid(regs)
     B, _, squeeze = as_columns(Y, None)
     system = CentreSystem(points, centres, bandwidth=bandwidth, reg=float(grid[0]), store=store,
-                          memory_budget=memory_budget,
-                          kernel=kernel, comm=comm)
-    system.A = None  # (the CG preconditioner's factor: not used here)
+                          memory_budget=memory_budget, kernel=kernel, comm=comm, preconditioner=False)
     b = system.rhs(B)
     y_sq = float(system.comm.allreduce(B.double().square().sum().reshape(1))[0])
     path, beta = centres_path(system.normal_matrix(), system.T, b, y_sq, system.n, grid, held_out=held_out)
