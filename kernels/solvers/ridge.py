@@ -74,6 +74,11 @@ def loo_path(K: torch.Tensor, Y: torch.Tensor, regs=RIDGE_GRID) -> tuple[RidgePa
     Returns the path, the chosen value's coefficients ``alpha`` (n, c) in Y's dtype and its training outputs
     ``K alpha = Y - lam alpha`` (float64)."""
     grid = ridge_grid(regs)
+    if K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"K must be a square matrix, got shape {tuple(K.shape)}")
+    if Y.dim() not in (1, 2) or Y.shape[0] != K.shape[0]:
+        raise ValueError(f"Y must have K's {K.shape[0]} rows (a vector or one column per output), got shape "
+                         f"{tuple(Y.shape)}")
     Y2 = Y.reshape(Y.shape[0], -1)
     s, U = torch.linalg.eigh(K.double())
     s.clamp_(min=0.0)  # K is PSD: negative eigenvalues are round-off

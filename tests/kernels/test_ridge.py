@@ -6,7 +6,7 @@ import torch
 
 from kernels import Points, laplace_kernel
 from kernels.solvers import RIDGE_GRID, loo_path, solve_centres_path, walk_path
-from kernels.solvers.ridge import centres_path, ridge_grid
+from kernels.solvers.ridge import ridge_grid
 from tests.conftest import DEVICES
 
 REGS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 3.0)
@@ -139,3 +139,11 @@ def test_bad_grids_are_refused():
     for regs in ((), (0.0, 1.0), (-1.0,), (float("nan"),)):
         with pytest.raises(ValueError, match="positive finite ridge"):
             ridge_grid(regs)
+
+
+def test_loo_path_refuses_a_non_square_k_or_mismatched_targets():
+    K = torch.eye(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="K must be a square matrix"):
+        loo_path(K[:3], torch.ones(3))
+    with pytest.raises(ValueError, match="Y must have K's 4 rows"):
+        loo_path(K, torch.ones(3, 1))
