@@ -65,10 +65,17 @@ def run_case(case: dict) -> dict:
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         outs = [os.path.join(tmp, f"r{r}.json") for r in range(world)]
-        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.distributed", str(world), str(r), str(port),
-                                   json.dumps(case), outs[r]], cwd=root, stderr=subprocess.PIPE, text=True)
-                 for r in range(world)]
-        errs = [p.communicate(timeout=4 * 3600)[1] for p in procs]
+        # each rank's stderr (its progress bars with the case's "verbose") goes to a file: DRFM_BENCH_RANK_LOG + rank
+        # when that is set (to watch a long case), else a temporary one
+        logs = [os.environ.get("DRFM_BENCH_RANK_LOG", os.path.join(tmp, "log")) + f".r{r}" for r in range(world)]
+        procs = []
+        for r in range(world):
+            with open(logs[r], "w") as log:
+                procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.distributed", str(world), str(r),
+                                               str(port), json.dumps(case), outs[r]], cwd=root, stderr=log))
+        for p in procs:
+            p.wait(timeout=4 * 3600)
+        errs = [open(log).read() for log in logs]
         if any(p.returncode for p in procs):
             raise RuntimeError("a rank failed: " + " | ".join(e.strip().splitlines()[-1] for e in errs if e.strip()))
         ranks = [json.load(open(o)) for o in outs]
@@ -123,7 +130,8 @@ def _fit_main(world, rank, case, out):
                "final_solver": last["solver"], "n_centres": last["n_centres"], "cg_iterations": last["solver_iters"],
                "step_seconds": step_s, "bytes_per_step": last.get("bytes_per_step", 0),
                "comm_seconds_per_step": comm_s, "comm_share": comm_s / step_s if step_s else None,
-               "solves": [{k: h.get(k) for k in ("solver", "n_rows", "solver_iters", "seconds", "val_score")}
+               "solves": [{k: h.get(k) for k in ("solver", "n_rows", "solver_iters", "seconds", "val_score", "reg",
+                                                        "reg_seconds", "seconds_per_step")}
                           for h in model.history_], "torch_threads": torch.get_num_threads()}, open(out, "w"))
 
 
