@@ -189,7 +189,7 @@ def _fit(case):
     try:
         data = load(case["dataset"], n_train=case["n"])
     except ValueError as exc:  # MNIST without its files
-        return {"skipped": str(exc).splitlines()[0]}
+        return {"skipped": str(exc)}
     task = data.task
     model_name = case["model"]
     if model_name in PEERS:

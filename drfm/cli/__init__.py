@@ -10,13 +10,14 @@
     drfm bench SUITE          run a benchmark suite from benchmarks/ (each case in its own process), JSON lines out
     drfm bench --compare A B  ratios new/old between two results files
 
-Exit codes: 0 success, 2 bad arguments or files (one-line reason on stderr, no traceback; set DRFM_DEBUG=1 for the
-traceback), 1 unexpected failure.
+Exit codes: 0 success, 2 bad arguments or files (the reason on stderr: one line, and the further lines of a longer
+message indented below it; no traceback; set DRFM_DEBUG=1 for the traceback), 1 unexpected failure.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -64,8 +65,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _error_text(exc: BaseException) -> str:
+    """The whole message of an error: its first line, and any further lines (folders searched, what to do) indented
+    below it so that every line of the report is told apart from a traceback and from the next command's output."""
+    lines = [ln.rstrip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return "\n".join([lines[0]] + ["  " + ln if not ln.startswith("  ") else ln for ln in lines[1:]])
+
+
+#: the library's advice (estimator parameters) as the CLI spells it; {fit} entries only where the command has them
+_SPELLING = (("n_threads='auto'", "--threads auto"), ("n_threads=1", "--threads 1"),
+             ("standardize=True", "--standardize"), ("bandwidth='median'", "--param bandwidth=median"))
+#: commands that take --standardize and --param
+_FIT_OPTIONS = {"fit"}
+
+
+def cli_spelling(text: str, command: str) -> str:
+    """A library message with its parameter advice spelled as options of ``command`` (where it has them)."""
+    for api, cli in _SPELLING:
+        if cli.startswith("--threads") or command in _FIT_OPTIONS:
+            text = text.replace(api, cli)
+    return text
+
+
+class _LogLine(logging.Handler):
+    """Prints the library's logged warnings as ``drfm CMD: warning: ...``, one line each."""
+
+    def __init__(self, command):
+        super().__init__(logging.WARNING)
+        self.command = command
+
+    def emit(self, record):
+        print(f"drfm {self.command}: warning: {cli_spelling(record.getMessage(), self.command)}", file=sys.stderr)
+
+
+def _run(args):
+    """The subcommand under the command's thread setting (``--threads``): estimators inside keep that count."""
+    if args.threads is None:
+        return args.func(args)
+    from .._threads import _ACTIVE, resolve_threads, thread_limit
+
+    n = resolve_threads(args.threads, f"drfm {args.command}")
+    token = _ACTIVE.set(True)
+    try:
+        with thread_limit(n):
+            return args.func(args)
+    finally:
+        _ACTIVE.reset(token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +123,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
+    if args.verbose is None:  # progress by default where a person watches: stderr is a terminal
+        args.verbose = sys.stderr.isatty()
     shown = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):
-        # a warning is a message to the user: its text, not the library's source line that raised it
-        print(f"drfm {args.command}: {category.__name__}: {message}", file=sys.stderr)
+        # a warning is a message to the user: its text, not the library's source line that raised it, with the
+        # library's advice spelled as this command's options
+        print(f"drfm {args.command}: {category.__name__}: {cli_spelling(str(message), args.command)}",
+              file=sys.stderr)
 
     warnings.showwarning = one_line
+    # the library's logged warnings (e.g. contention on the cores) the same way, one line each
+    handler = _LogLine(args.command)
+    library_log = logging.getLogger("drfm")
+    library_log.addHandler(handler)
     try:
-        res = args.func(args)
+        res = _run(args)
     except KeyboardInterrupt:
         if os.environ.get("DRFM_DEBUG"):
             raise
@@ -94,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         if os.environ.get("DRFM_DEBUG"):
             raise
-        print(f"drfm {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"drfm {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file that could not be read or written (a full disk, a permission, a size limit)
         if os.environ.get("DRFM_DEBUG"):
             raise
-        print(f"drfm {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"drfm {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 1
     finally:
         warnings.showwarning = shown
+        library_log.removeHandler(handler)
     if isinstance(res, dict) and res.get("rank", 0) != 0:
         return 0  # under torchrun only rank 0 reports (every rank holds the same model)
     text = json.dumps(res, indent=None if isinstance(res, list) else 2, default=str) if args.json else args.show(res)

@@ -1,7 +1,7 @@
 """What the subcommands share: the user-error type, the model families, ``--param`` parsing, common arguments."""
 from __future__ import annotations
 
-__all__ = ["MODELS", "UsageError", "common", "csv_header_arg", "data_home_arg", "deep_rfm_args", "metrics_arg", "model_class",
+__all__ = ["MODELS", "UsageError", "common", "threads_value", "csv_header_arg", "data_home_arg", "deep_rfm_args", "metrics_arg", "model_class",
            "parse_params"]
 
 
@@ -47,9 +47,31 @@ def model_class(name: str, task: str):
     return getattr(importlib.import_module(module), cls)
 
 
+def threads_value(text: str):
+    """``--threads``: a positive int or 'auto'."""
+    import argparse
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads or 'auto', got {text!r}")
+    return n
+
+
 def common(sp, device="auto", device_help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'"):
     sp.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    sp.add_argument("--verbose", "-v", action="store_true", help="show progress bars")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--verbose", "-v", dest="verbose", action="store_const", const=True, default=None,
+                   help="show progress bars (default: on when stderr is a terminal)")
+    g.add_argument("--quiet", "-q", dest="verbose", action="store_const", const=False,
+                   help="no progress bars, even on a terminal")
+    sp.add_argument("--threads", type=threads_value, default=None, metavar="N|auto",
+                    help="CPU threads for the whole command: a number, or 'auto' (the cores other processes leave "
+                         "idle; faster on a busy machine); default: torch's setting (all usable cores)")
     if device:
         sp.add_argument("--device", default=device, help=device_help)
 

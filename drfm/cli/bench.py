@@ -1,11 +1,12 @@
 """`drfm bench`."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 
-from ._common import UsageError, common
+from ._common import UsageError, common, data_home_arg
 
 
 def register(add) -> None:
@@ -22,6 +23,7 @@ def register(add) -> None:
                          "(e.g. --only RFMRegressor)")
     sp.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case (default 3600)")
     sp.add_argument("--suite-dir", help="directory holding the suites (default: the checkout's benchmarks/)")
+    data_home_arg(sp)
     common(sp)
     sp.set_defaults(func=cmd_bench, show=show_bench)
 
@@ -48,10 +50,22 @@ def cmd_bench(args) -> list[dict]:
     suite_file = sdir / f"{args.suite}.py"
     todo = bench.select_cases(suite_file, quick=args.quick, sizes=args.n, device=args.device, only=args.only)
     out_path = Path(args.out) if args.out else Path("bench-results") / f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    if args.data_home:  # the cases run in their own processes: they find the data through the environment
+        os.environ["DRFM_DATA"] = str(Path(args.data_home).expanduser())
+    if args.threads is not None:  # ... and their thread count (torch reads it at start)
+        from .._threads import resolve_threads
+
+        os.environ["OMP_NUM_THREADS"] = str(resolve_threads(args.threads, "drfm bench"))
+    # one bar over the cases: done / total, elapsed and what remains
     progress = lambda cases: tqdm(cases, desc=f"bench {args.suite}", disable=not args.verbose, unit="case")  # noqa: E731
     results = bench.run_suite(suite_file, todo, out_path, timeout=args.timeout, progress=progress)
     for rec in results:
         rec.setdefault("results_file", str(out_path))
+    skipped = [r for r in results if "skipped" in r]
+    if results and len(skipped) == len(results):
+        reasons = sorted({str(r["skipped"]) for r in skipped})
+        raise UsageError(f"every selected case ({len(results)}) was skipped, results in {out_path}; "
+                         + ("because: " if len(reasons) == 1 else "because of each of:\n") + "\n".join(reasons))
     return results
 
 def show_bench(res: list[dict]) -> str:
@@ -67,7 +81,8 @@ def show_bench(res: list[dict]) -> str:
         if "error" in r:
             rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: ERROR {r['error']}")
         elif "skipped" in r:
-            rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: skipped ({r['skipped']})")
+            why = str(r["skipped"]).splitlines()[0] + (" ..." if "\n" in str(r["skipped"]) else "")
+            rows.append(f"{r.get('kind', '?'):<12} {r.get('model', ''):<20} n={r.get('n', '')}: skipped ({why})")
         elif r.get("kind") == "kernel_build":
             rows.append(
                 f"{'kernel_build':<12} {'n=%d d=%d' % (r['n'], r['d']):<20} kernel {r['kernel_seconds']:.3f} s, "
@@ -96,6 +111,9 @@ def show_bench(res: list[dict]) -> str:
                 f"predict {r.get('predict_seconds', float('nan')):6.2f} s  {r['metric']} {r['score']:.4f}  "
                 f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB  ({r['device']})"
             )
+    reasons = sorted({str(r["skipped"]) for r in res if "skipped" in r and "\n" in str(r["skipped"])})
+    if reasons:  # a long reason (the folders a dataset was looked for in) once, below the table
+        rows.append("skipped because:\n" + "\n".join("  " + ln for why in reasons for ln in why.splitlines()))
     if res:
         rows.append(f"results: {res[0]['results_file']}")
     return "\n".join(rows)

@@ -49,6 +49,10 @@ def register(add) -> None:
                          "integer values")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="a model parameter, repeatable (e.g. --param iters=3 --param bandwidth=5.0); valid keys:")
+    sp.add_argument("--standardize", action="store_true",
+                    help="standardise the numeric feature columns with the training rows' mean and spread (one-hot "
+                         "columns of categorical ones untouched; regression targets centred), stored in the model "
+                         "and applied to every input it predicts on (rfm only: --param standardize=true)")
     sp.add_argument("--test-size", type=float, default=0.2,
                     help="fraction held out to score files (default 0.2; 0 = none); datasets keep their split")
     sp.add_argument("--n-train", type=int, default=None, help="with --dataset: training points")
@@ -75,6 +79,11 @@ def cmd_fit(args) -> dict:
     if unknown:
         raise UsageError(f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; valid: "
                          f"{', '.join(sorted(valid))}")
+    if args.standardize:
+        if "standardize" not in valid:
+            raise UsageError(f"--standardize: {cls.__name__} has no standardize parameter (use --model rfm, or scale "
+                             "the features before fitting)")
+        params.setdefault("standardize", True)
     defaults = {"random_state": args.seed, "verbose": args.verbose}
     if "device" in valid:
         defaults["device"] = args.device

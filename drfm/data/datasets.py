@@ -161,6 +161,11 @@ def _mnist1d(n_train=None, n_test=None, random_state=0, **_):
     return _split(X, y, n_train, n_test, np.random.default_rng(random_state))
 
 
+#: the image sets read from local files, as `drfm datasets` names them
+_IMAGE_TITLES = {"mnist": "MNIST handwritten digits (28x28 -> 784, 60000 + 10000, pixels / 255)",
+                 "fashion-mnist": "Fashion-MNIST clothing images (28x28 -> 784, 60000 + 10000, pixels / 255)",
+                 "cifar10": "CIFAR-10 colour images (32x32x3 -> 3072, 50000 + 10000, pixels / 255)"}
+
 #: datasets that need torchvision and a network download; offline they fail at once with instructions
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "svhn": "SVHN"}
 
@@ -242,9 +247,21 @@ def image_rows(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data).reshape(len(data), -1)
 
 
-def available() -> dict[str, str]:
-    """Names of the datasets available offline, with a one-line description each."""
-    return {name: f"[{e.task}] {e.description}" for name, e in REGISTRY.items()}
+def available(data_home=None) -> dict[str, str]:
+    """Names of the datasets available offline, with a one-line description each: the generated and bundled sets,
+    then the image sets read from local files (MNIST, Fashion-MNIST, CIFAR-10), each with the folder it was found in
+    or the folders searched (``data_home``, ``$DRFM_DATA``, ``~/.cache/drfm``)."""
+    from .local import LOCAL_SETS, find_local, search_roots
+
+    out = {name: f"[{e.task}] {e.description}" for name, e in REGISTRY.items()}
+    roots = ", ".join(str(r) for r in search_roots(data_home))
+    for name in LOCAL_SETS:
+        folder = find_local(name, data_home)
+        where = (f"found in {folder}" if folder is not None else
+                 f"not found in {roots} or their usual sub-folders (data_home= / --data-home / $DRFM_DATA name "
+                 "the folder holding the files)")
+        out[name] = f"[classification] {_IMAGE_TITLES[name]}, from local files: {where}"
+    return out
 
 
 def load(name: str, *, n_train: int | None = None, n_test: int | None = None, random_state: int = 0, **kw) -> Dataset:
@@ -262,8 +279,9 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, ra
                        meta={"input_scale": 255.0, "source": source, "image_shape": IMAGE_SHAPES[name]})
     if name not in REGISTRY:
         raise ValueError(
-            f"Unknown dataset {name!r}; available offline: {', '.join(sorted(REGISTRY))} "
-            f"(with torchvision and network: {', '.join(TORCHVISION_SETS)})."
+            f"Unknown dataset {name!r}; generated or bundled: {', '.join(sorted(REGISTRY))}; read from local "
+            f"files (data_home= or $DRFM_DATA): {', '.join(n for n in TORCHVISION_SETS if n != 'svhn')}; through a "
+            "torchvision download only: svhn. `drfm datasets` lists them with where each was found."
         )
     entry = REGISTRY[name]
     args = {"random_state": random_state, **kw}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LOCAL_SETS", "read_idx", "read_cifar_batch", "load_local", "search_folders"]
+__all__ = ["LOCAL_SETS", "find_local", "read_idx", "read_cifar_batch", "load_local", "search_folders",
+           "search_roots"]
 
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -90,13 +91,17 @@ def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+def search_roots(data_home=None) -> list[Path]:
+    """The folders searched, in order, before their usual sub-folders: data_home, $DRFM_DATA, ~/.cache/drfm."""
+    return [Path(r).expanduser() for r in (data_home, os.environ.get("DRFM_DATA"),
+                                           os.path.join("~", ".cache", "drfm")) if r]
+
+
 def search_folders(name: str, data_home=None) -> list[Path]:
     """Every folder where the files of ``name`` are looked for, in order."""
-    roots = [Path(r).expanduser() for r in (data_home, os.environ.get("DRFM_DATA"),
-                                             os.path.join("~", ".cache", "drfm")) if r]
     subs = LOCAL_SETS[name][0]
     out = []
-    for root in roots:
+    for root in search_roots(data_home):
         for sub in subs:
             folder = (root / sub).resolve() if sub != "." else root.resolve()
             if folder not in out:
@@ -129,6 +134,14 @@ def _has_set(name: str, folder: Path) -> bool:
     return all(_idx_path(folder, stem) is not None for split in _IDX_FILES.values() for stem in split)
 
 
+def find_local(name: str, data_home=None) -> Path | None:
+    """The first searched folder holding the files of ``name`` (not read or checked yet), or None."""
+    for folder in search_folders(name, data_home):
+        if folder.is_dir() and _has_set(name, folder):
+            return folder
+    return None
+
+
 def load_local(name: str, data_home=None):
     """(X_train, y_train, X_test, y_test) of ``name`` from local files, pixels as uint8 (flattened), and the folder
     they came from; ``None`` when no searched folder holds the set (see :func:`search_folders`)."""
@@ -153,4 +166,5 @@ def load_local(name: str, data_home=None):
 def missing_message(name: str, data_home=None) -> str:
     where = "\n  ".join(str(p) for p in search_folders(name, data_home))
     return (f"dataset {name!r} was not found in any of:\n  {where}\nGet {LOCAL_SETS[name][1]}, put the files in one "
-            "of these folders (or pass data_home= / set DRFM_DATA to the folder holding them).")
+            "of these folders, or name the folder holding them: data_home= in Python, --data-home in the drfm "
+            "command, or the DRFM_DATA environment variable.")

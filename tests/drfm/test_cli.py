@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -373,3 +374,134 @@ def test_warnings_in_the_cli_are_one_line_without_source(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines and all(ln.startswith("drfm fit: ") for ln in lines), proc.stderr
     assert any("KernelScaleWarning" in ln for ln in lines) and ".py:" not in proc.stderr
+    assert "--standardize" in proc.stderr and "standardize=True" not in proc.stderr  # advice this command can take
+
+
+# --- the first hour (#31): whole errors, data folders, progress on a terminal, threads, advice in CLI spelling ---
+
+def test_missing_dataset_error_is_whole(tmp_path, capsys, monkeypatch):
+    # the folders searched and how to get the files reach the user (indented below the error line), not only the
+    # first line of the message
+    monkeypatch.delenv("DRFM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["fit", "--dataset", "mnist", "--data-home", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.rstrip().splitlines()
+    assert err[0].startswith("drfm fit: error: dataset 'mnist' was not found in any of:"), err
+    assert all(line.startswith("  ") for line in err[1:]) and len(err) > 3, err
+    text = "\n".join(err)
+    assert str(tmp_path / "nowhere" / "mnist") in text and "IDX files" in text and "--data-home" in text
+
+
+def test_datasets_lists_image_sets_and_where(tmp_path, capsys, monkeypatch):
+    from tests.drfm.test_localdata import write_idx_set
+
+    monkeypatch.delenv("DRFM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_idx_set(tmp_path / "data" / "mnist")
+    assert main(["datasets", "--json", "--data-home", str(tmp_path / "data")]) == 0
+    names = json.loads(capsys.readouterr().out)
+    assert "found in " + str((tmp_path / "data" / "mnist").resolve()) in names["mnist"]
+    assert "not found in " + str(tmp_path / "data") in names["fashion-mnist"] and "--data-home" in names["cifar10"]
+
+
+def test_unknown_dataset_names_the_local_image_sets(capsys):
+    assert main(["fit", "--dataset", "no-such-set"]) == 2
+    err = capsys.readouterr().err
+    assert "mnist, fashion-mnist, cifar10" in err and "network" not in err.split("svhn")[0]
+
+
+def test_bench_all_cases_skipped_is_an_error_with_the_reason(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DRFM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "r.jsonl"
+    code = main(["bench", "rfm", "--only", "mnist", "fit", "RFMClassifier", "--n", "100", "--data-home",
+                 str(tmp_path / "nowhere"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was skipped" in err and str(tmp_path / "nowhere") in err, err
+    assert out.is_file() and all("skipped" in json.loads(line) for line in out.read_text().splitlines())
+
+
+def _stderr_of(argv, *, terminal):
+    """stderr of `python -m drfm.cli ARGV`, written to a pseudo-terminal or to a pipe."""
+    import pty
+
+    root = Path(__file__).resolve().parents[2]
+    if not terminal:
+        proc = subprocess.run([sys.executable, "-m", "drfm.cli", *argv], capture_output=True, text=True, cwd=root,
+                              timeout=300)
+        return proc.returncode, proc.stderr
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # a terminal 120 columns wide (a new pseudo-terminal has 0, and progress bars fit themselves to the width)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "drfm.cli", *argv], stdout=subprocess.DEVNULL, stderr=follower,
+                            cwd=root)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_by_default_on_a_terminal_only(terminal):
+    argv = ["fit", "--dataset", "digits", "--param", "iters=1", "--threads", "1"]
+    code, err = _stderr_of(argv, terminal=terminal)
+    assert code == 0, err
+    assert ("solve/s" in err or "s/solve" in err) == terminal, err
+    if terminal:  # --quiet silences it
+        code, err = _stderr_of(argv + ["--quiet"], terminal=True)
+        assert code == 0 and "solve" not in err, err
+
+
+def test_threads_option_holds_for_the_whole_command(monkeypatch):
+    import argparse
+
+    import torch
+
+    from drfm.cli import _run
+
+    seen = []
+    args = argparse.Namespace(threads=1, command="demo", func=lambda a: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    _run(args)
+    assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_library_log_warning_is_one_cli_line(capsys, monkeypatch):
+    # a logged warning of the library (e.g. contention) reaches the user as one line in the command's spelling
+    import logging
+
+    from drfm.cli import datasets as datasets_cmd
+
+    def noisy(args):
+        logging.getLogger("drfm.rfm").warning("busy cores: pass n_threads='auto' (idle cores) or n_threads=1.")
+        return {"digits": "x"}
+
+    monkeypatch.setattr(datasets_cmd, "cmd_datasets", noisy)
+    assert main(["datasets"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["drfm datasets: warning: busy cores: pass --threads auto (idle cores) or --threads 1."], err
+
+
+def test_standardize_flag(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3)) * np.array([1e4, 1.0, 1e-3])
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", X[:, 1])
+    argv = ["fit", "--X", str(tmp_path / "X.npy"), "--y", str(tmp_path / "y.npy"), "--param", "iters=1", "--json"]
+    assert main(argv + ["--standardize"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["params"]["standardize"] is True
+    assert main(argv + ["--standardize", "--model", "mlp", "--task", "classification"]) == 2
+    assert "--standardize" in capsys.readouterr().err

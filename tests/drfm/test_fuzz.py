@@ -173,11 +173,13 @@ def test_fuzz_cli_fit(param, model, capsys):
                      f"{param}={value}", "--param", extra])
         err = capsys.readouterr().err.strip()
         assert code in (0, 2), err
-        if code == 2:  # one error line (warnings before it are one line each, `drfm fit: Category: ...`)
+        if code == 2:  # one error, last (warnings before it are one line each, `drfm fit: Category: ...`); a
+            # longer message continues on indented lines below its first
             lines = err.splitlines()
-            assert "Traceback" not in err and all(ln.startswith("drfm fit: ") for ln in lines), err
-            assert sum(ln.startswith("drfm fit: error: ") for ln in lines) == 1 and \
-                lines[-1].startswith("drfm fit: error: "), err
+            first = [i for i, ln in enumerate(lines) if ln.startswith("drfm fit: error: ")]
+            assert "Traceback" not in err and len(first) == 1, err
+            assert all(ln.startswith("drfm fit: ") for ln in lines[:first[0]]), err
+            assert all(ln.startswith("  ") for ln in lines[first[0] + 1:]), err
         _tally("cli_fit", f"exit {code}")
 
 
