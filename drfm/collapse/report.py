@@ -131,9 +131,17 @@ class CollapseReport:
             else:
                 verdict = f"the linear stages carried {100 * lin / total:.0f}% of the net collapse"
             left_out = sorted({r["layer"] for r in rows} - {s["layer"] for s in shares})
-            if left_out:
-                verdict += (f"; layer(s) {', '.join(map(str, left_out))} left out of the sums (a stage missing or "
-                            "with a zero or infinite value, e.g. a dead layer)")
+            staged = {(r["layer"], r["stage"]) for r in rows}
+            # a layer without all three stages (a network's readout: one linear map, no nonlinearity) is not a fault;
+            # one whose stages hold zero or infinite values is (e.g. a dead layer)
+            partial = [k for k in left_out if not all((k, st) in staged for st in ("input", "linear", "nonlinear"))]
+            degenerate = [k for k in left_out if k not in partial]
+            if partial:
+                verdict += (f"; layer(s) {', '.join(map(str, partial))} not split into stages (no nonlinear stage, "
+                            "as a readout layer) and left out of the sums")
+            if degenerate:
+                verdict += (f"; layer(s) {', '.join(map(str, degenerate))} left out of the sums: a stage's value is "
+                            "zero or infinite (e.g. a dead layer)")
             parts.append(
                 f"{mdl}: {metric} went from {first['value']:.3g} (layer {first['layer']} {first['stage']}) to "
                 f"{last['value']:.3g} (layer {last['layer']} {last['stage']}). Summed over layers, the linear stages "
@@ -168,10 +176,11 @@ class CollapseReport:
         save_figure(fig, path)
         return path
 
-    def plot_spectra(self, path, *, stage: str = "nonlinear", top: int | None = None):
-        """The kernel picture per layer: the eigenvalues of each layer's centred feature covariance at ``stage``
-        (divided by the largest; log scale), one panel per model, one line per layer. Needs a report made with
-        ``spectra=`` (``collapse_report``, ``drfm collapse --spectra``). Saved to ``path``."""
+    def plot_spectra(self, path, *, stage: str | None = None, top: int | None = None):
+        """The kernel picture per layer: the eigenvalues of each layer's centred feature covariance (divided by the
+        largest; log scales), one panel per model and stage (every stage measured, or only ``stage``), one line per
+        layer (colour: depth), and the minimal-feature rank K - 1 marked. Needs a report made with ``spectra=``
+        (``collapse_report``, ``drfm collapse --spectra``). Saved to ``path``."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -180,29 +189,34 @@ class CollapseReport:
         spectra = self.meta.get("spectra")
         if not spectra:
             raise ValueError("the report holds no spectra: make it with collapse_report(..., spectra=K)")
-        models = [m for m in spectra if stage in spectra[m]]
-        if not models:
-            raise ValueError(f"no spectra at stage {stage!r}; stages: {sorted({s for m in spectra.values() for s in m})}")
-        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            layers = spectra[model][stage]
-            cmap = plt.get_cmap("viridis")
-            for i, (layer, eig) in enumerate(sorted(layers.items(), key=lambda kv: int(kv[0]))):
-                lam = np.asarray(eig, dtype=np.float64)[:top]
-                lam = lam[lam > 0]
-                if len(lam):
-                    ax.plot(np.arange(1, len(lam) + 1), lam / lam[0], color=cmap(i / max(len(layers) - 1, 1)),
-                            label=f"layer {layer}")
-            K = self.meta.get("n_classes")
-            if K:
-                ax.axvline(K - 1, color="grey", ls=":", lw=1)
-            ax.set_yscale("log")
-            ax.set_xscale("log")
-            ax.set_xlabel("eigenvalue index")
-            ax.set_ylabel("eigenvalue / largest (log scale)")
-            ax.set_title(f"{model}: {stage} features")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, ncol=2)
+        measured = [s for s in STAGES if any(s in spectra[m] for m in spectra)]
+        if stage is not None and stage not in measured:
+            raise ValueError(f"no spectra at stage {stage!r}; stages: {measured}")
+        stages = measured if stage is None else [stage]
+        models = [m for m in spectra if any(s in spectra[m] for s in stages)]
+        fig, axes = plt.subplots(len(models), len(stages), figsize=(4.2 * len(stages), 3.4 * len(models)),
+                                 squeeze=False)
+        K = self.meta.get("n_classes")
+        cmap = plt.get_cmap("viridis")
+        for row, model in zip(axes, models):
+            for ax, st in zip(row, stages):
+                layers = spectra[model].get(st, {})
+                for i, (layer, eig) in enumerate(sorted(layers.items(), key=lambda kv: int(kv[0]))):
+                    lam = np.asarray(eig, dtype=np.float64)[:top]
+                    lam = lam[lam > 0]
+                    if len(lam):
+                        ax.plot(np.arange(1, len(lam) + 1), lam / lam[0], lw=1.2,
+                                color=cmap(i / max(len(layers) - 1, 1)), label=f"layer {layer}")
+                if K:
+                    ax.axvline(K - 1, color="grey", ls=":", lw=1.2, label=f"K - 1 = {K - 1} (minimal-feature rank)")
+                ax.set_yscale("log")
+                ax.set_xscale("log")
+                ax.set_xlabel("eigenvalue index")
+                ax.set_ylabel("eigenvalue / largest (log scale)")
+                ax.set_title(f"{model}: {st} features" if layers else f"{model}: {st} (not measured)", fontsize=9)
+                ax.grid(alpha=0.3)
+                if layers:
+                    ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         from ..data.files import save_figure
 
@@ -216,6 +230,7 @@ class CollapseReport:
 
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
         handles = {}
+        style = _line_styles(rows, x, plt)
         for ax, metric in zip(axes[0], metrics):
             groups = {}
             for r in rows:
@@ -229,7 +244,7 @@ class CollapseReport:
                 pts.sort()
                 label = " ".join(str(k) if i != 1 or x == "layer" else f"L{k}" for i, k in enumerate(key))
                 (line,) = ax.plot([p[0] for p in pts], [max(p[1], 1e-300) if use_log else p[1] for p in pts],
-                                  marker="o", ms=3, label=label)
+                                  ms=4, label=label, **style(key))
                 handles.setdefault(label, line)
             if use_log:
                 ax.set_yscale("log")
@@ -243,6 +258,28 @@ class CollapseReport:
         fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
                    fontsize=7, frameon=False)
         return fig
+
+
+#: a model's line style and marker (models told apart by style; stages by colour, the same in every figure)
+_MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
+_STAGE_COLOURS = {"input": "tab:blue", "linear": "tab:orange", "nonlinear": "tab:green", "final": "tab:purple",
+                  "weights": "tab:red"}
+
+
+def _line_styles(rows, x, plt):
+    """``style(key) -> plot kwargs`` for the report's lines: against depth (key model, stage) a stage's colour and a
+    model's line style and marker; against epochs (key model, layer, stage) a layer's colour, a model's line style
+    and a stage's marker."""
+    models = sorted({r["model"] for r in rows})
+    by_model = {m: _MODEL_STYLES[i % len(_MODEL_STYLES)] for i, m in enumerate(models)}
+    if x == "layer":
+        return lambda key: {"color": _STAGE_COLOURS.get(key[1], "tab:gray"), "ls": by_model[key[0]][0],
+                            "marker": by_model[key[0]][1]}
+    layers = sorted({r["layer"] for r in rows})
+    cmap = plt.get_cmap("viridis")
+    markers = {st: mk for st, mk in zip(STAGES, "o^sDv")}
+    return lambda key: {"color": cmap(layers.index(key[1]) / max(len(layers) - 1, 1)), "ls": by_model[key[0]][0],
+                        "marker": markers.get(key[2], "o")}
 
 
 def _finite_or_none(obj):

@@ -212,6 +212,44 @@ def test_spectra_kept_per_layer_and_plotted(tmp_path):
     assert (tmp_path / "spectra.png").stat().st_size > 1000 and out == tmp_path / "spectra.png"
     with pytest.raises(ValueError, match="no spectra"):
         C.collapse_report(deep, X, y, metrics=["nc1"]).plot_spectra(tmp_path / "x.png")
+    # every stage by default (one panel per model and stage), or one stage; a stage never measured is an error
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real = plt.subplots
+    plt.subplots = lambda *a, **k: drawn.append(a) or real(*a, **k)
+    try:
+        both.plot_spectra(tmp_path / "all.png")
+        both.plot_spectra(tmp_path / "one.png", stage="linear")
+    finally:
+        plt.subplots = real
+    assert drawn == [(2, 3), (2, 1)]
+    with pytest.raises(ValueError, match="no spectra at stage 'final'"):
+        both.plot_spectra(tmp_path / "x.png", stage="final")
+
+
+def test_plots_tell_models_apart_by_style_and_stages_by_colour():
+    import matplotlib.pyplot as plt
+
+    from drfm.collapse.report import _line_styles
+
+    rows = [{"model": m, "layer": 0, "stage": st} for m in ("deep_rfm", "mlp") for st in ("input", "linear")]
+    style = _line_styles(rows, "layer", plt)
+    assert style(("deep_rfm", "input"))["color"] == style(("mlp", "input"))["color"]
+    assert style(("deep_rfm", "input"))["color"] != style(("deep_rfm", "linear"))["color"]
+    assert style(("deep_rfm", "input"))["ls"] != style(("mlp", "input"))["ls"]
+    assert style(("deep_rfm", "input"))["marker"] != style(("mlp", "input"))["marker"]
+
+
+def test_summary_names_a_readout_layer_as_such():
+    rep = C.CollapseReport()
+    for layer, vals in enumerate([(1.0, 0.5, 0.4), (0.4, 0.1, None)]):  # layer 1: a readout, no nonlinear stage
+        for st, v in zip(("input", "linear", "nonlinear"), vals):
+            if v is not None:
+                rep.add(model="mlp", layer=layer, stage=st, metric="nc1", value=v, n_samples=10)
+    text = rep.summary()
+    assert "layer(s) 1 not split into stages (no nonlinear stage, as a readout layer)" in text
+    assert "dead" not in text
 
 
 def test_cli_collapse_writes_spectra(tmp_path):

@@ -64,7 +64,8 @@ def _report(values_by_layer):
 def test_report_with_infinite_values(tmp_path):
     rep = _report([(1.0, 0.5, 0.6), (1.0, math.inf, 2.0), (math.inf, math.inf, math.inf)])
     text = rep.summary()
-    assert "layer(s) 1, 2 left out of the sums" in text
+    assert "layer(s) 1, 2 left out of the sums: a stage's value is zero or infinite" in text
+    assert "readout" not in text
     shares = rep.linear_share()
     assert [s["layer"] for s in shares] == [0]
     data = json.loads(rep.to_json())  # standard JSON: infinities are written as null
