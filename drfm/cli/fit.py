@@ -79,6 +79,14 @@ def cmd_fit(args) -> dict:
     if unknown:
         raise UsageError(f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; valid: "
                          f"{', '.join(sorted(valid))}")
+    if data.categorical:  # text columns of a CSV: categorical features (RFM one-hot encodes them, one block each)
+        cols = ", ".join(repr(data.feature_names[j]) if data.feature_names else f"column {j + 1}"
+                         for j in data.categorical)
+        if "categorical_features" not in valid:
+            raise UsageError(f"feature column(s) {cols} hold text: {cls.__name__} takes numbers only; --model rfm "
+                             "fits categorical columns directly (or one-hot encode them first)")
+        if params.get("categorical_features", "from_dtype") == "from_dtype":
+            params["categorical_features"] = list(data.categorical)
     if args.standardize:
         if "standardize" not in valid:
             raise UsageError(f"--standardize: {cls.__name__} has no standardize parameter (use --model rfm, or scale "

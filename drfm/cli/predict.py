@@ -30,7 +30,7 @@ def register(add) -> None:
 def cmd_predict(args) -> dict:
     import numpy as np
 
-    from ..data.io import check_output_path, model_inputs, read_array, write_array
+    from ..data.io import check_output_path, feature_table, model_inputs, read_array, write_array
     from ..data.models import ModelFileError, load_model, read_header
 
     check_output_path(args.output, "output file", (".npy", ".csv", ".txt"))
@@ -40,7 +40,11 @@ def cmd_predict(args) -> dict:
         header = read_header(args.model)
     except (ModelFileError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    X, names = read_array(args.input, "input", header=args.header)
+    # a model with categorical columns reads the text in them (a CSV); every other column must be a number
+    text_columns = bool(getattr(model, "categorical_", None))
+    X, names = read_array(args.input, "input", header=args.header, numeric=not text_columns)
+    if text_columns:
+        X, _ = feature_table(X, f"input file {args.input!r}", names)
     if X.ndim == 1:
         X = X[None, :] if X.shape[0] == model.n_features_in_ else X[:, None]
     X, preprocessing = model_inputs(X, names, header, f"input file {args.input!r}")

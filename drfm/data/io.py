@@ -3,7 +3,7 @@ training data of ``drfm fit`` (a named dataset, feature / target files, or one t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,30 @@ def _read_csv(p: Path, what: str, *, numeric: bool, header: bool | None):
     bad = first_bad_field(rows, lines, names)
     hint = "" if header or lines[0] != 1 else " (if the first line holds column names, pass --header)"
     raise DataFileError(f"{what} file {path!r}: {bad}{hint}")
+
+
+def feature_table(X, what: str, names=None) -> tuple[np.ndarray, list[int]]:
+    """Feature columns read as text: numeric columns as float64; a column holding text (any field that is not a
+    number) is categorical and kept as text. Returns (X: float64, or object with the text columns as str, the
+    categorical columns' indices). An empty field is a ``DataFileError`` naming its row and column (missing values
+    are not supported)."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "US":
+        return X, []
+    X = np.char.strip(X.astype(str))
+    empty = np.argwhere(X == "")
+    if len(empty):
+        i, j = (int(v) for v in empty[0])
+        col = f"column {j + 1}" + (f" ({names[j]!r})" if names else "")
+        raise DataFileError(f"{what}: data row {i + 1}, {col}: is empty (missing values are not supported; fill "
+                            "them, e.g. with a category of their own)")
+    text = [j for j in range(X.shape[1]) if not all(_is_number(v) for v in X[:, j])]
+    if not text:
+        return X.astype(np.float64), []
+    out = np.empty(X.shape, dtype=object)
+    for j in range(X.shape[1]):
+        out[:, j] = X[:, j] if j in text else X[:, j].astype(np.float64)
+    return out, text
 
 
 def first_bad_field(rows, lines=None, names=None) -> str:
@@ -196,6 +220,7 @@ class TrainingData:
     feature_names: list[str] | None = None  # from a CSV header
     input_scale: float | None = None  # a named dataset's raw features were divided by this
     sharded: bool = False  # X / y hold only this rank's training rows (drfm fit under torchrun)
+    categorical: list = field(default_factory=list)  # feature columns holding text (kept as str in an object X)
 
 
 def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=None, test_size=0.2, n_train=None,
@@ -220,7 +245,9 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
     if X_path:
         if not y_path:
             raise DataFileError("--X needs --y (the targets file)")
-        X, names = read_array(X_path, "--X", mmap=shard is not None, header=header)
+        csv_in = Path(X_path).suffix.lower() in (".csv", ".txt")
+        X, names = read_array(X_path, "--X", mmap=shard is not None, header=header, numeric=not csv_in)
+        X, categorical = feature_table(X, f"--X file {X_path!r}", names)
         y, _ = read_array(y_path, "--y", numeric=False, header=header)
         source = X_path
     else:
@@ -245,11 +272,7 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
         y = table[:, idx]
         X = np.delete(table, idx, axis=1)
         names = None if names is None else [v for j, v in enumerate(names) if j != idx]
-        try:
-            X = X.astype(np.float64)
-        except ValueError:
-            bad = first_bad_field(X.tolist(), names=names)
-            raise DataFileError(f"--data file {data!r}: {bad} (feature columns must be numbers)") from None
+        X, categorical = feature_table(X, f"--data file {data!r}", names)
         source = data
     if X.ndim == 1:
         X = X[:, None]
@@ -290,6 +313,6 @@ def training_data(*, dataset=None, X=None, y=None, data=None, target=None, task=
         return part
 
     return TrainingData(rows(tr), y[tr], None if te is None else rows(te), None if te is None else y[te], task,
-                        source, names, sharded=shard is not None)
+                        source, names, sharded=shard is not None, categorical=categorical)
 
 

@@ -505,3 +505,28 @@ def test_standardize_flag(tmp_path, capsys):
     assert res["params"]["standardize"] is True
     assert main(argv + ["--standardize", "--model", "mlp", "--task", "classification"]) == 2
     assert "--standardize" in capsys.readouterr().err
+
+
+def test_csv_text_columns_are_categorical_features(tmp_path, capsys):
+    # a column of text in a CSV is a categorical feature: `drfm fit` passes it to RFM as one (one-hot block), the
+    # saved model reads the same column as text in `drfm predict`; other models say what to do
+    rng = np.random.default_rng(0)
+    colour = rng.choice(["red", "green", "blue"], 120)
+    a = rng.normal(size=120)
+    label = (colour == "red").astype(int)
+    lines = ["a,colour,label"] + [f"{x:.4f},{c},{t}" for x, c, t in zip(a, colour, label)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    model = tmp_path / "m.drfm"
+    assert main(["fit", "--data", str(tmp_path / "t.csv"), "--target", "label", "--param", "iters=1",
+                 "--save", str(model), "--json", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["params"]["categorical_features"] == [1] and res["test_score"] == 1.0
+    (tmp_path / "new.csv").write_text("a,colour\n0.1,red\n-0.3,blue\n0.2,green\n")
+    assert main(["predict", str(model), str(tmp_path / "new.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"] == [1, 0, 0]
+    assert main(["fit", "--data", str(tmp_path / "t.csv"), "--target", "label", "--model", "mlp"]) == 2
+    assert "'colour' hold text" in capsys.readouterr().err
+    (tmp_path / "gap.csv").write_text("a,colour,label\n1,red,0\n2,,1\n3,blue,0\n")
+    assert main(["fit", "--data", str(tmp_path / "gap.csv"), "--target", "label"]) == 2
+    err = capsys.readouterr().err
+    assert "data row 2, column 2 ('colour'): is empty (missing values are not supported" in err, err
