@@ -185,9 +185,11 @@ class StoredKernel(KernelOperator):
     ----------
     x, bandwidth, sqrt_m, kernel : as :class:`BlockedKernel`.
     out : an optional (n, n) buffer to build K in (reused across RFM iterations).
+    built : ``out`` already holds K of these points with this kernel (e.g. the previous solve of a ridge path: K
+        does not depend on the ridge): it is used as it is, not rebuilt.
     """
 
-    def __init__(self, x, *, bandwidth=None, sqrt_m=None, out=None, kernel=None):
+    def __init__(self, x, *, bandwidth=None, sqrt_m=None, out=None, kernel=None, built=False):
         pts = _as_points(x, sqrt_m)
         self.z, self.z_sq = pts.z, pts.z_sq
         self.kernel = as_kernel(kernel, bandwidth)
@@ -203,12 +205,15 @@ class StoredKernel(KernelOperator):
                 f"out must be a ({n}, {n}) {self.dtype} tensor on {self.device}, got {tuple(out.shape)} "
                 f"{out.dtype} on {out.device}"
             )
-        # row blocks keep the distance temporaries small
-        rows = max(1, TILE_ELEMENTS // max(n, 1))
-        for i in range(0, n, rows):
-            self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
-                               out=out[i : i + rows])
-        out.diagonal().fill_(1.0)
+        if built and out is None:
+            raise ValueError("built=True needs the matrix in out")
+        if not built:
+            # row blocks keep the distance temporaries small
+            rows = max(1, TILE_ELEMENTS // max(n, 1))
+            for i in range(0, n, rows):
+                self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
+                                   out=out[i : i + rows])
+            out.diagonal().fill_(1.0)
         self.K = out
 
     @staticmethod

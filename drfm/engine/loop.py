@@ -516,11 +516,13 @@ class _Loop:
             self.centre_idx[phase] = idx.to(self.Xt.device)
         return self.centre_idx[phase]
 
-    def _solve(self, plan, phase, r: _Rows, pts, p, x0, regs=None):
+    def _solve(self, plan, phase, r: _Rows, pts, p, x0, regs=None, same_matrix=False):
         """One solve on the phase's rows; returns (result with complete coefficients, the training score, the
         machine's transformed points, its rows as indices into the phase's rows or None for all of them, the rows'
         untransformed values when at hand, bytes communicated per step). ``regs``: the m-centre model's ridge path
-        over these values (:func:`~kernels.solvers.solve_centres_path`) instead of one solve at ``p.reg``."""
+        over these values (:func:`~kernels.solvers.solve_centres_path`) instead of one solve at ``p.reg``.
+        ``same_matrix``: the previous solve ran on the same rows, metric and bandwidth (a ridge walk): a stored
+        kernel matrix still holds K and is not rebuilt."""
         comm, gen, kern = self.comm, self.gen, kernel_of(p)
         sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
         if plan.solver.centres:
@@ -554,8 +556,11 @@ class _Loop:
                 return sol, score, pts, None, r.X, _per_step(comm, sent, sol)
             if not plan.store:
                 self.K = None  # a stored matrix of another phase is not needed any more
-            op = (StoredKernel(pts, kernel=kern, out=self.K) if plan.store else
-                  BlockedKernel(pts, kernel=kern, memory_budget=self.work_budget))
+            if plan.store:
+                reuse = same_matrix and self.K is not None and self.K.shape[0] == r.n
+                op = StoredKernel(pts, kernel=kern, out=self.K, built=reuse)
+            else:
+                op = BlockedKernel(pts, kernel=kern, memory_budget=self.work_budget)
         else:  # CG on the row-sharded operator: this rank's rows of every vector
             self.K = None
             op = ShardedKernel(pts, comm, kernel=kern, memory_budget=self.work_budget)
@@ -592,7 +597,8 @@ class _Loop:
 
             def evaluate(lam):
                 start = kept["out"][0].x if kept else x0  # warm start from the best value so far
-                res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start)
+                # K does not depend on the ridge: a stored matrix is built once for the whole walk
+                res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start, same_matrix=bool(kept))
                 err = self._val_errors(res[2], [res[0].x], kern)[0]
                 if not kept or err < kept["err"]:
                     kept.update(out=res, err=err)

@@ -91,6 +91,35 @@ def test_the_walks_errors_are_the_validation_errors_of_the_one_hot_targets():
     assert clf.reg_ == min(rec["reg_path"], key=lambda p: p[1])[0]
 
 
+def test_a_cg_walk_builds_the_stored_matrix_once_and_solves_as_if_rebuilt(monkeypatch):
+    # K does not depend on the ridge: a walk of CG solves on the stored matrix builds it once per solve's metric,
+    # and every value's solution and validation error are those of a solve on a freshly built K
+    from kernels import operators
+
+    X, y, _ = _noisy(800, seed=8)
+    Xv, yv, _ = _noisy(200, seed=9)
+    kw = dict(iters=1, solver="cg", early_stopping=False, solver_tol=1e-10, **BASE)
+    builds = []
+    real = operators.StoredKernel.__init__
+
+    def counting(self, *a, built=False, **k):
+        builds.append(built)
+        real(self, *a, built=built, **k)
+
+    monkeypatch.setattr(operators.StoredKernel, "__init__", counting)
+    reused = RFMRegressor(**kw).fit(X, y, X_val=Xv, y_val=yv)
+    walks = [len(h["reg_path"]) for h in reused.history_]
+    assert builds.count(False) == len(walks) and builds.count(True) == sum(walks) - len(walks), (builds, walks)
+
+    def rebuilding(self, *a, built=False, **k):
+        real(self, *a, built=False, **k)
+
+    monkeypatch.setattr(operators.StoredKernel, "__init__", rebuilding)
+    fresh = RFMRegressor(**kw).fit(X, y, X_val=Xv, y_val=yv)
+    assert [h["reg_path"] for h in fresh.history_] == [h["reg_path"] for h in reused.history_]
+    np.testing.assert_array_equal(fresh.predict(Xv), reused.predict(Xv))
+
+
 def test_more_centres_than_the_path_affords_carry_the_subsets_choice(monkeypatch):
     monkeypatch.setattr(engine_loop, "CENTRE_PATH_MAX_M", 50)
     X, y, _ = _noisy(900, seed=8)
