@@ -346,7 +346,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         grid from 1e-6 to 100 (half decades) by an exact path: the leave-one-out error from one eigendecomposition
         of K (direct solves of up to 3000 rows), the m-centre model's generalised eigenproblem (up to 4000 centres;
         scored on the validation rows, or by GCV without them), else one solve per value scored on the validation
-        rows (walked from the last choice), else the leave-one-out path on 3000 random rows. The criterion is the
+        rows (walked from the last choice; the first walk from the leave-one-out choice on 1000 rows), else the leave-one-out path on 3000 random rows. The criterion is the
         mean squared error of the encoded targets (one-hot for a classifier). ``reg_`` and ``history_`` (``reg``,
         ``reg_criterion``, ``reg_path``) say what was chosen and why; the refit after early stopping keeps the kept
         solve's value.

@@ -91,13 +91,16 @@ AUTO_ITER_SAMPLE_SIZE = 16000
 #:   CENTRE_PATH_MAX_M centres, scored on the validation rows when the fit has them, else by GCV; with more centres
 #:   the previous solve's choice (a walk would run a whole m-centre CG per value);
 #: - with validation rows: one solve per value (Cholesky, or CG / EigenPro warm-started from the best value's
-#:   solution) walked from the last choice towards lower validation error (3-8 solves; the leave-one-out path costs
+#:   solution) walked from the last choice (the first walk: from WALK_START_ROWS' choice) towards lower validation error (3-8 solves; the leave-one-out path costs
 #:   10 / 22 / 28 / 27 / 33 Choleskys at n = 500 / 1000 / 2000 / 3000 / 4000, `bench solvers --only ridge_path`);
 #: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
 #:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
 #: REG_START is the ridge the memory plan assumes and the first walk starts from (the fixed default before 'auto').
 #: Each path holds at most RIDGE_BUDGET_SHARE of the memory budget (fewer rows or centres under a small one).
 LOO_MAX_ROWS, CENTRE_PATH_MAX_M, REG_START, RIDGE_BUDGET_SHARE = 3000, 4000, 1e-3, 0.25
+#: the first walk of a fit starts from the leave-one-out choice on this many random rows of its solve (one small
+#: eigendecomposition, ~0.1 s) instead of REG_START: on MNIST the walk went 1e-3 -> 1e-6, eight solves
+WALK_START_ROWS = 1000
 
 #: rows (evenly spaced, no random draw) whose pairwise distances measure the kernel's scale at each solve
 SCALE_ROWS = 1000
@@ -279,12 +282,14 @@ def ridge_limits(budget: int, itemsize: int) -> tuple[int, int]:
 def ridge_path_bytes(n_rows: int, n_centres: int | None, itemsize: int, budget: int, has_val: bool) -> int:
     """What reg='auto' holds beside a solve of ``n_rows`` rows at most: without validation rows the leave-one-out
     path (on the solve's rows or a subset of them, with their kernel matrix); the m-centre path's m x m matrices
-    when it applies (the larger of the two). A validation walk holds nothing beyond its solves."""
+    when it applies (the larger of the two). A validation walk holds nothing beyond its solves and the
+    leave-one-out path on WALK_START_ROWS rows that chooses where its first walk starts."""
     loo_rows, centre_max = ridge_limits(budget, itemsize)
     k = min(n_rows, loo_rows)
     m = min(n_rows, n_centres or default_centre_count(n_rows))
-    return max(0 if has_val else loo_workspace_bytes(k) + k * k * itemsize,
-               path_workspace_bytes(m) if m <= centre_max else 0)
+    if has_val:  # the walk's start: the leave-one-out path on a few rows
+        k = min(k, WALK_START_ROWS)
+    return max(loo_workspace_bytes(k) + k * k * itemsize, path_workspace_bytes(m) if m <= centre_max else 0)
 
 
 def _fit_items(*, n_train, n_val, n_sub, n_agop, n_rows, d, c, itemsize, diag, ridge_path=0) -> dict[str, int]:
@@ -594,6 +599,9 @@ class _Loop:
             path = RidgePath([lam], [float("nan")], "carried from the previous solve")
         elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
             kept = {}
+            start = self.reg_chosen
+            if start is None:  # the fit's first walk: from the leave-one-out choice on a few rows
+                start = self._loo_on_rows(r, pts, kern, min(r.n, WALK_START_ROWS)).reg
 
             def evaluate(lam):
                 start = kept["out"][0].x if kept else x0  # warm start from the best value so far
@@ -604,7 +612,7 @@ class _Loop:
                     kept.update(out=res, err=err)
                 return err
 
-            path = walk_path(evaluate, RIDGE_GRID, start=self.reg_chosen or REG_START)
+            path = walk_path(evaluate, RIDGE_GRID, start=start)
             out = kept["out"]
         elif plan.solver is Solver.DIRECT and r.n <= self.loo_rows:  # the exact leave-one-out path
             sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
@@ -615,15 +623,18 @@ class _Loop:
             sol = SolveResult(alpha, 1, True, [], path.reg, "direct")
             out = (sol, self.score(train_out.cpu().numpy(), r.y), pts, None, r.X, _per_step(comm, sent, sol))
         else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
-            k = min(r.n, self.loo_rows)
-            idx = torch.randperm(r.n, generator=self.gen)[:k].sort().values.to(pts.z.device)
-            z, z_sq, Ys = self._take(pts.z, r, idx), self._take(pts.z_sq, r, idx), self._take(r.Y, r, idx)
-            path = loo_path(kern.matrix(z, z, x_sq=z_sq, z_sq=z_sq), Ys, RIDGE_GRID)[0]
-            del z, z_sq, Ys
-            path.criterion = f"loo on {k} of {r.n} rows"
+            path = self._loo_on_rows(r, pts, kern, min(r.n, self.loo_rows))
             out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0)
         self.reg_chosen = path.reg
         return out, {"reg": path.reg, **path.record(), "reg_seconds": time.perf_counter() - t0}
+
+    def _loo_on_rows(self, r: _Rows, pts, kern, k: int) -> RidgePath:
+        """The exact leave-one-out path on ``k`` random rows of the phase (every rank the same rows and path)."""
+        idx = torch.randperm(r.n, generator=self.gen)[:k].sort().values.to(pts.z.device)
+        z, z_sq, Ys = self._take(pts.z, r, idx), self._take(pts.z_sq, r, idx), self._take(r.Y, r, idx)
+        path = loo_path(kern.matrix(z, z, x_sq=z_sq, z_sq=z_sq), Ys, RIDGE_GRID)[0]
+        path.criterion = f"loo on {k} of {r.n} rows"
+        return path
 
     def _val_errors(self, machine: Points, alphas, kern, *, centres=False) -> list[float]:
         """The mean squared error of each coefficient matrix's outputs on the validation rows (all ranks' rows)

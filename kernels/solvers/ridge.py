@@ -40,6 +40,7 @@ class RidgePath:
     regs: list[float]
     errors: list[float]
     criterion: str
+    start: float | None = None  # a walk's first value (recorded as reg_start)
 
     @property
     def best(self) -> int:
@@ -52,8 +53,11 @@ class RidgePath:
 
     def record(self) -> dict:
         """The path as a history entry."""
-        return {"reg_criterion": self.criterion,
-                "reg_path": [[float(r), float(e)] for r, e in zip(self.regs, self.errors)]}
+        out = {"reg_criterion": self.criterion,
+               "reg_path": [[float(r), float(e)] for r, e in zip(self.regs, self.errors)]}
+        if self.start is not None:
+            out["reg_start"] = float(self.start)
+        return out
 
 
 def ridge_grid(regs) -> np.ndarray:
@@ -159,4 +163,4 @@ def walk_path(evaluate: Callable[[float], float], regs=RIDGE_GRID, *, start: flo
             break
         i = j
     keys = sorted(scored)
-    return RidgePath([float(grid[k]) for k in keys], [scored[k] for k in keys], "holdout")
+    return RidgePath([float(grid[k]) for k in keys], [scored[k] for k in keys], "holdout", start=float(start))

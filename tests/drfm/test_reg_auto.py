@@ -120,6 +120,24 @@ def test_a_cg_walk_builds_the_stored_matrix_once_and_solves_as_if_rebuilt(monkey
     np.testing.assert_array_equal(fresh.predict(Xv), reused.predict(Xv))
 
 
+def test_the_first_walk_starts_at_the_leave_one_out_choice_of_a_few_rows(monkeypatch):
+    from kernels.solvers.ridge import loo_path
+    import torch
+
+    X, y, _ = _noisy(600, seed=10)
+    Xv, yv, _ = _noisy(200, seed=11)
+    monkeypatch.setattr(engine_loop, "WALK_START_ROWS", 600)  # all rows: the start is reproducible outside
+    m = RFMRegressor(iters=1, solver="cg", early_stopping=False, solver_tol=1e-10, **BASE).fit(X, y, X_val=Xv,
+                                                                                                  y_val=yv)
+    Xt = torch.as_tensor(X)
+    K = torch.exp(-torch.cdist(Xt, Xt) / BASE["bandwidth"])
+    expected = loo_path(K, torch.as_tensor(y)[:, None], RIDGE_GRID)[0].reg
+    first, second = m.history_[0], m.history_[1]
+    assert first["reg_start"] == pytest.approx(expected) and first["reg_criterion"] == "holdout"
+    assert second["reg_start"] == first["reg"]  # later walks start from the last choice
+    assert len(first["reg_path"]) <= 5  # a start near the answer: the value and its neighbours, a step or two
+
+
 def test_more_centres_than_the_path_affords_carry_the_subsets_choice(monkeypatch):
     monkeypatch.setattr(engine_loop, "CENTRE_PATH_MAX_M", 50)
     X, y, _ = _noisy(900, seed=8)
