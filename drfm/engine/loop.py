@@ -91,8 +91,9 @@ AUTO_ITER_SAMPLE_SIZE = 16000
 #:   CENTRE_PATH_MAX_M centres, scored on the validation rows when the fit has them, else by GCV; with more centres
 #:   the previous solve's choice (a walk would run a whole m-centre CG per value);
 #: - with validation rows: one solve per value (Cholesky, or CG / EigenPro warm-started from the best value's
-#:   solution) walked from the last choice (the first walk: from WALK_START_ROWS' choice) towards lower validation error (3-8 solves; the leave-one-out path costs
-#:   10 / 22 / 28 / 27 / 33 Choleskys at n = 500 / 1000 / 2000 / 3000 / 4000, `bench solvers --only ridge_path`);
+#:   solution) walked from the last choice (the first walk: from WALK_START_ROWS' choice) towards lower validation
+#:   error (3-8 solves; the leave-one-out path costs 10 / 22 / 28 / 27 / 33 Choleskys at n = 500 / 1000 / 2000 /
+#:   3000 / 4000, `bench solvers --only ridge_path`);
 #: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
 #:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
 #: REG_START is the ridge the memory plan assumes and the first walk starts from (the fixed default before 'auto').
