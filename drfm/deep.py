@@ -191,7 +191,9 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         runtime = dict(device=self.device_, dtype=self.dtype, memory_budget=budget, random_state=seed,
                        verbose=verbose, n_threads=None,  # None: the Deep RFM's own count
                        distributed=self.distributed, distributed_timeout=self.distributed_timeout)
-        return clone(template).set_params(iters=iters, **runtime)
+        # the machine sees the layers' features (rows normalised by the Deep RFM): standardising is the Deep RFM's
+        # own `standardize` (of its input), never the template's
+        return clone(template).set_params(iters=iters, standardize=False, **runtime)
 
     @with_threads
     def fit(self, X, y):

@@ -25,7 +25,7 @@ from .._categorical import CategoricalEncoding
 from .._targets import label_kinds, one_hot_classes, one_hot_of
 
 __all__ = ["agree_data", "agree_encoding", "agree_parameters", "on_every_rank", "one_hot_agreed",
-           "standardization_agreed"]
+           "column_spread_agreed", "standardization_agreed"]
 
 
 def _param_key(value) -> str:
@@ -129,6 +129,43 @@ def one_hot_agreed(comm, y, owner: str) -> tuple[np.ndarray, np.ndarray]:
     if len(classes) < 2:
         raise ValueError(f"{owner} needs samples of at least 2 classes over all ranks.")
     return classes, one_hot_of(y, classes)
+
+
+#: rows per float64 chunk of column_spread_agreed (no float64 copy of the whole input)
+SPREAD_CHUNK = 65536
+
+
+def column_spread_agreed(comm, X: np.ndarray) -> float:
+    """The largest column standard deviation over the median one (columns that vary only), over every rank's rows:
+    about 1 when the columns share a scale (pixels, generated features), large for a table of prices beside 0/1
+    flags; 1.0 when no column varies. Computed in float64 chunks of rows, each column divided by its largest
+    magnitude first (no overflow)."""
+    X = np.asarray(X)
+    n, d = X.shape
+
+    def chunked(fn, init):
+        acc = init
+        for i in range(0, n, SPREAD_CHUNK):
+            acc = fn(acc, X[i : i + SPREAD_CHUNK].astype(np.float64))
+        return acc
+
+    top = chunked(lambda a, c: np.maximum(a, c.max(0)), np.full(d, -np.inf))
+    low = chunked(lambda a, c: np.minimum(a, c.min(0)), np.full(d, np.inf))
+    if comm.world_size > 1:
+        every = comm.gather_objects((top, low))
+        top, low = np.max([t for t, _ in every], 0), np.min([v for _, v in every], 0)
+    varies = top > low
+    if not varies.any():
+        return 1.0
+    peak = np.where(varies, np.maximum(np.abs(top), np.abs(low)), 1.0)
+    sums = chunked(lambda a, c: a + np.r_[(c / peak).sum(0), len(c)], np.zeros(d + 1))
+    sums = comm.allreduce(torch.as_tensor(sums)).numpy() if comm.world_size > 1 else sums
+    mean = sums[:d] / max(sums[d], 1.0)
+    sq = chunked(lambda a, c: a + ((c / peak - mean) ** 2).sum(0), np.zeros(d))
+    sq = comm.allreduce(torch.as_tensor(sq)).numpy() if comm.world_size > 1 else sq
+    std = (np.sqrt(sq / max(sums[d], 1.0)) * peak)[varies]
+    std = std[std > 0]
+    return float(std.max() / np.median(std)) if std.size else 1.0
 
 
 def standardization_agreed(comm, X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:

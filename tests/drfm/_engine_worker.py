@@ -22,7 +22,7 @@ def lowrank(n, d=8, seed=0):
     return X, X[:, 0] * X[:, 1] + 0.1 * np.sin(X[:, 2])
 
 
-def frame(n, seed=1):
+def frame(n, seed=1, scale_a=1.0):
     """A table with a categorical column whose first row holds a category no other row has (so the shards see
     different categories)."""
     import pandas as pd
@@ -32,6 +32,7 @@ def frame(n, seed=1):
     colour[0] = "violet"
     X = pd.DataFrame({"a": rng.standard_normal(n), "b": rng.standard_normal(n), "colour": colour})
     y = X["a"].to_numpy() * (colour == "red") + 0.5 * X["b"].to_numpy() + 1.5 * (colour == "violet")
+    X["a"] *= scale_a  # (another unit: the spread of the columns differs)
     return X, y + 0.05 * rng.standard_normal(n)
 
 
@@ -69,6 +70,8 @@ def cases():
         ("categorical", lambda: RFMRegressor(bandwidth="auto", iters=2, early_stopping=True, **base), frame(500)),
         # standardised numeric columns and centred targets from every rank's rows (the one-hot block left alone)
         ("standardize", lambda: RFMRegressor(standardize=True, iters=2, early_stopping=True, **base), frame(500)),
+        # standardize='auto' (the default): the columns' spread over every rank's rows decides (here: standardise)
+        ("standardize_auto", lambda: RFMRegressor(iters=2, early_stopping=True, **base), frame(500, scale_a=100.0)),
         ("classifier", lambda: RFMClassifier(bandwidth=5.0, iters=2, early_stopping=True, **base), classes(500)),
     ]
 
@@ -92,6 +95,7 @@ def parity(world, rank, out):
         res[name] = {"out": outputs(model, held_out_rows(X)), "M": model.M_, "best_iter": model.best_iter_,
                      "history": model.history_, "n_fit": model.X_fit_.shape[0],
                      "categorical": getattr(model, "categorical_", None),
+                     "standardized": getattr(model, "standardized_", None),
                      "classes": getattr(model, "classes_", None)}
     torch.save(res, out)
 

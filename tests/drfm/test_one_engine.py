@@ -55,9 +55,12 @@ def test_every_setting_gives_the_single_process_model(world, single_process, tmp
             assert dev < 1e-6, f"{where}: predictions differ by {dev:.3g} of their std"
             np.testing.assert_allclose(got["M"], ref["M"], rtol=1e-6, atol=1e-8, err_msg=where)
             assert repr(got["categorical"]) == repr(ref["categorical"]), where
+            assert got["standardized"] == ref["standardized"], where
             if ref["classes"] is not None:
                 assert list(got["classes"]) == list(ref["classes"]), where
             np.testing.assert_array_equal(got["out"], parts[0][name]["out"])  # identical on every rank
+    # standardize='auto' standardised the table whose columns' spreads differ, and not the Gaussian columns
+    assert single_process["standardize_auto"]["standardized"] and not single_process["defaults"]["standardized"]
     # the defaults held out validation rows, stopped early or ran out, and refit on all rows -- as one process
     assert "refit" in single_process["defaults"]["history"][-1]
     # the m-centre solves ran sharded by rows and say what they communicated

@@ -201,8 +201,29 @@ def test_standardize_is_the_fit_on_standardised_columns_and_centred_targets():
     from drfm import KernelScaleWarning
 
     with pytest.warns(KernelScaleWarning, match="standardize=True"):
-        raw = RFMRegressor(**kw).fit(X, y)
+        raw = RFMRegressor(standardize=False, **kw).fit(X, y)
     assert std.score(Xte, yte) > 0.8 > raw.score(Xte, yte)
+    # the default, 'auto', standardises these columns (spreads 1000 : 1 : 0.01) exactly as True does
+    auto = RFMRegressor(**kw).fit(X, y)
+    assert auto.standardized_ and auto.column_spread_ == pytest.approx(1000.0, rel=0.2)
+    np.testing.assert_array_equal(auto.predict(Xte), std.predict(Xte))
+
+
+def test_standardize_auto_leaves_columns_that_share_a_scale_alone():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X[:600] / 16
+    kw = dict(iters=1, reg=1e-3, **BASE)
+    auto = RFMClassifier(**kw).fit(X, y[:600])
+    assert not auto.standardized_ and auto.column_spread_ < 5
+    raw = RFMClassifier(standardize=False, **kw).fit(X, y[:600])
+    np.testing.assert_array_equal(auto.decision_function(X[:50]), raw.decision_function(X[:50]))
+    # a Deep RFM's final machine never standardises the layers' features, whatever its template says
+    from drfm import DeepRFMClassifier
+
+    deep = DeepRFMClassifier(1, random_state=0, layer=RFMRegressor(2.0, iters=1, standardize=True)).fit(X, y[:600])
+    assert deep.final_.standardized_ is False
 
 
 def test_standardize_leaves_one_hot_blocks_and_classifier_targets_alone():
