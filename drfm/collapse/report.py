@@ -61,6 +61,40 @@ class CollapseReport:
                             "linear_share": lin / total if total > MIN_NET_LOG10 else None})
         return out
 
+    def collapse_rate(self, metric: str = "nc1", *, stage: str = "input", model=None, layers=None,
+                      level: float = 0.95) -> list[dict]:
+        """The rate of collapse with depth: per model, the least-squares fit of ``log10(metric) = a + b * layer``
+        over the layers' values at ``stage`` (``layers``: a (first, last) range, default all), i.e. the metric
+        multiplied by ``rate = 10**b`` per layer (geometric decay when < 1, as the theory of Deep RFM predicts for
+        NC1), with the ``level`` confidence interval of the rate (Student t on the slope), the fit's R^2 and the
+        number of layers. Layers whose value is missing, zero or infinite are left out; a model with fewer than 3
+        usable layers gets no interval (NaN)."""
+        from scipy import stats as st
+
+        out = []
+        models = sorted({r["model"] for r in self.rows}) if model is None else [model]
+        for mdl in models:
+            pts = sorted((r["layer"], r["value"]) for r in self.values(metric, model=mdl, stage=stage)
+                         if "epoch" not in r and r["value"] > 0 and math.isfinite(r["value"])
+                         and (layers is None or layers[0] <= r["layer"] <= layers[1]))
+            if len(pts) < 2:
+                continue
+            x = np.array([p[0] for p in pts], dtype=np.float64)
+            yv = np.log10([p[1] for p in pts])
+            b, a = np.polyfit(x, yv, 1)
+            resid = yv - (a + b * x)
+            ss_tot = float(((yv - yv.mean()) ** 2).sum())
+            r2 = 1.0 - float((resid ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+            lo = hi = math.nan
+            if len(pts) >= 3:
+                se = math.sqrt(float((resid ** 2).sum()) / (len(pts) - 2) / float(((x - x.mean()) ** 2).sum()))
+                half = float(st.t.ppf(0.5 + level / 2, len(pts) - 2)) * se
+                lo, hi = 10 ** (b - half), 10 ** (b + half)
+            out.append({"model": mdl, "metric": metric, "stage": stage, "rate": 10 ** b, "rate_low": lo,
+                        "rate_high": hi, "level": level, "r2": r2, "n_layers": len(pts),
+                        "first_layer": int(x[0]), "last_layer": int(x[-1]), "intercept": 10 ** a})
+        return out
+
     def to_dict(self) -> dict:
         return {"rows": self.rows, "linear_share": self.linear_share(), "meta": self.meta}
 
@@ -142,11 +176,16 @@ class CollapseReport:
             if degenerate:
                 verdict += (f"; layer(s) {', '.join(map(str, degenerate))} left out of the sums: a stage's value is "
                             "zero or infinite (e.g. a dead layer)")
+            rate = [f for f in self.collapse_rate(metric, stage="input", model=mdl) if f["n_layers"] >= 3]
+            per_layer = "" if not rate else (
+                f" At the layer inputs {metric} changed by a factor {rate[0]['rate']:.3g} per layer (95% interval "
+                f"{rate[0]['rate_low']:.3g}-{rate[0]['rate_high']:.3g}, a log-linear fit over {rate[0]['n_layers']} "
+                f"layers, R^2 {rate[0]['r2']:.2f}).")
             parts.append(
                 f"{mdl}: {metric} went from {first['value']:.3g} (layer {first['layer']} {first['stage']}) to "
                 f"{last['value']:.3g} (layer {last['layer']} {last['stage']}). Summed over layers, the linear stages "
                 f"(the learned linear maps) changed log10 {metric} by {-lin:+.2f} and the nonlinear stages by "
-                f"{-non:+.2f}: {verdict}."
+                f"{-non:+.2f}: {verdict}.{per_layer}"
             )
         return " ".join(parts)
 

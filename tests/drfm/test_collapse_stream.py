@@ -279,3 +279,36 @@ def test_feature_learning_study_and_command(tmp_path):
                  "--out", str(out)]) == 0
     assert plot.stat().st_size > 1000 and len(__import__("json").loads(out.read_text())) == 4
     assert main(["feature-learning", "--n", "1"]) == 2
+
+
+def _geometric_report(values, model="deep_rfm", stage="input"):
+    rep = C.CollapseReport()
+    for layer, v in enumerate(values):
+        rep.add(model=model, layer=layer, stage=stage, metric="nc1", value=v, n_samples=10)
+    return rep
+
+
+def test_collapse_rate_of_an_exact_geometric_decay():
+    rep = _geometric_report([2.0 * 0.7 ** k for k in range(10)])
+    (fit,) = rep.collapse_rate()
+    assert fit["rate"] == pytest.approx(0.7, rel=1e-12) and fit["intercept"] == pytest.approx(2.0, rel=1e-12)
+    assert fit["rate_low"] == pytest.approx(0.7, rel=1e-9) and fit["rate_high"] == pytest.approx(0.7, rel=1e-9)
+    assert fit["r2"] == pytest.approx(1.0) and fit["n_layers"] == 10
+    # a range of layers, and values that cannot enter a log fit are left out
+    bad = _geometric_report([2.0 * 0.7 ** k for k in range(5)] + [0.0, math.inf])
+    (fit,) = bad.collapse_rate(layers=(1, 6))
+    assert fit["n_layers"] == 4 and fit["first_layer"] == 1 and fit["rate"] == pytest.approx(0.7)
+    (two,) = _geometric_report([1.0, 0.5]).collapse_rate()
+    assert two["rate"] == pytest.approx(0.5) and math.isnan(two["rate_low"])
+
+
+def test_collapse_rate_interval_covers_the_true_rate_at_its_level():
+    # Monte Carlo against the construction: log10 NC1 = a + b * layer + noise; the 90% interval of the rate covers
+    # 10**b in about 90% of replicates
+    rng = np.random.default_rng(0)
+    true_b, covered, reps = -0.08, 0, 400
+    for _ in range(reps):
+        logs = 0.5 + true_b * np.arange(12) + 0.05 * rng.standard_normal(12)
+        (fit,) = _geometric_report(10 ** logs).collapse_rate(level=0.9)
+        covered += fit["rate_low"] <= 10 ** true_b <= fit["rate_high"]
+    assert 0.85 <= covered / reps <= 0.95, covered / reps
