@@ -10,8 +10,10 @@ baseline):
   epochs, snapshots every ``measure_every``), :func:`drfm.studies.compare`;
 - ``laplace_krr``: plain Laplace kernel ridge (no feature learning, bandwidth 'auto') on the raw digits, the baseline
   for Deep RFM's test accuracy;
-- ``deep_rfm_<map>`` for every further feature map (default ``relu``, the paper's job scripts): the same Deep RFM with
-  that map, its collapse rows and test accuracy.
+- ``deep_rfm_<map>`` for every further feature map (default ``relu``: the ReLU random-feature map that the paper's
+  code uses without ``-use_rff``, there of width 512, here of the input's width 784; the paper's job scripts pass
+  ``-use_rff``, i.e. the cosine map of ``compare``): the same Deep RFM with that map, its collapse rows and test
+  accuracy.
 
 Every layer's kernel machine learns its M on ``layer_sample_size`` random rows (``iter_sample_size`` of the layer
 template; the AGOP averages over ``agop_sample_size`` rows); the features, the collapse metrics and the final machine
