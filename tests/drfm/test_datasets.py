@@ -39,6 +39,6 @@ def test_network_sets_fail_fast_offline_with_instructions():
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(ValueError, match="available offline: .*digits"):
+    with pytest.raises(ValueError, match="generated or bundled: .*digits"):
         load("nope")
     assert "mnist5k" in available()

@@ -30,6 +30,7 @@ def single_process():
             res[name] = {"out": outputs(model, held_out_rows(X)), "M": model.M_, "best_iter": model.best_iter_,
                          "history": model.history_, "n_fit": model.X_fit_.shape[0],
                          "categorical": getattr(model, "categorical_", None),
+                         "standardized": getattr(model, "standardized_", None),
                          "classes": getattr(model, "classes_", None)}
     return res
 
