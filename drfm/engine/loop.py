@@ -596,6 +596,7 @@ class _Loop:
             # more centres than the path affords, and a walk would run a whole m-centre CG per value: the ridge the
             # exactly solved subset chose (same units: reg K_mm equals reg I at m = n)
             lam = self.reg_chosen
+            t0 = None  # nothing is spent on choosing it (the solve is the solve)
             out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0)
             path = RidgePath([lam], [float("nan")], "carried from the previous solve")
         elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
@@ -627,7 +628,7 @@ class _Loop:
             path = self._loo_on_rows(r, pts, kern, min(r.n, self.loo_rows))
             out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0)
         self.reg_chosen = path.reg
-        return out, {"reg": path.reg, **path.record(), "reg_seconds": time.perf_counter() - t0}
+        return out, {"reg": path.reg, **path.record(), "reg_seconds": 0.0 if t0 is None else time.perf_counter() - t0}
 
     def _loo_on_rows(self, r: _Rows, pts, kern, k: int) -> RidgePath:
         """The exact leave-one-out path on ``k`` random rows of the phase (every rank the same rows and path)."""

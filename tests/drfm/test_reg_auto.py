@@ -146,6 +146,7 @@ def test_more_centres_than_the_path_affords_carry_the_subsets_choice(monkeypatch
     sub, last = model.history_[-2], model.history_[-1]
     assert last["n_centres"] == 100 and last["reg_criterion"] == "carried from the previous solve"
     assert last["reg"] == sub["reg"] == model.reg_ and sub["reg_criterion"] == "loo"
+    assert last["reg_seconds"] == 0.0 < sub["reg_seconds"]  # carrying costs nothing; the solve is not counted
 
 
 def test_without_validation_rows_a_large_solve_takes_the_loo_choice_of_a_subset(monkeypatch):
