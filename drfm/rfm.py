@@ -33,18 +33,19 @@ from ._targets import DEFAULT_TEMPERATURE, fit_temperature, softmax_proba
 from ._categorical import CategoricalEncoding, fit_encoding
 from ._threads import with_threads
 
-#: standardize='auto' standardises when the largest column standard deviation is more than this many times the
-#: median one (columns that vary; one-hot columns included). Measured (`bench tabular` and the image sets): all 24
-#: public tables but two pre-scaled ones lie at 5.2 .. 2e5 (standardising lifted 19 of the 20 measured, one by
-#: 2.1 R^2; cost 0.015 on one), MNIST 2.1, Fashion-MNIST 1.3, digits 1.5, make_classification 4.1, Gaussian
-#: data 1.0-1.2 (standardising MNIST cost 1.2-1.8 points of accuracy)
-STANDARDIZE_SPREAD = 5.0
 from ._params import BOOL, RANDOM_STATE, DeviceString, InstanceOf, Interval, NoneOK, Options, validate_params
 from ._targets import (DTYPES, accuracy_of_outputs, decision_values, encode_regression_targets, one_hot_of,
                        predict_labels, r2_of_outputs, regression_output, validate_classification_data,
                        validate_regression_data)
 
 __all__ = ["RFMRegressor", "RFMClassifier"]
+
+#: standardize='auto' standardises when the largest column standard deviation is more than this many times the
+#: median one (columns that vary; one-hot columns included). Measured (`bench tabular` and the image sets): all 24
+#: public tables but two pre-scaled ones lie at 5.2 .. 2e5 (standardising lifted 18 of the 20 measured, one by
+#: 2.1 R^2; tied one, cost 0.015 on one), MNIST 2.1, Fashion-MNIST 1.3, digits 1.5, make_classification 4.1, Gaussian
+#: data 1.0-1.2 (standardising MNIST cost 1.2-1.8 points of accuracy)
+STANDARDIZE_SPREAD = 5.0
 
 
 class _BaseRFM(BaseEstimator):
@@ -205,9 +206,9 @@ class _BaseRFM(BaseEstimator):
             numeric[block] = False
         self.x_mean_, self.x_scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         # 'auto': standardise when the columns' spreads differ (a table), not when they share a scale (pixels)
-        self.column_spread_ = column_spread_agreed(comm, X)
+        self.column_spread_ = column_spread_agreed(comm, X) if self.standardize == "auto" else None
         self.standardized_ = bool(self.standardize is True or (
-            self.standardize == "auto" and self.column_spread_ > STANDARDIZE_SPREAD))
+            self.column_spread_ is not None and self.column_spread_ > STANDARDIZE_SPREAD))
         mean, scale = standardization_agreed(comm, X[:, numeric], self.standardized_)
         self.x_mean_[numeric], self.x_scale_[numeric] = mean, scale
         X = self._standardized(X)
@@ -443,8 +444,9 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         every other, and a kernel machine without intercept predicts 0 away from the data. 'auto': standardise
         when the columns' spreads differ -- the largest column standard deviation above STANDARDIZE_SPREAD (5)
         times the median one (one-hot columns counted) -- and leave columns that share a scale (pixels, generated
-        features) as they are; ``standardized_`` says what was done and ``column_spread_`` the ratio. Measured
-        (``bench tabular``, docs/rfm.md): standardising lifted 19 of 20 public tables (unscaled ones from negative
+        features) as they are; ``standardized_`` says what was done and ``column_spread_`` the ratio ('auto'
+        only; None otherwise). Measured
+        (``bench tabular``, docs/rfm.md): standardising lifted 18 of 20 public tables (tied one) (unscaled ones from negative
         R^2 to above LightGBM's) and cost 1.2-1.8 points of accuracy on 8000 MNIST digits, whose spread is 2.1.
         ``x_mean_`` / ``x_scale_`` (and ``y_offset_``) hold the standardisation; ``M_``, ``agop`` and ``X_fit_``
         are in the standardised coordinates. False: the raw columns and targets; True: always standardise.

@@ -198,6 +198,8 @@ class StoredKernel(KernelOperator):
         self.shape = (n, n)
         self.dtype, self.device = self.z.dtype, self.z.device
         self.n_products = 0
+        if built and out is None:
+            raise ValueError("built=True needs the matrix in out")
         if out is None:
             out = torch.empty((n, n), dtype=self.dtype, device=self.device)
         elif out.shape != (n, n) or out.dtype != self.dtype or out.device != self.device:
@@ -205,8 +207,6 @@ class StoredKernel(KernelOperator):
                 f"out must be a ({n}, {n}) {self.dtype} tensor on {self.device}, got {tuple(out.shape)} "
                 f"{out.dtype} on {out.device}"
             )
-        if built and out is None:
-            raise ValueError("built=True needs the matrix in out")
         if not built:
             # row blocks keep the distance temporaries small
             rows = max(1, TILE_ELEMENTS // max(n, 1))

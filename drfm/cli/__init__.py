@@ -74,17 +74,16 @@ def _error_text(exc: BaseException) -> str:
     return "\n".join([lines[0]] + ["  " + ln if not ln.startswith("  ") else ln for ln in lines[1:]])
 
 
-#: the library's advice (estimator parameters) as the CLI spells it; {fit} entries only where the command has them
-_SPELLING = (("n_threads='auto'", "--threads auto"), ("n_threads=1", "--threads 1"),
-             ("standardize=True", "--standardize"), ("bandwidth='median'", "--param bandwidth=median"))
-#: commands that take --standardize and --param
-_FIT_OPTIONS = {"fit"}
+#: the library's advice (estimator parameters) as the CLI spells it, and the commands that have that option (None:
+#: every command)
+_SPELLING = (("n_threads='auto'", "--threads auto", None), ("n_threads=1", "--threads 1", None),
+             ("standardize=True", "--standardize", {"fit"}), ("bandwidth='median'", "--param bandwidth=median", {"fit"}))
 
 
 def cli_spelling(text: str, command: str) -> str:
     """A library message with its parameter advice spelled as options of ``command`` (where it has them)."""
-    for api, cli in _SPELLING:
-        if cli.startswith("--threads") or command in _FIT_OPTIONS:
+    for api, cli, commands in _SPELLING:
+        if commands is None or command in commands:
             text = text.replace(api, cli)
     return text
 

@@ -96,7 +96,7 @@ AUTO_ITER_SAMPLE_SIZE = 16000
 #:   3000 / 4000, `bench solvers --only ridge_path`);
 #: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
 #:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
-#: REG_START is the ridge the memory plan assumes and the first walk starts from (the fixed default before 'auto').
+#: REG_START is the ridge the memory plan assumes (the fixed default before 'auto').
 #: Each path holds at most RIDGE_BUDGET_SHARE of the memory budget (fewer rows or centres under a small one).
 LOO_MAX_ROWS, CENTRE_PATH_MAX_M, REG_START, RIDGE_BUDGET_SHARE = 3000, 4000, 1e-3, 0.25
 #: the first walk of a fit starts from the leave-one-out choice on this many random rows of its solve (one small
@@ -563,8 +563,8 @@ class _Loop:
             if not plan.store:
                 self.K = None  # a stored matrix of another phase is not needed any more
             if plan.store:
-                reuse = same_matrix and self.K is not None and self.K.shape[0] == r.n
-                op = StoredKernel(pts, kernel=kern, out=self.K, built=reuse)
+                # (the buffer above is the previous solve's when the rows are the same)
+                op = StoredKernel(pts, kernel=kern, out=self.K, built=same_matrix)
             else:
                 op = BlockedKernel(pts, kernel=kern, memory_budget=self.work_budget)
         else:  # CG on the row-sharded operator: this rank's rows of every vector
