@@ -71,6 +71,11 @@ class CollapseReport:
         usable layers gets no interval (NaN)."""
         from scipy import stats as st
 
+        check_metrics(metric)
+        if not (isinstance(level, (int, float)) and 0 < level < 1):
+            raise ValueError(f"level must be a confidence level in (0, 1), got {level!r}")
+        if layers is not None and (len(layers) != 2 or layers[0] > layers[1]):
+            raise ValueError(f"layers must be a (first, last) range with first <= last, got {layers!r}")
         out = []
         models = sorted({r["model"] for r in self.rows}) if model is None else [model]
         for mdl in models:

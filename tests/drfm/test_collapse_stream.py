@@ -300,6 +300,12 @@ def test_collapse_rate_of_an_exact_geometric_decay():
     assert fit["n_layers"] == 4 and fit["first_layer"] == 1 and fit["rate"] == pytest.approx(0.7)
     (two,) = _geometric_report([1.0, 0.5]).collapse_rate()
     assert two["rate"] == pytest.approx(0.5) and math.isnan(two["rate_low"])
+    with pytest.raises(ValueError, match="level"):
+        rep.collapse_rate(level=95)
+    with pytest.raises(ValueError, match="layers"):
+        rep.collapse_rate(layers=(5, 1))
+    with pytest.raises(ValueError, match="unknown metrics"):
+        rep.collapse_rate("nc9")
 
 
 def test_collapse_rate_interval_covers_the_true_rate_at_its_level():
