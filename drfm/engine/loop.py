@@ -468,7 +468,8 @@ class _Loop:
         # the last chosen ridge (where the next walk starts)
         self.Yv_all = (None if Xv is None or Yv is None or p.reg != "auto" else
                        self.comm.all_gather_rows(Yv.to(torch.float64)))
-        self.reg_chosen = None  # the ridge the last reg='auto' solve chose
+        self.reg_chosen = None  # the ridge the last reg='auto' solve chose, and the rows of that solve
+        self.reg_rows = 0
         self.loo_rows, self.centre_max = ridge_limits(rt.budget, Xt.element_size())
 
     def training_rows(self, rows) -> torch.Tensor:
@@ -594,16 +595,20 @@ class _Loop:
             path = out[0].details["ridge_path"]
         elif plan.solver.centres and self.reg_chosen is not None:
             # more centres than the path affords, and a walk would run a whole m-centre CG per value: the ridge the
-            # exactly solved subset chose (same units: reg K_mm equals reg I at m = n)
-            lam = self.reg_chosen
+            # exactly solved subset chose, carried at the same ridge per row (both systems penalise reg ||f||^2
+            # against a sum of squares over their rows: lambda = reg / n, Falkon's lambda n)
+            lam = self._carried_reg(r.n)
             t0 = None  # nothing is spent on choosing it (the solve is the solve)
             out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0)
-            path = RidgePath([lam], [float("nan")], "carried from the previous solve")
+            path = RidgePath([lam], [float("nan")], f"carried from the previous solve (x {r.n} / {self.reg_rows} rows)")
         elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
             kept = {}
-            start = self.reg_chosen
-            if start is None:  # the fit's first walk: from the leave-one-out choice on a few rows
+            if self.reg_chosen is None:  # the fit's first walk: from the leave-one-out choice on a few rows
+                # (unscaled to the solve's rows: the optimal ridge per row falls with the rows, and the start
+                # measured on MNIST was within a value of the walk's end)
                 start = self._loo_on_rows(r, pts, kern, min(r.n, WALK_START_ROWS)).reg
+            else:
+                start = self._carried_reg(r.n)
 
             def evaluate(lam):
                 start = kept["out"][0].x if kept else x0  # warm start from the best value so far
@@ -627,8 +632,12 @@ class _Loop:
         else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
             path = self._loo_on_rows(r, pts, kern, min(r.n, self.loo_rows))
             out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0)
-        self.reg_chosen = path.reg
+        self.reg_chosen, self.reg_rows = path.reg, r.n
         return out, {"reg": path.reg, **path.record(), "reg_seconds": 0.0 if t0 is None else time.perf_counter() - t0}
+
+    def _carried_reg(self, n: int) -> float:
+        """The last chosen ridge for a solve on ``n`` rows: the same ridge per row (reg / rows)."""
+        return self.reg_chosen * n / self.reg_rows
 
     def _loo_on_rows(self, r: _Rows, pts, kern, k: int) -> RidgePath:
         """The exact leave-one-out path on ``k`` random rows of the phase (every rank the same rows and path)."""
@@ -915,7 +924,10 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     solver = (plans["all"] if final_solve or sub is None else plans["sub"]).solver.value
     refit_plans = None
     if refit_follows:
-        rp, refit_plans = _refit_plans(n, p, best_bandwidth, history[best_t]["reg"], plan_args)
+        kept_reg = history[best_t]["reg"]
+        if p.reg == "auto":  # a chosen ridge is carried at the same ridge per row (reg / rows; _Loop._carried_reg)
+            kept_reg = kept_reg * n / history[best_t]["n_rows"]
+        rp, refit_plans = _refit_plans(n, p, best_bandwidth, kept_reg, plan_args)
         kept_solver = history[best_t]["solver"]
         if (refit_plans["all"].solver.centres and kept_solver != Solver.NYSTROM
                 and history[best_t]["n_rows"] == len(tr)):
@@ -931,7 +943,7 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         refit = _refit(X, y, Y, rp, refit_plans, best_r, best_factor, len(history), score, rt)
         history.append(refit.history[0])
         if p.reg == "auto":
-            history[-1]["reg_criterion"] = f"the kept solve's ({best_t})"
+            history[-1]["reg_criterion"] = f"the kept solve's ({best_t}) x {n} / {history[best_t]['n_rows']} rows"
         _, _, _, _, best_alpha, rows, _ = refit.best
         X_fit = refit.training_rows(rows)
         solver = refit.plans["all"].solver.value

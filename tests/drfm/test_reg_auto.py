@@ -144,9 +144,35 @@ def test_more_centres_than_the_path_affords_carry_the_subsets_choice(monkeypatch
     model = RFMRegressor(iters=1, solver="nystrom", n_centres=100, iter_sample_size=300, early_stopping=False,
                          **BASE).fit(X, y)
     sub, last = model.history_[-2], model.history_[-1]
-    assert last["n_centres"] == 100 and last["reg_criterion"] == "carried from the previous solve"
-    assert last["reg"] == sub["reg"] == model.reg_ and sub["reg_criterion"] == "loo"
+    assert last["n_centres"] == 100 and last["reg_criterion"] == "carried from the previous solve (x 900 / 300 rows)"
+    # the same ridge per row: reg / rows (both systems weigh reg ||f||^2 against a sum of squares over their rows)
+    assert last["reg"] == pytest.approx(sub["reg"] * 900 / 300, rel=1e-12) and sub["reg_criterion"] == "loo"
+    assert model.reg_ == last["reg"]
     assert last["reg_seconds"] == 0.0 < sub["reg_seconds"]  # carrying costs nothing; the solve is not counted
+
+
+def test_the_same_ridge_per_row_is_the_same_model_on_duplicated_rows():
+    """The convention the carry rests on, checked on the solvers: every row given twice (2n rows, the m-centre model
+    with the n distinct rows as centres) with reg 2 lam is the exact solve on the n rows with reg lam."""
+    import torch
+
+    from kernels.family import Kernel
+    from kernels.operators import Points
+    from kernels.solvers import solve_centres
+
+    rng = np.random.default_rng(12)
+    X = torch.as_tensor(rng.standard_normal((60, 3)))
+    y = torch.as_tensor(rng.standard_normal((60, 1)))
+    kern = Kernel(bandwidth=2.0)
+    lam = 0.05
+    alpha = torch.linalg.solve(kern.matrix(X, X) + lam * torch.eye(60, dtype=X.dtype), y)
+    beta = solve_centres(Points.of(torch.cat([X, X])), Points.of(X), torch.cat([y, y]), kernel=kern, reg=2 * lam,
+                         rtol=1e-12).x
+    # the same function: sum_j k(., x_j) alpha_j with alpha = beta
+    torch.testing.assert_close(beta.reshape(-1, 1), alpha, rtol=1e-6, atol=1e-8)
+    beta_unscaled = solve_centres(Points.of(torch.cat([X, X])), Points.of(X), torch.cat([y, y]), kernel=kern,
+                                  reg=lam, rtol=1e-12).x
+    assert float((beta_unscaled.reshape(-1, 1) - alpha).abs().max()) > 1e-3  # (the test can tell the two apart)
 
 
 def test_without_validation_rows_a_large_solve_takes_the_loo_choice_of_a_subset(monkeypatch):
@@ -160,9 +186,11 @@ def test_without_validation_rows_a_large_solve_takes_the_loo_choice_of_a_subset(
 def test_early_stopping_refit_keeps_the_kept_solves_ridge():
     X, y, _ = _noisy(2400, seed=10)
     model = RFMRegressor(iters=2, **BASE).fit(X, y)
-    refit = model.history_[-1]
-    assert "refit" in refit and refit["reg"] == model.history_[model.best_iter_]["reg"] == model.reg_
-    assert refit["reg_criterion"] == f"the kept solve's ({model.best_iter_})"
+    refit, kept = model.history_[-1], model.history_[model.best_iter_]
+    # the kept solve's ridge at the same ridge per row: x all rows / its rows
+    assert "refit" in refit and refit["reg"] == pytest.approx(kept["reg"] * 2400 / kept["n_rows"], rel=1e-12)
+    assert kept["n_rows"] < 2400 and refit["reg"] == model.reg_
+    assert refit["reg_criterion"] == f"the kept solve's ({model.best_iter_}) x 2400 / {kept['n_rows']} rows"
 
 
 def test_reg_auto_in_scikit_learns_tools():
@@ -172,7 +200,11 @@ def test_reg_auto_in_scikit_learns_tools():
     pipe = make_pipeline(StandardScaler(), RFMRegressor(iters=1, random_state=0)).fit(X, y)
     assert pipe[-1].reg_ in RIDGE_GRID
     for es in (True, False):
-        assert RFMRegressor(iters=1, early_stopping=es, random_state=0).fit(X, y).reg_ in RIDGE_GRID
+        m = RFMRegressor(iters=1, early_stopping=es, random_state=0).fit(X, y)
+        kept = m.history_[m.best_iter_]
+        # (a refit on all 300 rows carries the kept value at the same ridge per row)
+        assert kept["reg"] in RIDGE_GRID and m.reg_ == pytest.approx(kept["reg"] * (300 if es else kept["n_rows"])
+                                                                     / kept["n_rows"], rel=1e-12)
 
 
 @pytest.mark.parametrize("reg", ["fast", -1.0, float("nan"), [1e-3]])
