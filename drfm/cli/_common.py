@@ -80,7 +80,8 @@ def metrics_arg(sp):
                     help="metrics: nc1 nc1_papyan nc2 nc2_equinorm nc2_equiangularity cdnv nc1_sphere nc2_sphere "
                          "(on features normalised to the unit sphere) label_alignment effective_features "
                          "mf_share (the kernel picture: participation ratio, variance share of the top K-1 "
-                         "eigenvalues), and per layer nc3 (against the layer's least-squares readout), nc4 "
+                         "eigenvalues of the centred covariance; mf_share_gd: of the top K of the uncentred "
+                         "gradient-descent operator, as the source defines it), and per layer nc3 (against the layer's least-squares readout), nc4 "
                          "(against the model's predictions), linear_cka (against the one-hot labels) "
                          "(default nc1 nc2); also nc2_uniformity, within_share, between_share, nc3_uniform")
 

@@ -14,7 +14,8 @@ Conventions (features H: (N, p), labels: (N,) of K classes; everything in float6
 Metrics: :func:`nc1` (tr Sigma_W / tr Sigma_B; ``scale="seed"`` divides by K as the seed paper's code does),
 :func:`nc1_papyan` (tr(Sigma_W Sigma_B^+) / K), :func:`nc2` (distance of the normalised mean Gram matrix to a simplex
 ETF), :func:`nc2_equinorm`, :func:`nc2_equiangularity`, :func:`nc3` (self-duality with a linear classifier),
-:func:`nc4` (nearest-class-mean vs predictions), :func:`cdnv`, :func:`linear_cka`.
+:func:`nc4` (nearest-class-mean vs predictions), :func:`cdnv`, :func:`linear_cka`; for regression (n target columns)
+:func:`nrc1`, :func:`nrc2`, :func:`nrc3` (neural regression collapse, Andriopoulos et al. 2024).
 """
 from __future__ import annotations
 
@@ -51,7 +52,11 @@ __all__ = [
     "feature_matrix_sparsity",
     "effective_features",
     "mf_share",
+    "mf_share_gd",
     "MF_VARIANCE_SHARE",
+    "nrc1",
+    "nrc2",
+    "nrc3",
     "LAYER_METRICS",
     "METRICS",
 ]
@@ -382,7 +387,7 @@ def feature_matrix_sparsity(M) -> dict:
 MF_VARIANCE_SHARE = 0.9
 
 
-def feature_spectrum(features, labels, *, top: int | None = None) -> dict:
+def feature_spectrum(features, labels, *, top: int | None = None, centred: bool = True) -> dict:
     """The eigen-decomposition of a layer's centred feature covariance on the training set (the kernel picture of
     collapse), in O(p^2) memory for p features.
 
@@ -392,6 +397,11 @@ def feature_spectrum(features, labels, *, top: int | None = None) -> dict:
     are ``u_i = H_c v_i / sqrt(N l_i)``, orthonormal over the N training points), ``mf_share`` (variance share of the
     top K - 1 eigenvalues) and ``verdict``: 'MF' when ``mf_share >= MF_VARIANCE_SHARE`` (as many dominant
     eigenfunctions as the class structure needs), else 'EF'.
+
+    ``centred=False`` is the kernel picture's own definition: the eigenfunctions of the gradient-descent operator of a
+    linear readout on these features, ``(1/N) H^T H`` (uncentred: a readout with no bias sees the mean too), against
+    the uncentred one-hot labels, with the top K eigenvalues (not K - 1) counted in ``mf_share``. Gradient descent on
+    the squared loss fits the labels' component along eigenfunction i at the rate ``1 - (1 - eta l_i)^t``.
     """
     H = np.asarray(features, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] < 2:
@@ -402,12 +412,15 @@ def feature_spectrum(features, labels, *, top: int | None = None) -> dict:
     (N, p), K = H.shape, len(classes)
     side = min(N, p)
     _check_spectrum_memory(side)
-    Hc = H - H.mean(0)
     Yc = np.eye(K)[idx]
-    Yc = Yc - Yc.mean(0)
+    if centred:
+        Hc, Yc = H - H.mean(0), Yc - Yc.mean(0)
+    else:
+        Hc = H
+    dominant = K - 1 if centred else K
     if N < p:  # the smaller side: the N x N Gram matrix has the covariance's nonzero eigenvalues
-        return _spectrum_from_gram(_gram(Hc) / N, Yc, p, K, top)
-    return _spectrum_of(Hc.T @ Hc / N, Hc.T @ Yc, float(np.sum(Yc**2)), N, K, top)
+        return _spectrum_from_gram(_gram(Hc) / N, Yc, p, K, top, dominant)
+    return _spectrum_of(Hc.T @ Hc / N, Hc.T @ Yc, float(np.sum(Yc**2)), N, K, top, dominant)
 
 
 #: rows of H per block of the Gram product (bounded temporaries whatever p is)
@@ -436,15 +449,15 @@ def _check_spectrum_memory(side: int) -> None:
                          f"min(samples, features) = {side}); {have / 2**30:.1f} GiB are available: pass fewer rows")
 
 
-def _finish_spectrum(lam, N, K, k, share) -> dict:
+def _finish_spectrum(lam, N, K, k, share, dominant=None) -> dict:
     total = float(lam.sum())
-    mf = float(lam[: max(K - 1, 1)].sum() / total) if total > 0 else 0.0
+    mf = float(lam[: max(K - 1 if dominant is None else dominant, 1)].sum() / total) if total > 0 else 0.0
     return {"eigenvalues": lam[:k], "participation_ratio": float(total**2 / np.sum(lam**2)) if total > 0 else 0.0,
             "n_above_1pct": int(np.sum(lam > 0.01 * lam[0])) if total > 0 else 0, "label_share": share,
             "mf_share": mf, "verdict": "MF" if mf >= MF_VARIANCE_SHARE else "EF", "n_classes": K}
 
 
-def _spectrum_from_gram(G, Yc, p, K, top=None) -> dict:
+def _spectrum_from_gram(G, Yc, p, K, top=None, dominant=None) -> dict:
     """:func:`feature_spectrum` from the Gram side ``G = H_c H_c^T / N`` (N x N, N < p): its eigenvectors are the
     eigenfunctions u_i themselves, so the label share is ``||u_i^T Y_c||^2 / ||Y_c||^2``; the covariance's other
     p - N eigenvalues are 0. Eigenvalues only when no eigenfunction is asked for (``top=0``)."""
@@ -462,16 +475,16 @@ def _spectrum_from_gram(G, Yc, p, K, top=None) -> dict:
     keep = lam[:kk] > lam[0] * 1e-12 if lam.sum() > 0 else np.zeros(kk, bool)
     if ynorm > 0 and keep.any():
         share[:kk][keep] = np.sum((U[:, :kk][:, keep].T @ Yc) ** 2, axis=1) / ynorm
-    return _finish_spectrum(lam, N, K, k, share)
+    return _finish_spectrum(lam, N, K, k, share, dominant)
 
 
-def _spectrum_of(cov, hy, ynorm, N, K, top=None) -> dict:
+def _spectrum_of(cov, hy, ynorm, N, K, top=None, dominant=None) -> dict:
     """:func:`feature_spectrum` from the centred feature covariance (p, p), the features' products with the centred
     one-hot labels ``H_c^T Y_c`` (p, K) and ``||Y_c||_F^2``: the eigenfunctions ``u_i = H_c v_i / sqrt(N l_i)`` carry
     ``||u_i^T Y_c||^2 = ||v_i^T H_c^T Y_c||^2 / (N l_i)`` of the labels (no per-sample quantity needed).
     Eigenvalues only when no eigenfunction is asked for (``top=0``)."""
     if top is not None and int(top) == 0:
-        return _finish_spectrum(np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None), N, K, 0, np.zeros(0))
+        return _finish_spectrum(np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None), N, K, 0, np.zeros(0), dominant)
     lam, V = np.linalg.eigh(cov)
     lam, V = np.clip(lam[::-1], 0.0, None), V[:, ::-1]
     total = float(lam.sum())
@@ -481,7 +494,7 @@ def _spectrum_of(cov, hy, ynorm, N, K, top=None) -> dict:
     if ynorm > 0 and keep.any():
         proj = (V[:, :k][:, keep].T @ hy) / np.sqrt(N * lam[:k][keep])[:, None]
         share[keep] = np.sum(proj**2, axis=1) / ynorm
-    return _finish_spectrum(lam, N, K, k, share)
+    return _finish_spectrum(lam, N, K, k, share, dominant)
 
 
 def effective_features(features, labels) -> float:
@@ -492,6 +505,13 @@ def effective_features(features, labels) -> float:
 def mf_share(features, labels) -> float:
     """Variance share of the top K - 1 eigenvalues; >= MF_VARIANCE_SHARE is the minimal-feature regime."""
     return feature_spectrum(features, labels, top=0)["mf_share"]
+
+
+def mf_share_gd(features, labels) -> float:
+    """The kernel picture's minimal-feature share as its source defines it: the share of the top K eigenvalues of the
+    gradient-descent operator ``(1/N) H^T H`` (uncentred; :func:`feature_spectrum` with ``centred=False``).
+    :func:`mf_share` is drfm's centred variant with K - 1 directions (the span of the centred class means)."""
+    return feature_spectrum(features, labels, top=0, centred=False)["mf_share"]
 
 
 def label_alignment(features, labels, k: int | None = None) -> float:
@@ -544,6 +564,7 @@ METRICS = {
     "cdnv": cdnv,
     "effective_features": effective_features,
     "mf_share": mf_share,
+    "mf_share_gd": mf_share_gd,
     "nc1_sphere": nc1_sphere,
     "nc2_sphere": nc2_sphere,
     "label_alignment": label_alignment,
@@ -589,3 +610,102 @@ def _layer_metric(name, feats, y, predictions):
 LAYER_METRICS = ("nc3", "nc3_uniform", "nc4", "linear_cka")
 
 
+
+
+# ---- neural regression collapse (Andriopoulos et al. 2024) --------------------------------------------------------
+def _regression_inputs(features, targets):
+    H = np.asarray(features, dtype=np.float64)
+    if H.ndim != 2 or H.shape[0] < 2:
+        raise ValueError(f"features must be a 2-D array (N >= 2, p), got shape {H.shape}")
+    Y = np.asarray(targets, dtype=np.float64)
+    Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
+    if Y.ndim != 2 or Y.shape[0] != H.shape[0]:
+        raise ValueError(f"targets must have the features' {H.shape[0]} rows (a vector or (N, n)), got shape "
+                         f"{np.shape(targets)}")
+    if not (np.isfinite(H).all() and np.isfinite(Y).all()):
+        raise ValueError("features or targets contain NaN or infinity")
+    return H, Y
+
+
+def _normalised_centred(H):
+    """``(h_i - h_G) / ||h_i - h_G||``: the rows centred by the global mean, each on the unit sphere (zero rows stay
+    zero), as the NRC definitions use them."""
+    return sphere(H - H.mean(0))
+
+
+def _residual_share(Hn, basis):
+    """Mean over rows of ``||h - P h||^2`` for the orthogonal projection P onto the span of ``basis``' columns."""
+    Q = np.linalg.qr(basis)[0] if basis.size else basis
+    return float(np.mean(np.sum(Hn**2, 1) - np.sum((Hn @ Q) ** 2, 1)))
+
+
+def nrc1(features, targets) -> float:
+    """NRC1 (feature collapse): the mean squared distance of the centred, normalised features to the span of their
+    top n principal components (n the number of target columns). 0: the features lie in an n-dimensional subspace;
+    random features in p dimensions give about 1 - n / p."""
+    H, Y = _regression_inputs(features, targets)
+    n = Y.shape[1]
+    if n > H.shape[1]:
+        raise ValueError(f"NRC1 needs at least as many features as targets: {H.shape[1]} features, {n} targets")
+    Hc = H - H.mean(0)
+    V = np.linalg.svd(Hc, full_matrices=False)[2][:n].T  # the top n principal directions (p, n)
+    return _residual_share(_normalised_centred(H), V)
+
+
+def nrc2(features, weights) -> float:
+    """NRC2 (self-duality): the mean squared distance of the centred, normalised features to the span of the rows of
+    the last layer's weights ``weights`` (n, p). 0: the features lie in the readout's row space."""
+    H = np.asarray(features, dtype=np.float64)
+    W = np.asarray(weights, dtype=np.float64)
+    W = W.reshape(1, -1) if W.ndim == 1 else W
+    if H.ndim != 2 or W.ndim != 2 or W.shape[1] != H.shape[1]:
+        raise ValueError(f"weights must be (n, p) with the features' p = {H.shape[1] if H.ndim == 2 else '?'} "
+                         f"columns, got shape {np.shape(weights)}")
+    if not (np.isfinite(H).all() and np.isfinite(W).all()):
+        raise ValueError("features or weights contain NaN or infinity")
+    return _residual_share(_normalised_centred(H), W.T)
+
+
+def nrc3(weights, targets, *, gamma: float | None = None) -> float:
+    """NRC3 (the weights' structure): ``|| W W^T / ||W W^T||_F - (S^{1/2} - g I) / ||S^{1/2} - g I||_F ||_F^2`` with
+    ``S`` the targets' covariance (n x n), ``S^{1/2}`` its symmetric square root and ``g = sqrt(gamma)``, gamma in
+    [0, the smallest eigenvalue of S] minimising it unless given (the unconstrained-feature model's optimum has
+    ``W W^T`` proportional to ``S^{1/2} - sqrt(gamma) I``, gamma set by the regularisation). 0 at that structure;
+    for uncorrelated targets of equal variance, 0 means orthogonal rows of equal norm."""
+    from scipy.optimize import minimize_scalar
+
+    W = np.asarray(weights, dtype=np.float64)
+    W = W.reshape(1, -1) if W.ndim == 1 else W
+    Y = np.asarray(targets, dtype=np.float64)
+    Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
+    if W.ndim != 2 or Y.ndim != 2 or Y.shape[1] != W.shape[0] or Y.shape[0] < 2:
+        raise ValueError(f"weights (n, p) and targets (N >= 2, n) must share n; got shapes {np.shape(weights)} and "
+                         f"{np.shape(targets)}")
+    if not (np.isfinite(W).all() and np.isfinite(Y).all()):
+        raise ValueError("weights or targets contain NaN or infinity")
+    G = W @ W.T
+    g_norm = np.linalg.norm(G)
+    if g_norm == 0:
+        raise ValueError("weights are all zero: NRC3 is undefined")
+    G = G / g_norm
+    Yc = Y - Y.mean(0)
+    lam, U = np.linalg.eigh(Yc.T @ Yc / Y.shape[0])
+    lam = np.clip(lam, 0.0, None)
+    root = (U * np.sqrt(lam)) @ U.T
+    eye = np.eye(W.shape[0])
+
+    def value(gam):
+        target = root - np.sqrt(max(gam, 0.0)) * eye
+        t_norm = np.linalg.norm(target)
+        return float(np.sum((G - target / t_norm) ** 2)) if t_norm > 0 else 2.0
+
+    if gamma is not None:
+        gamma = float(gamma)
+        if not (0.0 <= gamma <= lam[0]):
+            raise ValueError(f"gamma must lie in [0, {lam[0]:.6g}] (the targets' smallest variance direction), "
+                             f"got {gamma!r}")
+        return value(gamma)
+    if lam[0] <= 0:
+        return value(0.0)
+    best = minimize_scalar(value, bounds=(0.0, float(lam[0])), method="bounded", options={"xatol": 1e-12 * lam[0]})
+    return min(float(best.fun), value(0.0), value(float(lam[0])))
