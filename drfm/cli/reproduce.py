@@ -61,5 +61,7 @@ def cmd_reproduce(args) -> dict:
 
 def show_reproduce(res: dict) -> str:
     acc = res["test_accuracy"]
-    return "\n".join([f"{res['n_seeds']} seed(s) in {res['out']} (summary.json, depth.png, epochs.png)"] + [
-        f"  {m:<14} test accuracy {a['mean']:.4f} +- {a['std']:.4f}" for m, a in acc.items()])
+    return "\n".join([f"{res['n_seeds']} seed(s) in {res['out']} (summary.json, report.md, depth.png, epochs.png; "
+                      "the paper's NC1 scale: the same names with -paper)"] + [
+        f"  {m:<14} test accuracy {a['mean']:.4f}" + ("" if a["std"] is None else f" +- {a['std']:.4f}")
+        for m, a in acc.items()])

@@ -49,6 +49,8 @@ __all__ = [
     "layer_cka",
     "within_share",
     "between_share",
+    "within_total_paper",
+    "between_total_paper",
     "feature_matrix_sparsity",
     "effective_features",
     "mf_share",
@@ -57,6 +59,7 @@ __all__ = [
     "nrc1",
     "nrc2",
     "nrc3",
+    "class_gram",
     "LAYER_METRICS",
     "METRICS",
 ]
@@ -136,6 +139,32 @@ def within_share(features, labels) -> float:
 def between_share(features, labels) -> float:
     """``tr(Sigma_B) / tr(Sigma_T)``, Sigma_B weighted by class sizes (see :func:`within_share`)."""
     _, tr_b, tr_t = _trace_shares(features, labels)
+    return tr_b / tr_t if tr_t > 0 else math.nan
+
+
+def _paper_traces(features, labels):
+    """The seed paper code's traces: ``Sigma_B = (1/K) sum_c (mu_c - mu_G)(.)^T`` (unweighted, mu_G the mean of the
+    class means), ``Sigma_W`` and ``Sigma_T`` (about mu_G) summed over the samples and divided by K N."""
+    H, means, mu_g, idx, K = class_means(features, labels)
+    N = H.shape[0]
+    tr_w = float(np.sum(_within(H, means, idx) ** 2)) / (K * N)
+    tr_t = float(np.sum((H - mu_g) ** 2)) / (K * N)
+    tr_b = float(np.sum((means - mu_g) ** 2)) / K
+    return tr_w, tr_b, tr_t
+
+
+def within_total_paper(features, labels) -> float:
+    """The seed paper's within-class training panel, normalised as its code does: ``tr(Sigma_W) / tr(Sigma_T)`` with
+    both divided by K N (:func:`_paper_traces`). Equals :func:`within_share` for balanced classes."""
+    tr_w, _, tr_t = _paper_traces(features, labels)
+    return tr_w / tr_t if tr_t > 0 else math.nan
+
+
+def between_total_paper(features, labels) -> float:
+    """The seed paper's between-class training panel as its code normalises it: ``tr(Sigma_B) / tr(Sigma_T)`` with
+    Sigma_B divided by K and Sigma_T by K N. Unlike :func:`between_share` it does not sum to 1 with the within panel:
+    for balanced classes it is K (1 - within), K at full collapse."""
+    _, tr_b, tr_t = _paper_traces(features, labels)
     return tr_b / tr_t if tr_t > 0 else math.nan
 
 
@@ -571,6 +600,8 @@ METRICS = {
     "nc2_uniformity": nc2_uniformity,
     "within_share": within_share,
     "between_share": between_share,
+    "within_total_paper": within_total_paper,
+    "between_total_paper": between_total_paper,
 }
 
 
@@ -709,3 +740,19 @@ def nrc3(weights, targets, *, gamma: float | None = None) -> float:
         return value(0.0)
     best = minimize_scalar(value, bounds=(0.0, float(lam[0])), method="bounded", options={"xatol": 1e-12 * lam[0]})
     return min(float(best.fun), value(0.0), value(float(lam[0])))
+
+
+# ---- the seed paper's Gram-matrix figure ----------------------------------------------------------------------------
+def class_gram(features, labels, *, per_class: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The cosine Gram matrix of a layer's features centred by the global mean (the mean of the class means), on up to
+    ``per_class`` random rows of every class, rows sorted by class: the block structure of the seed paper's Gram
+    figure. At full collapse onto a simplex ETF it is 1 inside the diagonal blocks and -1/(K-1) outside. Returns
+    (G of shape (m, m), the m rows' labels)."""
+    if int(per_class) < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class!r}")
+    H, means, mu_g, idx, K = class_means(features, labels)
+    classes = np.unique(np.asarray(labels))
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([np.sort(rng.permutation(np.flatnonzero(idx == c))[: int(per_class)]) for c in range(K)])
+    Z = sphere(H[rows] - mu_g)
+    return Z @ Z.T, classes[idx[rows]]

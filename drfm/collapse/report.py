@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import LAYER_METRICS, METRICS, MIN_NET_LOG10, _FROM_SPECTRUM, _layer_metric, feature_spectrum
+from .metrics import (LAYER_METRICS, METRICS, MIN_NET_LOG10, _FROM_SPECTRUM, _layer_metric, class_gram,
+                      feature_spectrum)
 
 __all__ = ["STAGES", "CollapseReport", "check_metrics", "collapse_report", "stage_report"]
 
@@ -33,8 +34,9 @@ class CollapseReport:
 
     def __add__(self, other: "CollapseReport") -> "CollapseReport":
         meta = {**self.meta, **other.meta}
-        if "spectra" in self.meta and "spectra" in other.meta:  # per model: both models' spectra are kept
-            meta["spectra"] = {**self.meta["spectra"], **other.meta["spectra"]}
+        for key in ("spectra", "grams"):  # per model: both models' spectra / Gram matrices are kept
+            if key in self.meta and key in other.meta:
+                meta[key] = {**self.meta[key], **other.meta[key]}
         return CollapseReport(self.rows + other.rows, meta)
 
     def values(self, metric, *, model=None, stage=None):
@@ -267,6 +269,52 @@ class CollapseReport:
         save_figure(fig, path)
         return path
 
+    def plot_grams(self, path, *, stage: str = "input", layers=None, model: str | None = None):
+        """The seed paper's Gram-matrix figure: per layer, the cosine Gram matrix of the features (centred, rows
+        sorted by class; colour from -1 to 1), one panel per layer (every kept layer, or ``layers``) of one model
+        (the first, or ``model``) at ``stage``. Needs a report made with ``grams=`` (``collapse_report``, ``drfm
+        collapse --grams``). Saved to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        grams = self.meta.get("grams")
+        if not grams:
+            raise ValueError("the report holds no Gram matrices: make it with collapse_report(..., grams=k)")
+        model = model or next(iter(grams))
+        if model not in grams:
+            raise ValueError(f"no Gram matrices of model {model!r}; models: {list(grams)}")
+        if stage not in grams[model]:
+            raise ValueError(f"no Gram matrices at stage {stage!r}; stages: {list(grams[model])}")
+        kept = grams[model][stage]
+        order = sorted(kept, key=int)
+        if layers is not None:
+            missing = [x for x in layers if str(x) not in map(str, order)]
+            if missing:
+                raise ValueError(f"no Gram matrices of layers {missing}; layers: {order}")
+            order = [k for k in order if int(k) in {int(x) for x in layers}]
+        labels = np.asarray(self.meta.get("gram_labels", []))
+        bounds = np.flatnonzero(labels[1:] != labels[:-1]) + 0.5 if len(labels) else []
+        ncol = min(len(order), 5)
+        nrow = -(-len(order) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.6 * nrow), squeeze=False)
+        for ax in axes.flat[len(order):]:
+            ax.set_visible(False)
+        for ax, layer in zip(axes.flat, order):
+            im = ax.imshow(np.asarray(kept[layer]), vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+            for b in bounds:
+                ax.axhline(b, color="k", lw=0.3)
+                ax.axvline(b, color="k", lw=0.3)
+            ax.set_title(f"{model} layer {layer} ({stage})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="cosine of centred features")
+        from ..data.files import save_figure
+
+        save_figure(fig, path)
+        return path
+
     @staticmethod
     def _figure(plt, rows, metrics, x, log):
         """One panel per metric (y label: the metric and its scale) and one legend for all panels, below them."""
@@ -355,13 +403,16 @@ def check_metrics(metrics) -> tuple:
 
 
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
-                 report: CollapseReport | None = None, predictions=None, spectra: int | None = None) -> CollapseReport:
+                 report: CollapseReport | None = None, predictions=None, spectra: int | None = None,
+                 grams: int | None = None) -> CollapseReport:
     """Report rows from per-layer stage features (``{stage: (n, p) array}``, one dict per layer: a list, or a generator
     that yields one layer at a time) and
     labels; rows are appended to ``report`` when given, and carry ``epoch`` when given. ``nc3`` is measured against
     each layer's least-squares readout, ``nc4`` against ``predictions`` (the model's; else that readout's) and
     ``linear_cka`` against the one-hot labels. ``spectra=k`` keeps the top k eigenvalues of every layer and stage's
-    feature covariance in ``meta["spectra"][model][stage][layer]`` (:meth:`CollapseReport.plot_spectra`)."""
+    feature covariance in ``meta["spectra"][model][stage][layer]`` (:meth:`CollapseReport.plot_spectra`); ``grams=k``
+    keeps every layer and stage's class-sorted cosine Gram matrix of k rows per class (:func:`class_gram`, the same
+    rows at every layer) in ``meta["grams"]`` (:meth:`CollapseReport.plot_grams`)."""
     metrics = check_metrics(metrics)
     y = np.asarray(y)
     new = report is None
@@ -372,6 +423,11 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
         if new:
             report.meta["depth"] = layer + 1
         for stage, feats in stages.items():
+            if grams:
+                G, rows_labels = class_gram(feats, y, per_class=grams)
+                store = report.meta.setdefault("grams", {}).setdefault(model_name, {}).setdefault(stage, {})
+                store[layer] = np.round(G, 4).tolist()
+                report.meta["gram_labels"] = [str(v) for v in rows_labels]
             spectrum = None  # one eigendecomposition for every spectrum metric of this stage
             if spectra:
                 spectrum = feature_spectrum(feats, y)
@@ -399,15 +455,18 @@ def _check_fitted(model) -> None:
 
 
 def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm",
-                    spectra: int | None = None) -> CollapseReport:
+                    spectra: int | None = None, grams: int | None = None) -> CollapseReport:
     """Collapse metrics of a fitted model with a ``layer_features(X)`` method (Deep RFM, :class:`TorchMLPClassifier`)
     on (X, y), per layer and stage (input / linear / nonlinear); ``spectra=k`` also keeps each layer's top k feature
-    eigenvalues for :meth:`CollapseReport.plot_spectra`."""
+    eigenvalues for :meth:`CollapseReport.plot_spectra`, ``grams=k`` each layer's Gram matrix of k rows per class
+    for :meth:`CollapseReport.plot_grams`."""
+    if grams is not None and (isinstance(grams, bool) or not isinstance(grams, int) or grams < 1):
+        raise ValueError(f"grams must be a positive int (rows per class), got {grams!r}")
     metrics = check_metrics(metrics)  # before the (possibly long) feature pass
     _check_fitted(model)
     predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None
     layers = model.iter_layer_features(X) if hasattr(model, "iter_layer_features") else model.layer_features(X)
     return stage_report(layers, y, metrics=metrics, model_name=model_name, predictions=predictions,
-                        spectra=spectra)
+                        spectra=spectra, grams=grams)
 
 

@@ -26,7 +26,7 @@ def effective_rank(eigvals) -> float:
 
 def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.05, bandwidth=2.0, device="auto",
                    seed=0, verbose=False, n_train=None, metrics=("nc1", "nc2"), data_home=None,
-                   spectra: int | None = None) -> CollapseReport:
+                   spectra: int | None = None, grams: int | None = None) -> CollapseReport:
     """Fit a Deep RFM on a named dataset and report its collapse metrics per layer and stage (test accuracy and fit
     time in ``meta``)."""
     from ..collapse import check_metrics
@@ -46,7 +46,7 @@ def collapse_study(dataset, *, depth, feature_map="cosine", width=None, sigma=0.
     model.fit(data.X_train, data.y_train)
     fit_s = time.perf_counter() - t0
     acc = model.score(data.X_test, data.y_test)
-    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics, spectra=spectra)
+    report = collapse_report(model, data.X_train, data.y_train, metrics=metrics, spectra=spectra, grams=grams)
     from .bench import environment
 
     report.meta.update({"dataset": dataset, "feature_map": feature_map, "test_accuracy": float(acc),

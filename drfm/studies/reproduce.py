@@ -19,9 +19,11 @@ Every layer's kernel machine learns its M on ``layer_sample_size`` random rows (
 template; the AGOP averages over ``agop_sample_size`` rows); the features, the collapse metrics and the final machine
 use all ``n_train`` rows. When every part of a seed is done they are merged into ``OUT/seed-S.json``. The summary
 (``OUT/summary.json``; seeds with only some parts done count for the models those parts hold): per model, layer and
-stage the mean and standard deviation over seeds of every metric, and test accuracy (mean +- std) per model; report.md
-the same as tables; figures: NC1 and NC2 against depth for every model (log scale, error bars over seeds) and the
-MLP's metrics against epochs.
+stage the mean and sample standard deviation (ddof 1, as the paper plots) over seeds of every metric, and test accuracy
+(mean +- std) per model; report.md the same as tables; figures: NC1 and NC2 against depth for every model (log scale,
+error bars over seeds) and the MLP's metrics against epochs (among them the paper's training panels, normalised as its
+code does: ``within_total_paper`` / ``between_total_paper``). Each also on the paper's NC1 scale (textbook / K):
+summary-paper.json, report-paper.md, depth-paper.png, epochs-paper.png.
 """
 from __future__ import annotations
 
@@ -42,7 +44,10 @@ logger = logging.getLogger("drfm")
 
 
 #: what the MLP's snapshots measure beside the study's metrics (the paper's training panels)
-PANEL_METRICS = ("within_share", "between_share")
+PANEL_METRICS = ("within_share", "between_share", "within_total_paper", "between_total_paper")
+#: summary scales: NC1 as drfm's metrics give it (tr S_W / tr S_B, S_W over the N samples), or the seed paper's (its
+#: code divides S_W by K N: the textbook value / K)
+SCALES = ("textbook", "paper")
 
 
 def _seed_file(out: Path, seed: int) -> Path:
@@ -125,10 +130,12 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
                                metrics=metrics, device=device, verbose=verbose, mlp_extra=mlp_extra)
             report.meta.setdefault("resources", {})[part] = {"seconds": time.perf_counter() - t0,
                                                              "peak_rss_gib_so_far": _peak_rss_gib()}
+            report.meta["n_classes"] = int(np.unique(data.y_train).size)  # (the paper's NC1 scale divides by it)
             report.to_json(path)  # atomic (drfm.data.files): a part is done once its file is complete
             logger.info("reproduce: seed %d part %s done in %.0f s", seed, part, time.perf_counter() - t0)
     for seed in todo:  # a seed whose parts are all done becomes one file
         _merge_parts(out / f"seed-{seed}", list(parts), seed).to_json(_seed_file(out, seed))
+    summarise(out, plot=True, scale="paper")  # (the paper's scale beside drfm's: *-paper.json / .md / .png)
     return summarise(out, plot=True)
 
 
@@ -181,9 +188,14 @@ def _run_part(part, fm, data, *, seed, depth, mlp_depth, epochs, measure_every, 
     return report
 
 
-def summarise(out, *, plot: bool = True) -> dict:
-    """Mean and standard deviation over the seed files in ``out`` (see the module text); writes summary.json,
-    report.md (the tables) and, with ``plot``, depth.png and epochs.png."""
+def summarise(out, *, plot: bool = True, scale: str = "textbook", n_classes: int | None = None) -> dict:
+    """Mean and sample standard deviation (ddof 1, as the paper's plots; None from one seed) over the seed files in
+    ``out`` (see the module text); writes summary.json, report.md (the tables) and, with ``plot``, depth.png and
+    epochs.png. ``scale='paper'``: NC1 on the seed paper's scale (divided by the number of classes: recorded by the
+    study, or ``n_classes`` for results that predate the record), in every table and figure, under suffixed names
+    (summary-paper.json, report-paper.md, depth-paper.png, epochs-paper.png) beside the textbook ones."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     out = Path(out)
     done = {f.stem: CollapseReport.from_json(f) for f in out.glob("seed-*.json")}
     for folder in out.glob("seed-*"):  # seeds still running: the parts they have finished
@@ -194,42 +206,63 @@ def summarise(out, *, plot: bool = True) -> dict:
         raise ValueError(f"no seed results in {out}")
     names = sorted(done, key=lambda k: int(k.split("-")[1]))
     reports = [done[k] for k in names]
+    divisor = 1.0
+    if scale == "paper":
+        recorded = {rep.meta.get("n_classes") for rep in reports} - {None}
+        if n_classes is None and len(recorded) != 1:
+            raise ValueError(f"scale='paper' needs the number of classes: the results in {str(out)!r} do not record "
+                             "it; pass n_classes (10 for MNIST and Fashion-MNIST)")
+        divisor = float(n_classes if n_classes is not None else recorded.pop())
     groups: dict = {}
     for rep in reports:
         for r in rep.rows:
             key = (r["model"], r.get("epoch"), r["layer"], r["stage"], r["metric"])
-            groups.setdefault(key, []).append(r["value"])
+            value = r["value"] / divisor if r["metric"] == "nc1" and r["value"] is not None else r["value"]
+            groups.setdefault(key, []).append(value)
     rows = [{"model": m, "epoch": e, "layer": layer, "stage": s, "metric": k, "mean": _stat(np.nanmean, v),
-             "std": _stat(np.nanstd, v), "n_seeds": int(np.sum(np.isfinite(v)))}
+             "std": _sample_std(v), "n_seeds": int(np.sum(np.isfinite(np.asarray(v, dtype=np.float64))))}
             for (m, e, layer, s, k), v in groups.items()]
     models = dict.fromkeys(m for rep in reports for m, v in rep.meta.items()
                            if isinstance(v, dict) and "test_accuracy" in v)
     acc = {m: [rep.meta[m]["test_accuracy"] for rep in reports if m in rep.meta] for m in models}
-    summary = {"seeds": names, "n_seeds": len(names),
-               "test_accuracy": {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)}
+    summary = {"seeds": names, "n_seeds": len(names), "scale": scale, "std": "sample (ddof 1) over seeds",
+               "test_accuracy": {m: {"mean": float(np.mean(v)), "std": _sample_std(v), "n_seeds": len(v)}
                                  for m, v in acc.items()},
                "resources": {k: rep.meta.get("resources", {}) for k, rep in zip(names, reports)},
                "rows": rows}
-    write_text(out / "summary.json", json.dumps(summary, indent=1), what="study summary")
-    write_text(out / "report.md", _markdown(summary), what="study report")
+    suffix = "" if scale == "textbook" else "-" + scale
+    write_text(out / f"summary{suffix}.json", json.dumps(summary, indent=1), what="study summary")
+    write_text(out / f"report{suffix}.md", _markdown(summary), what="study report")
     if plot:
-        _plot(rows, out)
+        _plot(rows, out, suffix=suffix, scale=scale)
     return summary
+
+
+def _sample_std(values):
+    """The sample standard deviation (ddof 1) of the finite values; None from fewer than two."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.std(v, ddof=1)) if v.size >= 2 else None
 
 
 def _fmt(row) -> str:
     if row is None or row["mean"] is None:
         return ""
-    return f"{row['mean']:.3g} +- {row['std']:.2g}"
+    return f"{row['mean']:.3g}" + ("" if row["std"] is None else f" +- {row['std']:.2g}")
 
 
 def _markdown(summary: dict) -> str:
     """The summary as tables: test accuracy and time per model; per model, NC1 and NC2 per layer and stage (the
     converged networks: rows without an epoch), mean +- std over seeds; the MLP's NFA correlations."""
+    scale = summary.get("scale", "textbook")
     lines = [f"# drfm reproduce: {summary['n_seeds']} seed(s) ({', '.join(summary['seeds'])})", "",
+             f"NC1 on the {scale} scale" + (" (the seed paper's: S_W divided by K N, the textbook value / K)"
+                                            if scale == "paper" else " (tr S_W / tr S_B, S_W over the N samples)")
+             + "; +- is the sample standard deviation over seeds (ddof 1).", "",
              "| model | test accuracy (mean +- std) | seeds |", "|---|---|---|"]
     for m, a in summary["test_accuracy"].items():
-        lines.append(f"| {m} | {a['mean']:.4f} +- {a['std']:.4f} | {a['n_seeds']} |")
+        std = "" if a["std"] is None else f" +- {a['std']:.4f}"
+        lines.append(f"| {m} | {a['mean']:.4f}{std} | {a['n_seeds']} |")
     parts = {}
     for res in summary["resources"].values():
         for part, r in res.items():
@@ -265,7 +298,7 @@ def _stat(fn, values):
     return float(fn(v)) if np.isfinite(v).any() else None
 
 
-def _plot(rows, out: Path):
+def _plot(rows, out: Path, *, suffix: str = "", scale: str = "textbook"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,16 +312,18 @@ def _plot(rows, out: Path):
             pts = sorted((r["layer"], r["mean"], r["std"]) for r in rows if r["epoch"] is None and r["model"] == model
                          and r["stage"] == stage and r["metric"] == metric and r["mean"] is not None)
             if pts:
-                L, m, s = map(np.array, zip(*pts))
+                L, m, s = (np.array(v, dtype=np.float64) for v in zip(*pts))
+                s = None if np.isnan(s).all() else np.nan_to_num(s)  # (std None: one seed)
                 ax.errorbar(L, np.maximum(m, 1e-300), yerr=s, marker="o", ms=3, capsize=2, label=f"{model} {stage}")
         ax.set_yscale("log")
         ax.set_xlabel("layer")
-        ax.set_ylabel(f"{metric} (log scale; mean +- std over seeds)")
+        on = f", {scale} scale" if metric == "nc1" else ""
+        ax.set_ylabel(f"{metric} (log{on}; mean +- sample std over seeds)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, out / "depth.png")
+    save_figure(fig, out / f"depth{suffix}.png")
     per_epoch = [r for r in rows if r["epoch"] is not None and r["model"] == "mlp"]
     if per_epoch:
         metrics = list(dict.fromkeys(r["metric"] for r in per_epoch))
@@ -314,4 +349,4 @@ def _plot(rows, out: Path):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
         fig.tight_layout()
-        save_figure(fig, out / "epochs.png")
+        save_figure(fig, out / f"epochs{suffix}.png")

@@ -110,3 +110,25 @@ def test_nrc3_matches_a_brute_force_scan_over_gamma():
 def test_bad_input_is_refused_naming_it(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_the_papers_training_panels_as_its_code_normalises_them():
+    """Against the paper code's definitions written out: Sigma_B over K (unweighted, about the mean of the class
+    means), Sigma_W and Sigma_T summed over the samples and divided by K N."""
+    from drfm.collapse import between_share, between_total_paper, within_share, within_total_paper
+
+    rng = np.random.default_rng(5)
+    K, N = 4, 400
+    y = np.arange(N) % K  # balanced
+    H = rng.standard_normal((N, 6)) + 2.0 * np.eye(K, 6)[y]
+    means = np.stack([H[y == c].mean(0) for c in range(K)])
+    mu_g = means.mean(0)
+    tr_b = sum(np.sum((means[c] - mu_g) ** 2) for c in range(K)) / K
+    tr_w = sum(np.sum((H[y == c] - means[c]) ** 2) for c in range(K)) / (K * N)
+    tr_t = sum(np.sum((H[y == c] - mu_g) ** 2) for c in range(K)) / (K * N)
+    assert within_total_paper(H, y) == pytest.approx(tr_w / tr_t, rel=1e-12)
+    assert between_total_paper(H, y) == pytest.approx(tr_b / tr_t, rel=1e-12)
+    # balanced classes: the within panel is drfm's share, the between panel K times its complement (not 1 - within)
+    assert within_total_paper(H, y) == pytest.approx(within_share(H, y), rel=1e-12)
+    assert between_total_paper(H, y) == pytest.approx(K * (1 - within_share(H, y)), rel=1e-12)
+    assert between_total_paper(H, y) != pytest.approx(between_share(H, y), rel=1e-3)

@@ -25,7 +25,17 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
                and r["stage"] == "linear" and r["metric"] == "nc1" and r["epoch"] is None)
     vals = [next(r["value"] for r in rep.rows if (r["model"], r["layer"], r["stage"], r["metric"]) ==
                  ("deep_rfm", 1, "linear", "nc1") and "epoch" not in r) for rep in reps]
-    assert row["mean"] == pytest.approx(np.mean(vals)) and row["std"] == pytest.approx(np.std(vals))
+    # the sample standard deviation (ddof 1), as the paper's plots
+    assert row["mean"] == pytest.approx(np.mean(vals)) and row["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert row["std"] != pytest.approx(np.std(vals))
+    # the paper's scale beside it: NC1 / K (digits: 10 classes, recorded), every other metric unchanged
+    paper = json.loads((out / "summary-paper.json").read_text())
+    prow = next(r for r in paper["rows"] if (r["model"], r["layer"], r["stage"], r["metric"], r["epoch"]) ==
+                ("deep_rfm", 1, "linear", "nc1", None))
+    assert reps[0].meta["n_classes"] == 10 and paper["scale"] == "paper"
+    assert prow["mean"] == pytest.approx(np.mean(vals) / 10) and prow["std"] == pytest.approx(np.std(vals, ddof=1) / 10)
+    other = lambda summ: [r for r in summ["rows"] if r["metric"] == "within_share"]  # noqa: E731
+    assert other(paper) == other(summary) and (out / "report-paper.md").exists() and (out / "depth-paper.png").exists()
     accs = [rep.meta["mlp"]["test_accuracy"] for rep in reps]
     assert summary["test_accuracy"]["mlp"]["mean"] == pytest.approx(np.mean(accs))
     # the paper's MLP training: readout init and Adam reset recorded in the seed's parameters
@@ -34,7 +44,8 @@ def test_reproduce_is_resumable_and_summarises_seeds(tmp_path):
     assert reps[0].meta["mlp"]["params"]["depth"] == 5 and reps[0].meta["deep_rfm"]["params"]["depth"] == 2
     assert any(r["metric"] == "train_loss" for r in reps[0].rows)
     panel = {r["metric"] for r in reps[0].rows if r["model"] == "mlp" and r.get("epoch") is not None}
-    assert {"within_share", "between_share", "nc1", "train_loss", "nfa_sqrt"} <= panel
+    assert {"within_share", "between_share", "within_total_paper", "between_total_paper", "nc1", "train_loss",
+            "nfa_sqrt"} <= panel
     # the ReLU variant and the kernel ridge baseline, each a part of the seed, summarised like the others
     assert {"deep_rfm_relu", "laplace_krr"} <= set(summary["test_accuracy"])
     assert any(r["model"] == "deep_rfm_relu" and r["stage"] == "nonlinear" for r in reps[0].rows)
@@ -80,6 +91,21 @@ def test_reproduce_resumes_within_a_seed(tmp_path, monkeypatch):
     assert (out / "seed-0.json").exists() and (out / "seed-1.json").exists()
     rep = CollapseReport.from_json(out / "seed-1.json")
     assert {"deep_rfm", "mlp", "deep_rfm_relu"} <= set(rep.meta) and rep.meta["seed"] == 1
+
+
+def test_summarise_needs_the_classes_for_the_papers_scale(tmp_path):
+    from drfm import reproduce as rp
+
+    rep = CollapseReport(meta={"mlp": {"test_accuracy": 0.9}})  # a seed file from before n_classes was recorded
+    rep.add(model="deep_rfm", layer=0, stage="input", metric="nc1", value=2.0, n_samples=10)
+    rep.to_json(tmp_path / "seed-0.json")
+    with pytest.raises(ValueError, match="n_classes"):
+        rp.summarise(tmp_path, plot=False, scale="paper")
+    with pytest.raises(ValueError, match="scale"):
+        rp.summarise(tmp_path, plot=False, scale="seed")
+    summary = rp.summarise(tmp_path, plot=False, scale="paper", n_classes=10)
+    assert summary["rows"][0]["mean"] == pytest.approx(0.2) and summary["rows"][0]["std"] is None  # (one seed)
+    assert summary["test_accuracy"]["mlp"]["std"] is None and "0.9000 |" in (tmp_path / "report-paper.md").read_text()
 
 
 def test_reproduce_rejects_bad_arguments_before_work(tmp_path, capsys):
