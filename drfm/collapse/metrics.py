@@ -435,6 +435,8 @@ def feature_spectrum(features, labels, *, top: int | None = None, centred: bool 
     H = np.asarray(features, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] < 2:
         raise ValueError(f"features must be (N >= 2, p), got shape {H.shape}")
+    if not np.isfinite(H).all():
+        raise ValueError("features contain NaN or infinity")
     classes, idx = np.unique(np.asarray(labels), return_inverse=True)
     if len(idx) != H.shape[0]:
         raise ValueError(f"labels has {len(idx)} entries for {H.shape[0]} feature rows")
