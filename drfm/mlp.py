@@ -378,9 +378,10 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         """Per Linear layer ``{"input", "linear", "nonlinear"}`` features, as in Deep RFM (see :func:`layer_features`)."""
         return layer_features(self, X)
 
-    def iter_layer_features(self, X):
-        """:meth:`layer_features` one layer at a time (see :func:`drfm.networks.analysis.iter_layer_features`)."""
-        return iter_layer_features(self, X)
+    def iter_layer_features(self, X, **kw):
+        """:meth:`layer_features` one layer at a time (see :func:`drfm.networks.analysis.iter_layer_features`; ``kw``:
+        ``agop_stage``, ``agop_sample_size``, ``generator``)."""
+        return iter_layer_features(self, X, **kw)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -15,7 +15,7 @@ __all__ = ["STAGES", "CollapseReport", "check_metrics", "collapse_report", "stag
 
 
 #: stage order in tables: Deep RFM / MLP layer stages, the final predictor, and the weight-level rows (NFA)
-STAGES = ("input", "linear", "nonlinear", "final", "weights")
+STAGES = ("input", "linear", "agop", "nonlinear", "final", "weights")
 
 
 @dataclass
@@ -154,7 +154,8 @@ class CollapseReport:
         """One paragraph: how much ``metric`` fell across depth and which stage carried the reduction."""
         parts = []
         for mdl in sorted({r["model"] for r in self.rows}):
-            rows = [r for r in self.values(metric, model=mdl) if "epoch" not in r]
+            # (the AGOP-projected stage is a side view of a layer's input, not a step on the model's path)
+            rows = [r for r in self.values(metric, model=mdl) if "epoch" not in r and r["stage"] != "agop"]
             if not rows:
                 continue
             first = min(rows, key=lambda r: (r["layer"], STAGES.index(r["stage"])))
@@ -354,7 +355,8 @@ class CollapseReport:
 
 #: a model's line style and marker (models told apart by style; stages by colour, the same in every figure)
 _MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
-_STAGE_COLOURS = {"input": "tab:blue", "linear": "tab:orange", "nonlinear": "tab:green", "final": "tab:purple",
+_STAGE_COLOURS = {"input": "tab:blue", "linear": "tab:orange", "agop": "tab:brown", "nonlinear": "tab:green",
+                  "final": "tab:purple",
                   "weights": "tab:red"}
 
 
@@ -369,7 +371,7 @@ def _line_styles(rows, x, plt):
                             "marker": by_model[key[0]][1]}
     layers = sorted({r["layer"] for r in rows})
     cmap = plt.get_cmap("viridis")
-    markers = {st: mk for st, mk in zip(STAGES, "o^sDv")}
+    markers = {st: mk for st, mk in zip(STAGES, "o^xsDv")}
     return lambda key: {"color": cmap(layers.index(key[1]) / max(len(layers) - 1, 1)), "ls": by_model[key[0]][0],
                         "marker": markers.get(key[2], "o")}
 

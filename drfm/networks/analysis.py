@@ -11,6 +11,9 @@ For a layer ``h_{l+1} = act(W_l h_l + b_l)`` with ``W_l = U S V^T`` three stages
     "linear"     S V^T h_l      (the right singular structure; the rotation U changes no trace ratio, so NC1 of this
                                   stage equals NC1 of W_l h_l)
     "nonlinear"  act(W_l h_l + b_l)   (absent for a Linear layer with no activation after it, e.g. the output layer)
+    "agop"       AGOP_l^{1/2} h_l     (asked for: ``agop_stage=True``; the seed paper's network analysis: the features
+                                       mapped by the square root of the network's AGOP with respect to h_l -- by the
+                                       NFA, close to the linear stage where W_l^T W_l tracks AGOP_l^{1/2})
 
 exactly as ``X_l``, ``X_l M_l^{1/2}`` and ``Phi_l(...)`` in Deep RFM, so the rows of both models concatenate in one
 :class:`~drfm.collapse.CollapseReport`.
@@ -193,20 +196,27 @@ def _split_block(block: _Block, mods, h: torch.Tensor):
     return lin, out
 
 
-def layer_features(model, X, *, batch_size: int = 4096) -> list[dict]:
+def layer_features(model, X, *, batch_size: int = 4096, agop_stage: bool = False,
+                   agop_sample_size: int | None = 1000, generator: torch.Generator | None = None) -> list[dict]:
     """Per Linear layer: ``{"input": h_l, "linear": S V^T h_l (as rows h_l V S), "nonlinear": act(W h_l + b)}``
     as float64 numpy arrays (``"nonlinear"`` only where an activation follows the layer).
 
     ``model``: a ``torch.nn.Sequential`` (``X`` in its input space) or a fitted model with ``network_view`` (e.g. a
     TorchMLPClassifier: ``X`` are the raw features, its standardisation is applied). All layers at once: for many
-    rows and layers :func:`iter_layer_features` holds one layer at a time.
+    rows and layers :func:`iter_layer_features` holds one layer at a time. ``agop_stage=True`` adds ``"agop"``:
+    ``h_l AGOP_l^{1/2}`` (rows), the AGOP over ``agop_sample_size`` random rows (None: all; drawn with ``generator``).
     """
-    return list(iter_layer_features(model, X, batch_size=batch_size))
+    return list(iter_layer_features(model, X, batch_size=batch_size, agop_stage=agop_stage,
+                                    agop_sample_size=agop_sample_size, generator=generator))
 
 
-def iter_layer_features(model, X, *, batch_size: int = 4096):
+def iter_layer_features(model, X, *, batch_size: int = 4096, agop_stage: bool = False,
+                        agop_sample_size: int | None = 1000, generator: torch.Generator | None = None):
     """:func:`layer_features` one layer at a time (a generator): only the current layer's stages and its output are
     held, so a report over many layers and rows needs one layer's memory."""
+    if agop_stage:
+        _check_sample_size(agop_sample_size)
+    raw = X
     net, X, _ = network_view(model, X)
     blocks = layer_blocks(net)
     x = _input_tensor(net, X)
@@ -228,16 +238,24 @@ def iter_layer_features(model, X, *, batch_size: int = 4096):
                 if blk.has_activation:
                     st["nonlinear"].append(out.double().cpu())
                 h[i] = out
-        yield {k: torch.cat(v).numpy() for k, v in st.items() if v}
+        stages = {k: torch.cat(v).numpy() for k, v in st.items() if v}
+        if agop_stage:
+            agop = network_agop(model, raw, blk.index, sample_size=agop_sample_size, generator=generator)
+            stages["agop"] = stages["input"] @ psd_sqrt(agop)
+        yield stages
 
 
 def mlp_collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "mlp", epoch: int | None = None,
-                        report: CollapseReport | None = None) -> CollapseReport:
-    """Collapse metrics per Linear layer and stage (input / linear = S V^T h / nonlinear), rows as in Deep RFM's
-    :func:`~drfm.collapse.collapse_report`; with ``epoch`` every row carries it (training dynamics)."""
+                        report: CollapseReport | None = None, agop_stage: bool = False,
+                        agop_sample_size: int | None = 1000, generator: torch.Generator | None = None
+                        ) -> CollapseReport:
+    """Collapse metrics per Linear layer and stage (input / linear = S V^T h / nonlinear, and with ``agop_stage``
+    the AGOP-projected h AGOP^{1/2}), rows as in Deep RFM's :func:`~drfm.collapse.collapse_report`; with ``epoch``
+    every row carries it (training dynamics)."""
     metrics = check_metrics(metrics)  # before the feature pass
-    return stage_report(iter_layer_features(model, X), y, metrics=metrics, model_name=model_name, epoch=epoch,
-                        report=report)
+    return stage_report(iter_layer_features(model, X, agop_stage=agop_stage, agop_sample_size=agop_sample_size,
+                                            generator=generator),
+                        y, metrics=metrics, model_name=model_name, epoch=epoch, report=report)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
