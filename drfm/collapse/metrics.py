@@ -646,17 +646,27 @@ LAYER_METRICS = ("nc3", "nc3_uniform", "nc4", "linear_cka")
 
 
 # ---- neural regression collapse (Andriopoulos et al. 2024) --------------------------------------------------------
+def _matrix(a, name: str, *, vector_as: str = "column") -> np.ndarray:
+    """``a`` as a finite float64 2-D array (a vector as one column, or one row with ``vector_as='row'``)."""
+    A = np.asarray(a, dtype=np.float64)
+    if A.ndim == 1:
+        A = A.reshape(-1, 1) if vector_as == "column" else A.reshape(1, -1)
+    if A.ndim != 2:
+        raise ValueError(f"{name} must be a vector or a 2-D array, got shape {np.shape(a)}")
+    if not np.isfinite(A).all():
+        raise ValueError(f"{name} contain NaN or infinity")
+    return A
+
+
 def _regression_inputs(features, targets):
     H = np.asarray(features, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] < 2:
         raise ValueError(f"features must be a 2-D array (N >= 2, p), got shape {H.shape}")
-    Y = np.asarray(targets, dtype=np.float64)
-    Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
-    if Y.ndim != 2 or Y.shape[0] != H.shape[0]:
+    H = _matrix(H, "features")
+    Y = _matrix(targets, "targets")
+    if Y.shape[0] != H.shape[0]:
         raise ValueError(f"targets must have the features' {H.shape[0]} rows (a vector or (N, n)), got shape "
                          f"{np.shape(targets)}")
-    if not (np.isfinite(H).all() and np.isfinite(Y).all()):
-        raise ValueError("features or targets contain NaN or infinity")
     return H, Y
 
 
@@ -689,13 +699,12 @@ def nrc2(features, weights) -> float:
     """NRC2 (self-duality): the mean squared distance of the centred, normalised features to the span of the rows of
     the last layer's weights ``weights`` (n, p). 0: the features lie in the readout's row space."""
     H = np.asarray(features, dtype=np.float64)
-    W = np.asarray(weights, dtype=np.float64)
-    W = W.reshape(1, -1) if W.ndim == 1 else W
-    if H.ndim != 2 or W.ndim != 2 or W.shape[1] != H.shape[1]:
-        raise ValueError(f"weights must be (n, p) with the features' p = {H.shape[1] if H.ndim == 2 else '?'} "
-                         f"columns, got shape {np.shape(weights)}")
-    if not (np.isfinite(H).all() and np.isfinite(W).all()):
-        raise ValueError("features or weights contain NaN or infinity")
+    if H.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (N, p), got shape {H.shape}")
+    H, W = _matrix(H, "features"), _matrix(weights, "weights", vector_as="row")
+    if W.shape[1] != H.shape[1]:
+        raise ValueError(f"weights must be (n, p) with the features' p = {H.shape[1]} columns, got shape "
+                         f"{np.shape(weights)}")
     return _residual_share(_normalised_centred(H), W.T)
 
 
@@ -707,15 +716,10 @@ def nrc3(weights, targets, *, gamma: float | None = None) -> float:
     for uncorrelated targets of equal variance, 0 means orthogonal rows of equal norm."""
     from scipy.optimize import minimize_scalar
 
-    W = np.asarray(weights, dtype=np.float64)
-    W = W.reshape(1, -1) if W.ndim == 1 else W
-    Y = np.asarray(targets, dtype=np.float64)
-    Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
-    if W.ndim != 2 or Y.ndim != 2 or Y.shape[1] != W.shape[0] or Y.shape[0] < 2:
+    W, Y = _matrix(weights, "weights", vector_as="row"), _matrix(targets, "targets")
+    if Y.shape[1] != W.shape[0] or Y.shape[0] < 2:
         raise ValueError(f"weights (n, p) and targets (N >= 2, n) must share n; got shapes {np.shape(weights)} and "
                          f"{np.shape(targets)}")
-    if not (np.isfinite(W).all() and np.isfinite(Y).all()):
-        raise ValueError("weights or targets contain NaN or infinity")
     G = W @ W.T
     g_norm = np.linalg.norm(G)
     if g_norm == 0:

@@ -404,6 +404,11 @@ def check_metrics(metrics) -> tuple:
     return metrics
 
 
+def _check_grams(grams) -> None:
+    if grams is not None and (isinstance(grams, bool) or not isinstance(grams, int) or grams < 1):
+        raise ValueError(f"grams must be a positive int (rows per class), got {grams!r}")
+
+
 def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch: int | None = None,
                  report: CollapseReport | None = None, predictions=None, spectra: int | None = None,
                  grams: int | None = None) -> CollapseReport:
@@ -416,6 +421,7 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
     keeps every layer and stage's class-sorted cosine Gram matrix of k rows per class (:func:`class_gram`, the same
     rows at every layer) in ``meta["grams"]`` (:meth:`CollapseReport.plot_grams`)."""
     metrics = check_metrics(metrics)
+    _check_grams(grams)
     y = np.asarray(y)
     new = report is None
     if new:
@@ -462,8 +468,7 @@ def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "d
     on (X, y), per layer and stage (input / linear / nonlinear); ``spectra=k`` also keeps each layer's top k feature
     eigenvalues for :meth:`CollapseReport.plot_spectra`, ``grams=k`` each layer's Gram matrix of k rows per class
     for :meth:`CollapseReport.plot_grams`."""
-    if grams is not None and (isinstance(grams, bool) or not isinstance(grams, int) or grams < 1):
-        raise ValueError(f"grams must be a positive int (rows per class), got {grams!r}")
+    _check_grams(grams)
     metrics = check_metrics(metrics)  # before the (possibly long) feature pass
     _check_fitted(model)
     predictions = model.predict(X) if "nc4" in metrics and hasattr(model, "predict") else None

@@ -266,6 +266,12 @@ def _schedule(iters: int, has_subset: bool, final_solve: bool, all_cold: bool):
         yield "all", False
 
 
+def same_ridge_per_row(reg: float, rows_chosen_on: int, n: int) -> float:
+    """A ridge chosen on ``rows_chosen_on`` rows, for a solve on ``n``: the same ridge per row (the exact and the
+    m-centre systems both weigh ``reg ||f||^2`` against a sum of squares over their rows: lambda = reg / rows)."""
+    return reg * n / rows_chosen_on
+
+
 def _plan_reg(p) -> float:
     """The ridge a solve is planned with: ``reg``, or REG_START for reg='auto'."""
     return REG_START if p.reg == "auto" else float(p.reg)
@@ -636,8 +642,8 @@ class _Loop:
         return out, {"reg": path.reg, **path.record(), "reg_seconds": 0.0 if t0 is None else time.perf_counter() - t0}
 
     def _carried_reg(self, n: int) -> float:
-        """The last chosen ridge for a solve on ``n`` rows: the same ridge per row (reg / rows)."""
-        return self.reg_chosen * n / self.reg_rows
+        """The last chosen ridge for a solve on ``n`` rows (:func:`same_ridge_per_row`)."""
+        return same_ridge_per_row(self.reg_chosen, self.reg_rows, n)
 
     def _loo_on_rows(self, r: _Rows, pts, kern, k: int) -> RidgePath:
         """The exact leave-one-out path on ``k`` random rows of the phase (every rank the same rows and path)."""
@@ -925,8 +931,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     refit_plans = None
     if refit_follows:
         kept_reg = history[best_t]["reg"]
-        if p.reg == "auto":  # a chosen ridge is carried at the same ridge per row (reg / rows; _Loop._carried_reg)
-            kept_reg = kept_reg * n / history[best_t]["n_rows"]
+        if p.reg == "auto":  # a chosen ridge is carried at the same ridge per row
+            kept_reg = same_ridge_per_row(kept_reg, history[best_t]["n_rows"], n)
         rp, refit_plans = _refit_plans(n, p, best_bandwidth, kept_reg, plan_args)
         kept_solver = history[best_t]["solver"]
         if (refit_plans["all"].solver.centres and kept_solver != Solver.NYSTROM

@@ -52,6 +52,9 @@ def test_grams_in_a_report_use_the_same_rows_at_every_layer_and_plot(tmp_path):
         CollapseReport().plot_grams(tmp_path / "x.png")
     with pytest.raises(ValueError, match="per_class"):
         class_gram(H, y, per_class=0)
+    for bad in (0, 2.5, True, "a"):
+        with pytest.raises(ValueError, match="grams"):
+            stage_report(layers, y, metrics=("nc1",), model_name="m", grams=bad)
 
 
 def test_collapse_command_writes_the_gram_figure(tmp_path):
