@@ -61,9 +61,13 @@ def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch):
         # weights ~ d^(p-2) grow faster than 1/d^2 near 0: the floored terms' round-off (weight x eps) would show,
         # so they are masked (d2 = inf gives weight 0) at one more pass over the tile
         d2.masked_fill_(d2 < floor.unsqueeze(1), float("inf"))
-    else:
+        return kernel.gradient_weights(d2, scratch)
+    cap = kernel.d2_cap(d2.dtype)
+    if cap is None or not cap < torch.finfo(d2.dtype).max:
         torch.maximum(d2, floor.unsqueeze(1), out=d2)
-    return kernel.gradient_weights(d2, scratch)
+    else:  # the floor and the exponent's cap (kernels.laplace.exp_floor) in one pass
+        torch.clamp(d2, min=floor.unsqueeze(1), max=d2.new_tensor(cap), out=d2)
+    return kernel.gradient_weights(d2, scratch, capped=True)
 
 
 def _in_factor_space(sqrt_m) -> bool:

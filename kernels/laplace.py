@@ -12,7 +12,22 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["apply_sqrt_m", "sq_norms", "sq_distances", "laplace_kernel", "laplace_kernel_transformed", "rounding_shift"]
+__all__ = ["apply_sqrt_m", "sq_norms", "sq_distances", "laplace_kernel", "laplace_kernel_transformed", "rounding_shift",
+           "exp_floor"]
+
+
+def exp_floor(dtype: torch.dtype) -> float:
+    """The most negative argument every kernel's ``exp`` is given in ``dtype``: -707 in float64, -87 otherwise.
+
+    torch's CPU ``exp`` leaves its vectorised path wherever the result is subnormal or zero (measured with torch 2.13 on
+    AVX-512, one thread: float32 0.17 ns per value down to -87.33, 35 ns below it, 14 ns where the result is 0; float64
+    0.4 ns down to -707.5, 9-140 ns below). Far pairs in a learned metric reach those arguments: every kernel value is
+    therefore computed as ``exp(max(t, floor))``, which changes a value below ``e^floor`` (1.6e-38 in float32, 9e-308
+    in float64; k(x, x) = 1) by less than ``e^floor`` -- below the round-off of any sum with a term of order one -- and
+    keeps every kernel value normal and positive. The clamp rides on a pass the kernels make anyway (the distances'
+    clamp at 0).
+    """
+    return -707.0 if dtype == torch.float64 else -87.0
 
 
 def apply_sqrt_m(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
@@ -51,8 +66,9 @@ def sq_distances(
     x_sq: torch.Tensor | None = None,
     z_sq: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    cap: float | None = None,
 ) -> torch.Tensor:
-    """Squared Euclidean distances ``||x_i - z_j||^2`` by one GEMM, clamped at 0.
+    """Squared Euclidean distances ``||x_i - z_j||^2`` by one GEMM, clamped at 0 (and at ``cap`` when given).
 
     Parameters
     ----------
@@ -61,6 +77,7 @@ def sq_distances(
     x_sq, z_sq : optional (n,) and (m,) precomputed squared row norms.
     out : optional (n, m) tensor to write into (saves an allocation in blocked loops).
         When ``x`` and ``z`` are row ranges of one matrix, the self-distances are set to exactly 0.
+    cap : optional upper clamp, in the same pass as the clamp at 0 (the kernels' :func:`exp_floor`).
 
     Returns
     -------
@@ -78,7 +95,10 @@ def sq_distances(
     diag = _shared_diagonal(x, z)
     if d2.dtype in _REFINED:
         _refine_small(d2, x, z, x_sq, z_sq, diag)
-    d2.clamp_min_(0.0)
+    if cap is None or not cap < torch.finfo(d2.dtype).max:  # (a cap beyond the dtype's range clamps nothing)
+        d2.clamp_min_(0.0)
+    else:
+        d2.clamp_(0.0, cap)
     if diag is not None:
         # self-distances are exactly 0; the GEMM formula leaves round-off of order eps * ||x||^2 there
         d2.diagonal(diag).zero_()
@@ -96,6 +116,8 @@ SMALL_DISTANCE_FACTOR = 1024.0
 _REFINED = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # workspace of the direct recomputation, in elements (bounded: a tile with many close pairs is done in pieces)
 _REFINE_CHUNK = 2**18
+# columns per run whose minimum is looked at first (see _refine_small)
+_REFINE_RUN = 32
 
 
 def _shared_diagonal(x: torch.Tensor, z: torch.Tensor) -> int | None:
@@ -116,24 +138,47 @@ def _shared_diagonal(x: torch.Tensor, z: torch.Tensor) -> int | None:
 
 
 def _refine_small(d2, x, z, x_sq, z_sq, diag: int | None) -> None:
-    """Recompute in place the entries of ``d2`` below the GEMM formula's round-off floor (see SMALL_DISTANCE_FACTOR)."""
+    """Recompute in place the entries of ``d2`` below the GEMM formula's round-off floor (see SMALL_DISTANCE_FACTOR).
+
+    Found by the minimum of each run of ``_REFINE_RUN`` columns of a row (one reduction over the tile) and a look at
+    the runs that hold one: a tile of many rows each near some of many columns (dense low-dimensional data against
+    m centres: 95% of the rows, 0.2% of the entries) costs ~20% of the tile's time instead of ~100% when every
+    flagged row was scanned (measured: 131 x 8000 float32 tiles, r = 4, one thread: 0.55 ms against 2.4 ms).
+    """
     eps = torch.finfo(d2.dtype).eps
     tau = SMALL_DISTANCE_FACTOR * eps * (float(x_sq.max()) + float(z_sq.max()))
     if diag is not None:
         d2.diagonal(diag).fill_(float("inf"))  # set to exactly 0 by the caller; not a near pair to look for
-    row_min = d2.amin(1)
-    if not float(row_min.min()) < tau:  # the common case: one pass over the tile finds nothing to refine
+    n, m = d2.shape
+    B = _REFINE_RUN if d2.stride(1) == 1 else max(m, 1)  # runs are views of a row only where its columns are adjacent
+    full = m // B * B
+    run_min = d2[:, :full].unflatten(1, (m // B, B)).amin(2) if full else None
+    tail_min = d2[:, full:].amin(1) if full < m else None
+    found = [float(t.min()) < tau for t in (run_min, tail_min) if t is not None]
+    if not any(found):  # the common case: one pass over the tile finds nothing to refine
         return
-    rows = (row_min < tau).nonzero().squeeze(1)
-    step = max(1, _REFINE_CHUNK // d2.shape[1])  # rows of the mask at a time
     per = max(1, _REFINE_CHUNK // max(1, x.shape[1]))  # entries recomputed at a time
-    for a in range(0, rows.numel(), step):
-        r = rows[a : a + step]
-        ri, cj = (d2.index_select(0, r) < tau).nonzero(as_tuple=True)
-        ri = r[ri]
+
+    def recompute(ri, cj):
         for b in range(0, ri.numel(), per):
             i, j = ri[b : b + per], cj[b : b + per]
             d2[i, j] = (x[i] - z[j]).square_().sum(1)
+
+    if run_min is not None:
+        runs = d2[:, :full].unflatten(1, (m // B, B))
+        hits = (run_min < tau).nonzero()
+        step = max(1, _REFINE_CHUNK // B)  # runs looked at a time
+        for a in range(0, hits.shape[0], step):
+            h = hits[a : a + step]
+            k, o = (runs[h[:, 0], h[:, 1]] < tau).nonzero(as_tuple=True)  # (the runs copied whole: B adjacent values)
+            recompute(h[k, 0], h[k, 1] * B + o)
+    if tail_min is not None:
+        rows = (tail_min < tau).nonzero().squeeze(1)
+        step = max(1, _REFINE_CHUNK // max(1, m - full))
+        for a in range(0, rows.numel(), step):
+            r = rows[a : a + step]
+            ri, cj = (d2[:, full:].index_select(0, r) < tau).nonzero(as_tuple=True)
+            recompute(r[ri], cj + full)
 
 
 def laplace_kernel_transformed(
@@ -149,8 +194,11 @@ def laplace_kernel_transformed(
 
     All elementwise work happens in place on the (n, m) result (optionally ``out``).
     """
-    k = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out)
-    return k.sqrt_().mul_(-1.0 / float(bandwidth)).exp_()
+    L = float(bandwidth)
+    # distances capped at -exp_floor * L: the exponent stays >= exp_floor (see exp_floor)
+    cap = (-exp_floor(xr.dtype) * L) ** 2 if L < 1e150 else None
+    k = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=cap)
+    return k.sqrt_().mul_(-1.0 / L).exp_()
 
 
 def laplace_kernel(
