@@ -119,6 +119,63 @@ def test_refinement_handles_many_close_pairs_in_pieces(monkeypatch):
     np.testing.assert_allclose(d2[small], ref[small], rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.parametrize("m", [96, 101, 7])  # whole runs of columns, runs and a tail, a tail only
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_refinement_finds_near_pairs_in_runs_and_tail(m, layout, monkeypatch):
+    """The near-pair search reads run minima (and the columns past the last whole run; every column of a row when
+    the tile's columns are not adjacent in memory): every pair below the threshold is recomputed wherever it lies."""
+    import kernels.laplace as lap
+
+    monkeypatch.setattr(lap, "_REFINE_CHUNK", 64)  # several looks at the runs and rows
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(m, 3, generator=g, dtype=torch.float64) * 0.3 + 30.0
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64) * 0.3 + 30.0
+    cols = torch.arange(0, 40) * 13 % m  # near copies of centres spread over the runs and the tail
+    x[::2] = z[cols[::2]] + 1e-6 * torch.randn(20, 3, generator=g, dtype=torch.float64)
+    xf, zf = x.float(), z.float()
+    ref = cdist(xf.double().numpy(), zf.double().numpy(), "sqeuclidean")
+    out = torch.empty(40, m) if layout == "rows" else torch.empty(m, 40).T  # columns: not adjacent in memory
+    d2 = sq_distances(xf, zf, out=out).double().numpy()
+    small = ref < 1e-4
+    assert small.sum() >= 20
+    assert set(np.nonzero(small)[1]) >= set(cols[::2].tolist())
+    np.testing.assert_allclose(d2[small], ref[small], rtol=1e-4, atol=1e-12)
+    # without the refinement the same pairs are off by the formula's round-off (the test can fail)
+    monkeypatch.setattr(lap, "_refine_small", lambda *a, **k: None)
+    rough = sq_distances(xf, zf).double().numpy()
+    assert np.abs(rough[small] - ref[small]).max() > 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["laplace", "gaussian", "laplace_exp", "product_laplace"])
+def test_far_pairs_keep_exp_on_its_fast_range(name, dtype):
+    """Every exponent is floored at exp_floor (torch's CPU exp is 200x slower where its result is subnormal): far
+    pairs get e^floor instead of a subnormal or 0 -- within e^floor of the exact value -- and near pairs are exact."""
+    import math
+
+    from kernels.family import Kernel
+    from kernels.laplace import exp_floor
+
+    g = torch.Generator().manual_seed(2)
+    spread = 400.0 if dtype == torch.float32 else 1e5
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64) * spread
+    z = torch.cat([x[:5] + 1e-3, torch.randn(20, 4, generator=g, dtype=torch.float64) * spread])
+    kern = Kernel(name, 0.5, 0.7)
+    K = kern.matrix(x.to(dtype), z.to(dtype)).double()
+    dist = cdist(x.to(dtype).double().numpy(), z.to(dtype).double().numpy(),
+                 "cityblock" if name == "product_laplace" else "euclidean")
+    exact = np.exp(-dist**kern.power / kern.scale)
+    floor = math.exp(exp_floor(dtype))
+    assert float(K.min()) >= floor * (1 - 1e-5)  # never subnormal, never 0
+    assert (exact < floor).mean() > 0.5  # the case is about far pairs
+    np.testing.assert_allclose(K.numpy(), exact, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=floor * 1.001)
+    # the AGOP's gradient weights on the same pairs stay finite and tiny for the far ones
+    d2 = torch.as_tensor(dist**2, dtype=dtype).clamp_min(1e-6) if kern.radial else None
+    if d2 is not None:
+        w = kern.gradient_weights(d2.clone(), torch.empty_like(d2))
+        assert torch.isfinite(w).all() and float(w.min()) > 0
+
+
 def test_rounding_shift_centres_narrow_dtypes_only():
     from kernels.laplace import rounding_shift
 
