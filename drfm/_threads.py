@@ -7,16 +7,25 @@ and a stored-matrix CG fit 6x longer.
 
 ``n_threads``:
 
-* ``None`` (default): torch's current setting (by default the cores this process may use). The number of threads
-  changes the summation order of parallel reductions, so a fixed count keeps a fit with a fixed ``random_state``
-  bit-for-bit reproducible on a machine. When other processes kept the cores busy since the previous measurement
+* ``'auto'`` (default): the cores left idle by other processes (at least 1), measured when a fit starts from the CPU
+  counters since the previous measurement when that was between :data:`MIN_WINDOW_SECONDS` and
+  :data:`MAX_WINDOW_SECONDS` ago (free), otherwise over the next :data:`PROBE_SECONDS`; kept for the model's
+  predictions (``n_threads_``). On a quiet machine that is every usable core, torch's own default. Measured (issue
+  #29, ``drfm bench contention``, low-rank fit n = 10 240, d = 100, 2-core CPU,
+  ``benchmarks/results/2026-12-07-contention-cpu2core.jsonl``): alone 23.5 s ('auto') against 23.8 s (torch's 2
+  threads); beside one process spinning on a core 44.3 s against 122-151 s; beside two 66 s against 63-77 s.
+* ``None``: torch's current setting. When other processes kept the cores busy since the previous measurement
   (:func:`busy_cores`, free: two reads of /proc counters), a warning is logged (logger ``drfm``) naming
   ``n_threads='auto'`` and ``n_threads=1``.
-* ``'auto'``: the cores left idle by other processes (at least 1), measured from the CPU counters since the previous
-  measurement (or over :data:`PROBE_SECONDS` when that was too recent), kept for the model's predictions
-  (``n_threads_``). Fast on shared machines; results may differ in the last
-  bits between runs that measured different counts.
 * an int >= 1: exactly that many.
+
+Reproducibility: the thread count changes the summation order of parallel reductions, so a fit with a fixed
+``random_state`` is bit-for-bit reproducible on a machine under a fixed count (an int, or ``None`` with a fixed torch
+setting); under ``'auto'`` runs that measured different counts agree to the solvers' tolerance, not to the bit
+(measured on the fit above: R^2 0.99899246 with 2 threads and 0.99899256 with 1; predictions differ by 7e-5 on average,
+outputs of order 1). The environment variable ``DRFM_THREADS`` (an int,
+``auto`` or ``none``) replaces the default for every estimator whose ``n_threads`` is ``'auto'``: e.g.
+``DRFM_THREADS=2`` for bit-for-bit reproducible runs without code changes (the test suite sets ``none``).
 
 The limit applies to torch's intra-op threads and, through ``threadpoolctl``, to the BLAS / OpenMP pools numpy and
 scikit-learn use; both are restored when the call returns.
@@ -32,12 +41,18 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["PROBE_SECONDS", "busy_cores", "resolve_threads", "thread_limit", "with_threads"]
+__all__ = ["DEFAULT", "PROBE_SECONDS", "busy_cores", "resolve_threads", "thread_limit", "with_threads"]
 
 logger = logging.getLogger("drfm")
 
-#: how long the idle cores are measured for (n_threads='auto', and the contention check of the default)
+#: the estimators' default n_threads
+DEFAULT = "auto"
+
+#: how long the idle cores are measured for (n_threads='auto', and the contention check of n_threads=None)
 PROBE_SECONDS = 0.1
+
+#: the environment variable that replaces the default 'auto' (an int, 'auto' or 'none')
+ENV_VAR = "DRFM_THREADS"
 
 # set while an estimator method runs under its thread count: a nested estimator call (Deep RFM's final machine, a
 # study's models) with n_threads=None keeps the count it finds instead of measuring again
@@ -82,6 +97,9 @@ def _own_jiffies() -> int | None:
 
 #: the shortest window the recorded CPU counters are compared over (below it the measurement is noise)
 MIN_WINDOW_SECONDS = 0.05
+#: the longest: a window reaching further back would average in load that has ended (a test's processes, an earlier
+#: job) -- 'auto' then measures afresh over PROBE_SECONDS
+MAX_WINDOW_SECONDS = 2.0
 
 
 def _snapshot():
@@ -99,10 +117,11 @@ WARN_EVERY_SECONDS = 60.0
 _WARNED_AT = -float("inf")
 
 
-def busy_cores(seconds: float = PROBE_SECONDS, *, wait: bool = True) -> float | None:
+def busy_cores(seconds: float = PROBE_SECONDS, *, wait: bool = True, max_window: float | None = None) -> float | None:
     """How many of this process's cores other processes kept busy: over the time since the previous measurement (or
-    drfm's import) when that is at least MIN_WINDOW_SECONDS -- free, no waiting --, otherwise (with ``wait``) over
-    the next ``seconds``. None where /proc cannot be read, or without a window and without ``wait``."""
+    drfm's import) when that is at least MIN_WINDOW_SECONDS (and at most ``max_window`` seconds, when given) -- free,
+    no waiting --, otherwise (with ``wait``) over the next ``seconds``. None where /proc cannot be read, or without a
+    window and without ``wait``."""
     global _LAST
 
     def complete(snap):  # every counter read
@@ -112,7 +131,8 @@ def busy_cores(seconds: float = PROBE_SECONDS, *, wait: bool = True) -> float | 
     _LAST = now
     if not complete(now):
         return None
-    if not complete(prev) or now[0] - prev[0] < MIN_WINDOW_SECONDS:
+    stale = max_window is not None and complete(prev) and now[0] - prev[0] > max_window
+    if not complete(prev) or now[0] - prev[0] < MIN_WINDOW_SECONDS or stale:
         if not wait:
             return None
         time.sleep(seconds)
@@ -127,8 +147,30 @@ def busy_cores(seconds: float = PROBE_SECONDS, *, wait: bool = True) -> float | 
     return max(0.0, busy / (b[1] - a[1]) * cores)
 
 
-def resolve_threads(n_threads, owner: str, *, probe: bool = True) -> int:
-    """The thread count of one call: see the module text. ``probe=False`` skips the measurement (predictions)."""
+def default_setting():
+    """What the default n_threads means here: ``DRFM_THREADS`` when set (an int, 'auto' or 'none'), else 'auto'."""
+    raw = os.environ.get(ENV_VAR, "").strip().lower()
+    if not raw:
+        return DEFAULT
+    if raw == "none":
+        return None
+    if raw == "auto":
+        return "auto"
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"the environment variable {ENV_VAR}={os.environ[ENV_VAR]!r} must be a positive number of "
+                         "threads, 'auto' or 'none'")
+    return n
+
+
+def resolve_threads(n_threads, owner: str, *, probe: bool = True, explicit: bool = True) -> int:
+    """The thread count of one call: see the module text. ``probe=False`` skips the measurement (predictions);
+    ``explicit=False``: ``n_threads`` is the estimator's default, which ``DRFM_THREADS`` replaces."""
+    if not explicit:
+        n_threads = default_setting()
     current = torch.get_num_threads()
     if n_threads is None:
         if probe and current > 1:
@@ -143,7 +185,7 @@ def resolve_threads(n_threads, owner: str, *, probe: bool = True) -> int:
         return current
     if n_threads == "auto":
         cores = usable_cores()
-        busy = busy_cores() if probe else None
+        busy = busy_cores(max_window=MAX_WINDOW_SECONDS) if probe else None
         return max(1, cores - int(round(busy))) if busy is not None else cores
     return int(n_threads)
 
@@ -181,14 +223,15 @@ def with_threads(method):
 
             validate_params(self)  # n_threads (and every other parameter) checked before it is used
         setting = getattr(self, "n_threads", None)
-        if setting is None and _ACTIVE.get():
-            n = torch.get_num_threads()
+        explicit = setting != DEFAULT  # the default is what DRFM_THREADS replaces
+        if setting in (None, DEFAULT) and _ACTIVE.get():
+            n = torch.get_num_threads()  # inside another drfm call (a study's models, Deep RFM's final machine)
         elif is_fit:
-            n = resolve_threads(setting, type(self).__name__)
-        elif setting == "auto" and hasattr(self, "n_threads_"):
+            n = resolve_threads(setting, type(self).__name__, explicit=explicit)
+        elif setting == DEFAULT and hasattr(self, "n_threads_"):
             n = self.n_threads_
         else:
-            n = resolve_threads(setting, type(self).__name__, probe=False)
+            n = resolve_threads(setting, type(self).__name__, probe=False, explicit=explicit)
         token = _ACTIVE.set(True)
         try:
             with thread_limit(n):

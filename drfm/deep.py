@@ -131,7 +131,7 @@ class _BaseDeepRFM(TransformerMixin, BaseEstimator):
         device="auto",
         dtype="float32",
         memory_budget=None,
-        n_threads=None,
+        n_threads="auto",
         distributed=False,
         distributed_timeout=DEFAULT_TIMEOUT_S,
         random_state=None,

@@ -136,7 +136,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                  loss="mse", lr=5e-5, epochs=250,
                  batch_size=128, measure_every=None, measure_metrics=("nc1", "nc2"), agop_sample_size=1000,
                  module=None, backbone=None, image_shape=None, standardize=False, device="auto", dtype="float32",
-                 n_threads=None, random_state=None, verbose=False):
+                 n_threads="auto", random_state=None, verbose=False):
         self.depth = depth
         self.width = width
         self.init_gain = init_gain

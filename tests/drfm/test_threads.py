@@ -64,6 +64,7 @@ def test_limit_is_restored_when_the_call_raises(two_threads):
 
 def test_auto_uses_the_idle_cores_and_keeps_them_for_predictions(monkeypatch, two_threads):
     X, y = _data()
+    monkeypatch.delenv("DRFM_THREADS", raising=False)  # (the suite's setting replaces 'auto')
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 1.2)
     model = RFMClassifier(iters=1, n_threads="auto").fit(X, y > 0)
@@ -148,3 +149,43 @@ def test_busy_cores_sees_a_spinning_process():
     finally:
         spin.kill()
         spin.wait()
+
+
+def test_default_is_auto_and_drfm_threads_replaces_it(monkeypatch, two_threads):
+    """The estimators' default is 'auto' (the idle cores); DRFM_THREADS replaces that default only, and a bad value
+    is a clear error naming the variable."""
+    X, y = _data()
+    assert RFMRegressor().n_threads == "auto" and DeepRFMClassifier().n_threads == "auto"
+    assert TorchMLPClassifier().n_threads == "auto"
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 1.2)
+    monkeypatch.delenv("DRFM_THREADS", raising=False)
+    assert RFMRegressor(iters=0).fit(X, y).n_threads_ == 1  # one core busy: one thread
+    monkeypatch.setenv("DRFM_THREADS", "none")  # torch's count, as n_threads=None
+    assert RFMRegressor(iters=0).fit(X, y).n_threads_ == 2
+    monkeypatch.setenv("DRFM_THREADS", "1")
+    model = RFMRegressor(iters=0).fit(X, y)
+    assert model.n_threads_ == 1
+    assert RFMRegressor(iters=0, n_threads=2).fit(X, y).n_threads_ == 2  # an explicit count is kept
+    monkeypatch.setenv("DRFM_THREADS", "auto")
+    assert RFMRegressor(iters=0).fit(X, y).n_threads_ == 1
+    monkeypatch.setenv("DRFM_THREADS", "lots")
+    with pytest.raises(ValueError, match="DRFM_THREADS"):
+        RFMRegressor(iters=0).fit(X, y)
+
+
+def test_auto_measures_afresh_after_a_stale_window(monkeypatch):
+    """'auto' reads the counters since the previous measurement only when that was recent (<= MAX_WINDOW_SECONDS):
+    older load (a finished job) must not decide the count; it probes instead."""
+    slept = []
+    monkeypatch.setattr(threads.time, "sleep", lambda s: slept.append(s))
+    clock = iter([100.0, 103.0, 103.1, 200.0, 200.5])
+    snap = lambda: (next(clock), 2, (10, 100), 0)  # noqa: E731
+    monkeypatch.setattr(threads, "_snapshot", snap)
+    monkeypatch.setattr(threads, "_LAST", None)
+    threads._LAST = snap()  # t = 100
+    threads.busy_cores(max_window=threads.MAX_WINDOW_SECONDS)  # t = 103: 3 s since: stale, probes
+    assert slept == [threads.PROBE_SECONDS]
+    threads._LAST = snap()  # t = 200
+    threads.busy_cores(max_window=threads.MAX_WINDOW_SECONDS)  # t = 200.5: recent, free
+    assert slept == [threads.PROBE_SECONDS]
