@@ -63,12 +63,21 @@ def register(add) -> None:
 
 
 def cmd_fit(args) -> dict:
-    from .._params import plain_params
-    from ..data.io import check_output_path, training_data
-    from ..data.models import save_model
+    from ..data.io import check_output_path
 
     check_output_path(args.save, "--save")  # before the data are read and the model is fitted
     rank, world, rank_device = _init_distributed(args.device)
+    try:
+        return _fit_and_score(args, rank, world, rank_device)
+    finally:
+        _close_distributed(world)
+
+
+def _fit_and_score(args, rank, world, rank_device) -> dict:
+    from .._params import plain_params
+    from ..data.io import training_data
+    from ..data.models import save_model
+
     data = training_data(dataset=args.dataset, X=args.X, y=args.y, data=args.data, target=args.target,
                          task=args.task, test_size=args.test_size, n_train=args.n_train, seed=args.seed,
                          data_home=args.data_home, shard=(rank, world) if world > 1 else None, header=args.header)
@@ -142,6 +151,17 @@ def _init_distributed(device) -> tuple[int, int, str | None]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if gpu else "gloo", timeout=DEFAULT_TIMEOUT)
     return dist.get_rank(), dist.get_world_size(), f"cuda:{local}" if gpu else None
+
+def _close_distributed(world: int) -> None:
+    """Under torchrun: tear the process group down before the process exits (a gloo group left to the interpreter's
+    exit can abort the rank: 'terminate called without an active exception', seen once in CI)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
 
 def _train_score(model, X, y, task, world) -> tuple[float, int]:
     """The training score over every rank's rows (predictions gathered), and the number of training rows."""
