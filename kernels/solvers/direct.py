@@ -52,7 +52,9 @@ def solve_direct(
     Y2 = Y.unsqueeze(1) if squeeze else Y
     if Y2.shape[0] != K.shape[0]:
         raise ValueError(f"Y has {Y2.shape[0]} rows but K is {K.shape[0]} x {K.shape[0]}")
-    if not bool(torch.isfinite(K).all()):
+    # one reduction (a NaN or an infinity anywhere makes the sum non-finite) before the elementwise check that
+    # confirms it: 1 ms against 44 ms for a 3600 x 3600 float32 K, measured (a ridge walk runs ~20 direct solves)
+    if not bool(torch.isfinite(K.sum())) and not bool(torch.isfinite(K).all()):
         raise ValueError("K has non-finite entries (NaN or infinity): the kernel matrix cannot be factorised; check "
                          "the inputs and the bandwidth for overflow")
     work = K if overwrite_k else K.clone()
