@@ -236,10 +236,11 @@ def with_threads(method):
         try:
             with thread_limit(n):
                 out = method(self, *args, **kwargs)
+                used = torch.get_num_threads()  # (a distributed fit's ranks agree on the smallest count)
         finally:
             _ACTIVE.reset(token)
         if is_fit:
-            self.n_threads_ = n
+            self.n_threads_ = used
         return out
 
     return wrapper

@@ -77,6 +77,11 @@ def runtime_for(estimator, owner: str, comm) -> Runtime:
             hosts = [h for h, _ in comm.peers]
             budget //= hosts.count(hosts[comm.rank])
         budget = comm.min_int(budget)
+        # one thread count on every rank: each rank solves the replicated systems (the m-centre factors, CG's
+        # vectors) itself, and counts that differ round them differently -- a stopping decision taken one step apart
+        # would leave the ranks in different collectives. n_threads='auto' measures each rank's idle cores, so the
+        # ranks take the smallest (torch's intra-op count, set inside the estimator's thread limit, restored after)
+        torch.set_num_threads(comm.min_int(torch.get_num_threads()))
     return Runtime(device, resolve_dtype(estimator.dtype), budget, gen, owner, comm)
 
 

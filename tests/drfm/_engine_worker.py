@@ -117,6 +117,11 @@ def fault(world, rank, mode, out):
         RFMRegressor(**{**kw, "dtype": "float32"}).fit(Xr, y[rows])
     elif mode == "params":
         RFMRegressor(**{**kw, "iters": 1 + rank}).fit(X[rows], y[rows])
+    elif mode == "threads":  # the default n_threads resolved to another count on each rank (1 and 2)
+        os.environ["DRFM_THREADS"] = str(1 + rank)
+        model = RFMRegressor(**{**kw, "dtype": "float32", "solver": "cg"}).fit(X[rows], y[rows])
+        torch.save({"ok": True, "n_threads": model.n_threads_}, out)
+        return
     elif mode in ("kill", "pause"):
         X, y = lowrank(6000, seed=6)
         rows = slice(rank * 3000, rank * 3000 + 3000)

@@ -83,6 +83,15 @@ def test_a_disagreement_between_ranks_is_one_clear_error_on_every_rank(mode, mes
         assert "EnforceNotMet" not in err and "gloo" not in err.lower().split("valueerror")[-1]
 
 
+def test_ranks_fit_under_one_thread_count(tmp_path):
+    """n_threads='auto' measures each rank's idle cores; ranks solving their replicated systems under different
+    counts could round a stopping decision apart, so the ranks agree on the smallest count."""
+    results, outs = launch(WORKER, 2, "threads", tmp_path, deadline=120)
+    for rank, (rc, err) in enumerate(results):
+        assert rc == 0, f"rank {rank}: {err[-2000:]}"
+    assert [torch.load(o)["n_threads"] for o in outs] == [1, 1]
+
+
 @pytest.mark.parametrize("how", ["kill", "pause"])
 def test_a_rank_that_dies_or_is_paused_stops_the_other_within_the_timeout(how, tmp_path):
     procs, outs = start(WORKER, 2, how, tmp_path)
