@@ -63,7 +63,7 @@ def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch):
         d2.masked_fill_(d2 < floor.unsqueeze(1), float("inf"))
         return kernel.gradient_weights(d2, scratch)
     cap = kernel.d2_cap(d2.dtype)
-    if cap is None or not cap < torch.finfo(d2.dtype).max:
+    if cap is None:
         torch.maximum(d2, floor.unsqueeze(1), out=d2)
     else:  # the floor and the exponent's cap (kernels.laplace.exp_floor) in one pass
         torch.clamp(d2, min=floor.unsqueeze(1), max=d2.new_tensor(cap), out=d2)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .laplace import exp_floor, laplace_kernel_transformed, sq_distances
+from .laplace import distance_cap, exp_floor, laplace_kernel_transformed, sq_distances
 
 __all__ = ["KERNELS", "Kernel", "as_kernel", "l1_distances"]
 
@@ -121,9 +121,8 @@ class Kernel:
         ``x_sq`` / ``z_sq`` are the rows' squared norms (used by the radial kernels' GEMM distances). All elementwise
         work happens in place on the (n, m) result.
         """
-        floor = exp_floor(xr.dtype)  # every exponent >= floor (see kernels.laplace.exp_floor)
-        if not self.radial:
-            return l1_distances(xr, zr, out=out).mul_(-1.0 / self.bandwidth).clamp_min_(floor).exp_()
+        if not self.radial:  # (every exponent >= exp_floor, see kernels.laplace.exp_floor)
+            return l1_distances(xr, zr, out=out).mul_(-1.0 / self.bandwidth).clamp_min_(exp_floor(xr.dtype)).exp_()
         p = self.power
         if p == 1.0:  # the Laplace kernel (and laplace_exp with p = 1)
             return laplace_kernel_transformed(xr, zr, bandwidth=self.scale, x_sq=x_sq, z_sq=z_sq, out=out)
@@ -134,14 +133,9 @@ class Kernel:
 
     def d2_cap(self, dtype: torch.dtype) -> float | None:
         """The squared distance beyond which a radial kernel's exponent ``-d2^(p/2) / s`` falls below
-        :func:`~kernels.laplace.exp_floor` of ``dtype`` (None where that is not a finite number): capping d2 there
-        keeps ``exp`` on its fast path. (``gradient_weights(capped=True)``: the caller capped d2 already.)"""
-        floor = exp_floor(dtype)
-        try:
-            cap = (-floor * self.scale) ** (2.0 / self.power)
-        except OverflowError:
-            return None
-        return cap if math.isfinite(cap) else None
+        :func:`~kernels.laplace.exp_floor` of ``dtype`` (None where that lies beyond the dtype's range): capping d2
+        there keeps ``exp`` on its fast path. (``gradient_weights(capped=True)``: the caller capped d2 already.)"""
+        return distance_cap(dtype, self.scale, self.power)
 
     def gradient_weights(self, d2: torch.Tensor, scratch: torch.Tensor, *, capped: bool = False) -> torch.Tensor:
         """For a radial kernel, ``d2^(p/2 - 1) k`` from squared distances ``d2`` (floored away from 0 by the caller),
@@ -149,7 +143,7 @@ class Kernel:
         ``w`` of the module text (the constant is applied once per gradient block, not per tile entry)."""
         p, s = self.power, self.scale
         cap = None if capped else self.d2_cap(d2.dtype)
-        if cap is not None and cap < torch.finfo(d2.dtype).max:  # exponents >= exp_floor (see kernels.laplace.exp_floor); the weights change by < e^floor
+        if cap is not None:  # exponents >= exp_floor (kernels.laplace.exp_floor): the weights change by < e^floor
             d2.clamp_max_(cap)
         if p == 1.0:  # the Laplace kernel: k / d
             dist = d2.sqrt_()

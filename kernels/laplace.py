@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["apply_sqrt_m", "sq_norms", "sq_distances", "laplace_kernel", "laplace_kernel_transformed", "rounding_shift",
-           "exp_floor"]
+           "exp_floor", "distance_cap"]
 
 
 def exp_floor(dtype: torch.dtype) -> float:
@@ -28,6 +28,16 @@ def exp_floor(dtype: torch.dtype) -> float:
     clamp at 0).
     """
     return -707.0 if dtype == torch.float64 else -87.0
+
+
+def distance_cap(dtype: torch.dtype, scale: float, power: float = 1.0) -> float | None:
+    """The squared distance beyond which ``exp(-d2^(p/2) / s)`` has its exponent below :func:`exp_floor`: the cap of
+    the distances' clamp; None where it lies beyond the dtype's range (it would clamp nothing)."""
+    try:
+        cap = (-exp_floor(dtype) * scale) ** (2.0 / power)
+    except OverflowError:
+        return None
+    return cap if cap < torch.finfo(dtype).max else None
 
 
 def apply_sqrt_m(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
@@ -95,6 +105,8 @@ def sq_distances(
     diag = _shared_diagonal(x, z)
     if d2.dtype in _REFINED:
         _refine_small(d2, x, z, x_sq, z_sq, diag)
+    if cap is not None and not cap >= 0:
+        raise ValueError(f"cap must be a number >= 0, got {cap!r}")
     if cap is None or not cap < torch.finfo(d2.dtype).max:  # (a cap beyond the dtype's range clamps nothing)
         d2.clamp_min_(0.0)
     else:
@@ -151,10 +163,11 @@ def _refine_small(d2, x, z, x_sq, z_sq, diag: int | None) -> None:
     tau = SMALL_DISTANCE_FACTOR * eps * (float(x_sq.max()) + float(z_sq.max()))
     if diag is not None:
         d2.diagonal(diag).fill_(float("inf"))  # set to exactly 0 by the caller; not a near pair to look for
-    n, m = d2.shape
+    m = d2.shape[1]
     B = _REFINE_RUN if d2.stride(1) == 1 else max(m, 1)  # runs are views of a row only where its columns are adjacent
     full = m // B * B
-    run_min = d2[:, :full].unflatten(1, (m // B, B)).amin(2) if full else None
+    runs = d2[:, :full].unflatten(1, (m // B, B)) if full else None
+    run_min = runs.amin(2) if full else None
     tail_min = d2[:, full:].amin(1) if full < m else None
     found = [float(t.min()) < tau for t in (run_min, tail_min) if t is not None]
     if not any(found):  # the common case: one pass over the tile finds nothing to refine
@@ -167,7 +180,6 @@ def _refine_small(d2, x, z, x_sq, z_sq, diag: int | None) -> None:
             d2[i, j] = (x[i] - z[j]).square_().sum(1)
 
     if run_min is not None:
-        runs = d2[:, :full].unflatten(1, (m // B, B))
         hits = (run_min < tau).nonzero()
         step = max(1, _REFINE_CHUNK // B)  # runs looked at a time
         for a in range(0, hits.shape[0], step):
@@ -198,8 +210,7 @@ def laplace_kernel_transformed(
     """
     L = float(bandwidth)
     # distances capped at -exp_floor * L: the exponent stays >= exp_floor (see exp_floor)
-    cap = (-exp_floor(xr.dtype) * L) ** 2 if L < 1e150 else None
-    k = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=cap)
+    k = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=distance_cap(xr.dtype, L))
     return k.sqrt_().mul_(-1.0 / L).exp_()
 
 

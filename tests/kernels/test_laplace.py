@@ -190,3 +190,16 @@ def test_rounding_shift_centres_narrow_dtypes_only():
     xs = x.float() - s
     shifted = laplace_kernel(xs, xs[:20], bandwidth=3.0).double().numpy()
     assert np.abs(shifted - ref).max() < np.abs(plain - ref).max() / 10
+
+
+def test_distance_cap_and_a_bad_cap():
+    """The clamp's cap: the squared distance whose exponent is exp_floor, None beyond the dtype's range; a negative
+    cap is a clear error."""
+    from kernels.laplace import distance_cap, exp_floor
+
+    assert distance_cap(torch.float32, 2.0) == pytest.approx((87.0 * 2.0) ** 2)
+    assert distance_cap(torch.float64, 3.0, 2.0) == pytest.approx(707.0 * 3.0)
+    assert distance_cap(torch.float32, 1e18) is None and distance_cap(torch.float64, 1e200) is None
+    assert exp_floor(torch.float32) == -87.0
+    with pytest.raises(ValueError, match="cap must be"):
+        sq_distances(torch.ones(2, 2), torch.zeros(3, 2), cap=-1.0)
