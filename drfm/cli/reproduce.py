@@ -33,6 +33,10 @@ def register(add) -> None:
                     help="the paper's CNN variant: a torchvision ResNet-18 / VGG-11 in front of the MLP, trained with "
                          "it; the MLP head's layers are analysed (needs torchvision; image sets only)")
     sp.add_argument("--sigma", type=float, default=0.05, help="cosine feature scale (default 0.05)")
+    sp.add_argument("--subset-study", type=int, nargs="+", metavar="SIZE",
+                    help="instead of the study: seed 0's Deep RFM (the first feature map) once per layer sample size "
+                         "(0: every row), NC1 / NC2 on all rows and split into each layer's fitted and unfitted rows; "
+                         "OUT/subset-SIZE.json per size (resumable), OUT/subset.md")
     metrics_arg(sp)
     common(sp)
     sp.set_defaults(func=cmd_reproduce, show=show_reproduce)
@@ -50,6 +54,8 @@ def cmd_reproduce(args) -> dict:
     if len(set(args.feature_maps)) != len(args.feature_maps):
         raise UsageError(f"--feature-maps names a map twice: {' '.join(args.feature_maps)}")
     check_metrics(args.metrics)  # before any data are read or models trained
+    if args.subset_study is not None:
+        return _subset(args)
     summary = reproduce(args.dataset, args.out, seeds=tuple(range(args.seeds)), depth=args.depth,
                         mlp_depth=args.mlp_depth,
                         n_train=args.n_train, epochs=args.epochs, measure_every=args.measure_every,
@@ -59,7 +65,22 @@ def cmd_reproduce(args) -> dict:
                         data_home=args.data_home, device=args.device, verbose=args.verbose)
     return {"out": args.out, "n_seeds": summary["n_seeds"], "test_accuracy": summary["test_accuracy"]}
 
+def _subset(args) -> dict:
+    from ..studies.reproduce import subset_study
+
+    if min(args.subset_study) < 0:
+        raise UsageError("--subset-study sizes must be >= 0 (0: every training row)")
+    summary = subset_study(args.dataset, args.out, sizes=tuple(s or None for s in args.subset_study),
+                           depth=args.depth, n_train=args.n_train, feature_map=args.feature_maps[0], sigma=args.sigma,
+                           agop_sample_size=args.agop_sample_size, metrics=tuple(args.metrics),
+                           data_home=args.data_home, device=args.device, verbose=args.verbose)
+    return {"out": args.out, "subset": {m: v["test_accuracy"] for m, v in summary["runs"].items()}}
+
+
 def show_reproduce(res: dict) -> str:
+    if "subset" in res:
+        return "\n".join([f"subset study in {res['out']} (subset.md, subset.json, subset-SIZE.json)"] + [
+            f"  {m:<16} test accuracy {a:.4f}" for m, a in res["subset"].items()])
     acc = res["test_accuracy"]
     return "\n".join([f"{res['n_seeds']} seed(s) in {res['out']} (summary.json, report.md, depth.png, epochs.png; "
                       "the paper's NC1 scale: the same names with -paper)"] + [

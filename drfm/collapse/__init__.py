@@ -9,11 +9,11 @@ network analysis (:func:`drfm.networks.analysis.sparsity_report`) and is reachab
 """
 from .metrics import *  # noqa: F401,F403
 from .metrics import __all__ as _metrics_all
-from .report import STAGES, CollapseReport, check_metrics, collapse_report, stage_report
+from .report import STAGES, CollapseReport, check_metrics, collapse_report, fit_rows_report, stage_report
 from .stream import STREAM_METRICS, CollapseAccumulator
 
 __all__ = [*_metrics_all, "STAGES", "STREAM_METRICS", "CollapseAccumulator", "CollapseReport", "check_metrics",
-           "collapse_report", "sparsity_report", "stage_report"]
+           "collapse_report", "fit_rows_report", "sparsity_report", "stage_report"]
 
 
 def __getattr__(name):

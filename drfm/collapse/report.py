@@ -11,7 +11,7 @@ import numpy as np
 from .metrics import (LAYER_METRICS, METRICS, MIN_NET_LOG10, _FROM_SPECTRUM, _layer_metric, class_gram,
                       feature_spectrum)
 
-__all__ = ["STAGES", "CollapseReport", "check_metrics", "collapse_report", "stage_report"]
+__all__ = ["STAGES", "CollapseReport", "check_metrics", "collapse_report", "fit_rows_report", "stage_report"]
 
 
 #: stage order in tables: Deep RFM / MLP layer stages, the final predictor, and the weight-level rows (NFA)
@@ -442,15 +442,21 @@ def stage_report(features, y, *, metrics=("nc1", "nc2"), model_name: str, epoch:
                 store = report.meta.setdefault("spectra", {}).setdefault(model_name, {}).setdefault(stage, {})
                 store[layer] = [float(v) for v in spectrum["eigenvalues"][: int(spectra)]]
                 report.meta["n_classes"] = spectrum["n_classes"]
-            for m in metrics:
-                if m in _FROM_SPECTRUM:
-                    spectrum = spectrum or feature_spectrum(feats, y)
-                    value = _FROM_SPECTRUM[m](spectrum)
-                else:
-                    value = METRICS[m](feats, y) if m in METRICS else _layer_metric(m, feats, y, predictions)
-                report.add(model=model_name, layer=layer, stage=stage, metric=m, value=value, n_samples=len(y),
-                           **extra)
+            _add_stage(report, feats, y, metrics, predictions, spectrum, model=model_name, layer=layer, stage=stage,
+                       **extra)
     return report
+
+
+def _add_stage(report, feats, y, metrics, predictions, spectrum=None, **key) -> None:
+    """Rows of one layer and stage's metrics (``key``: model, layer, stage and any extra fields); ``spectrum``: the
+    features' eigendecomposition when already computed (one for every spectrum metric)."""
+    for m in metrics:
+        if m in _FROM_SPECTRUM:
+            spectrum = spectrum or feature_spectrum(feats, y)
+            value = _FROM_SPECTRUM[m](spectrum)
+        else:
+            value = METRICS[m](feats, y) if m in METRICS else _layer_metric(m, feats, y, predictions)
+        report.add(metric=m, value=value, n_samples=len(y), **key)
 
 
 def _check_fitted(model) -> None:
@@ -477,3 +483,47 @@ def collapse_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "d
                         spectra=spectra, grams=grams)
 
 
+
+
+def fit_rows_report(model, X, y, *, metrics=("nc1", "nc2"), model_name: str = "deep_rfm") -> CollapseReport:
+    """A Deep RFM's collapse metrics split by the rows each layer learned its M on: per layer and stage (input /
+    linear / nonlinear), the metrics over that layer's fitted rows (its kernel machine's ``iter_rows``, drawn with
+    ``layer__iter_sample_size``; every layer draws its own) under the model name ``model_name + '/fitted'``, and over
+    the other rows under ``model_name + '/unfitted'`` (each row also carries ``rows``: 'fitted' / 'unfitted' and
+    ``n_samples``). Whether a collapse measured on all rows holds on the rows M never saw is what this separates.
+
+    ``X``, ``y`` must be the training rows in the order given to ``fit`` (``iter_rows`` index them). Layers that
+    learned M on every row (fewer rows than the sample size) add no rows; a model whose layers all did is refused."""
+    metrics = check_metrics(metrics)
+    _check_fitted(model)
+    layers = getattr(model, "layers_", None)
+    if layers is None or not hasattr(model, "iter_layer_features"):
+        raise TypeError(f"fit_rows_report needs a fitted Deep RFM (layers_ with each layer's fitted rows), got "
+                        f"{type(model).__name__}")
+    fitted = [layer.extra.get("iter_rows") for layer in layers]
+    if all(rows is None for rows in fitted):
+        raise ValueError("every layer learned its M on all training rows: no unfitted rows to compare; fit with "
+                         "layer__iter_sample_size below the number of training rows")
+    y = np.asarray(y)
+    n = len(y)
+    if len(X) != n:
+        raise ValueError(f"X has {len(X)} rows and y {n}")
+    top = max(int(np.max(rows)) for rows in fitted if rows is not None and len(rows))
+    if top >= n:
+        raise ValueError(f"X has {n} rows, but the layers' fitted rows index up to row {top}: pass the training rows "
+                         "in the order given to fit")
+    predictions = np.asarray(model.predict(X)) if "nc4" in metrics else None
+    report = CollapseReport(meta={"model": model_name, "depth": len(layers), "n_samples": n,
+                                  "fit_rows": [None if rows is None else len(rows) for rows in fitted]})
+    for layer, (stages, rows) in enumerate(zip(model.iter_layer_features(X), fitted)):
+        if rows is None:
+            continue
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        for part, sel in (("fitted", mask), ("unfitted", ~mask)):
+            if not sel.any():
+                continue
+            for stage, feats in stages.items():
+                _add_stage(report, feats[sel], y[sel], metrics, None if predictions is None else predictions[sel],
+                           model=f"{model_name}/{part}", layer=layer, stage=stage, rows=part)
+    return report

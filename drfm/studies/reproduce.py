@@ -38,7 +38,7 @@ import numpy as np
 from ..collapse import CollapseReport
 from ..data.files import save_figure, write_text
 
-__all__ = ["reproduce", "summarise"]
+__all__ = ["reproduce", "subset_study", "summarise"]
 
 logger = logging.getLogger("drfm")
 
@@ -63,16 +63,16 @@ def _peak_rss_gib() -> float:
 SETTINGS_FILE = "settings.json"
 
 
-def _agree_settings(out: Path, settings: dict) -> None:
+def _agree_settings(out: Path, settings: dict, name: str = SETTINGS_FILE) -> None:
     """A resumed study continues only with the settings it was started with (the number of seeds may grow):
     ``ValueError`` naming every differing setting when ``out`` records others; the settings are recorded when the
     folder has none (a new study, or one started before the record existed)."""
-    path = out / SETTINGS_FILE
+    path = out / name
     if path.is_file():
         try:
             recorded = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"the study folder {str(out)!r} has an unreadable {SETTINGS_FILE} ({exc}); remove it "
+            raise ValueError(f"the study folder {str(out)!r} has an unreadable {name} ({exc}); remove it "
                              "only if every result in the folder was made with the settings you are giving") from None
         settings = json.loads(json.dumps(settings))  # tuples as lists, as they were recorded
         differ = [f"{k} {recorded.get(k)!r} there, {v!r} now" for k, v in settings.items() if recorded.get(k) != v]
@@ -137,6 +137,92 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
         _merge_parts(out / f"seed-{seed}", list(parts), seed).to_json(_seed_file(out, seed))
     summarise(out, plot=True, scale="paper")  # (the paper's scale beside drfm's: *-paper.json / .md / .png)
     return summarise(out, plot=True)
+
+
+def _size_name(size) -> str:
+    return "all" if size is None else str(int(size))
+
+
+def subset_study(dataset: str, out, *, sizes=(20000, None), seed: int = 0, depth: int = 20,
+                 n_train: int | None = 50000, feature_map: str = "cosine", sigma: float = 0.05,
+                 agop_sample_size: int = 20000, metrics=("nc1", "nc2"), data_home=None, device="auto",
+                 verbose=False) -> dict:
+    """Does learning each layer's M on a subset of the rows explain the collapse measured on all of them? One seed's
+    Deep RFM (the study's: ``depth`` layers, ``feature_map``, bandwidth 2, one AGOP step, ridge 1e-3) fitted once per
+    layer sample size in ``sizes`` (None: every row), each into ``OUT/subset-SIZE.json`` (resumable per size): the
+    collapse rows on all training rows (model ``deep_rfm_SIZE``) and, where the layers fitted a subset, the same split
+    into each layer's fitted and unfitted rows (:func:`drfm.collapse.fit_rows_report`: ``deep_rfm_SIZE/fitted``,
+    ``/unfitted``), test accuracy, fit time and peak RSS. ``OUT/subset.md`` / ``subset.json``: per size and layer, the
+    linear stage's metrics on all / fitted / unfitted rows side by side."""
+    from ..collapse import collapse_report, fit_rows_report
+    from ..data.datasets import load
+    from ..deep import DeepRFMClassifier
+    from ..rfm import RFMRegressor
+
+    sizes = tuple(None if s in (None, 0) else int(s) for s in sizes)
+    if not sizes or any(s is not None and s < 1 for s in sizes):
+        raise ValueError(f"sizes must be positive row counts or None (every row), got {sizes!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _agree_settings(out, {"dataset": dataset, "seed": seed, "depth": depth, "n_train": n_train,
+                          "feature_map": feature_map, "sigma": sigma, "agop_sample_size": agop_sample_size,
+                          "metrics": list(metrics)}, name="settings-subset.json")
+    for size in sizes:
+        path = out / f"subset-{_size_name(size)}.json"
+        if path.exists():
+            continue
+        data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
+        name = f"deep_rfm_{_size_name(size)}"
+        layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=size, agop_sample_size=agop_sample_size,
+                             reg=1e-3)
+        t0 = time.perf_counter()
+        model = DeepRFMClassifier(depth, feature_map=feature_map, sigma=sigma, layer=layer, device=device,
+                                  random_state=seed, verbose=verbose).fit(data.X_train, data.y_train)
+        fit_s = time.perf_counter() - t0
+        report = collapse_report(model, data.X_train, data.y_train, metrics=metrics, model_name=name)
+        if any(lay.extra.get("iter_rows") is not None for lay in model.layers_):
+            report = report + fit_rows_report(model, data.X_train, data.y_train, metrics=metrics, model_name=name)
+        report.meta = {name: {"test_accuracy": float(model.score(data.X_test, data.y_test)), "fit_seconds": fit_s,
+                              "layer_sample_size": size, "n_train": len(data.y_train), "seed": seed,
+                              "seconds": time.perf_counter() - t0, "peak_rss_gib_so_far": _peak_rss_gib()}}
+        report.to_json(path)
+        logger.info("subset study: layer sample size %s done in %.0f s", _size_name(size), time.perf_counter() - t0)
+    return summarise_subsets(out)
+
+
+def summarise_subsets(out) -> dict:
+    """subset.json and subset.md from the ``subset-*.json`` files in ``out`` (see :func:`subset_study`)."""
+    out = Path(out)
+    files = sorted(out.glob("subset-*.json"), key=lambda f: (f.stem == "subset-all", f.stem))
+    if not files:
+        raise ValueError(f"no subset results in {out}")
+    runs, table = {}, []
+    for f in files:
+        rep = CollapseReport.from_json(f)
+        name = next(k for k, v in rep.meta.items() if isinstance(v, dict) and "test_accuracy" in v)
+        runs[name] = rep.meta[name]
+        by = {}
+        for r in rep.rows:
+            if r["stage"] == "linear" and "epoch" not in r:
+                part = r.get("rows", "all")
+                by.setdefault(r["layer"], {}).setdefault(r["metric"], {})[part] = r["value"]
+        for layer in sorted(by):
+            table.append({"model": name, "layer": layer, **{f"{m}_{part}": v for m, parts in by[layer].items()
+                                                            for part, v in parts.items()}})
+    summary = {"runs": runs, "linear_stage": table}
+    write_text(out / "subset.json", json.dumps(summary, indent=1), what="subset study summary")
+    metrics = list(dict.fromkeys(k.rsplit("_", 1)[0] for row in table for k in row if k not in ("model", "layer")))
+    lines = ["# Each layer's M learned on a subset of the rows: the linear stage (X_l M_l^{1/2}) on all / fitted / "
+             "unfitted rows", "", "| model | test accuracy | fit s |", "| --- | --- | --- |"]
+    lines += [f"| {m} | {v['test_accuracy']:.4f} | {v['fit_seconds']:.0f} |" for m, v in runs.items()]
+    head = [f"{m} {part}" for m in metrics for part in ("all", "fitted", "unfitted")]
+    lines += ["", "| model | layer | " + " | ".join(head) + " |", "|" + " --- |" * (2 + len(head))]
+    for row in table:
+        cells = [row.get(f"{m}_{part}") for m in metrics for part in ("all", "fitted", "unfitted")]
+        lines.append(f"| {row['model']} | {row['layer']} | "
+                     + " | ".join("" if c is None else f"{c:.3g}" for c in cells) + " |")
+    write_text(out / "subset.md", "\n".join(lines) + "\n", what="subset study report")
+    return summary
 
 
 def _merge_parts(folder: Path, parts, seed: int) -> CollapseReport:

@@ -314,3 +314,36 @@ def test_least_squares_readout_matches_numpy_lstsq_and_checks_shapes():
     np.testing.assert_allclose(least_squares_classifier(H, y), ref, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="one label per row"):
         least_squares_classifier(H, y[:10])
+
+
+def test_fit_rows_report_splits_each_layer_by_its_own_fitted_rows():
+    from drfm import DeepRFMClassifier, RFMClassifier
+    from drfm.collapse import fit_rows_report
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((160, 6))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (X[:, 2] > 0.8)
+    model = DeepRFMClassifier(depth=2, random_state=0).set_params(layer__iter_sample_size=70).fit(X, y)
+    rows = [layer.extra["iter_rows"] for layer in model.layers_]
+    assert len(rows[0]) == 70 and not np.array_equal(rows[0], rows[1])  # every layer draws its own rows
+    rep = fit_rows_report(model, X, y, metrics=("nc1", "nc2"), model_name="m")
+    feats = model.layer_features(X)  # the reference: the stage features, split by hand
+    for layer, idx in enumerate(rows):
+        rest = np.setdiff1d(np.arange(len(y)), idx)
+        for part, sel in (("fitted", idx), ("unfitted", rest)):
+            for stage in ("input", "linear", "nonlinear"):
+                got = {r["metric"]: r for r in rep.rows if (r["model"], r["layer"], r["stage"]) ==
+                       (f"m/{part}", layer, stage)}
+                assert got["nc1"]["value"] == pytest.approx(nc1(feats[layer][stage][sel], y[sel]), rel=1e-12)
+                assert got["nc2"]["value"] == pytest.approx(nc2(feats[layer][stage][sel], y[sel]), rel=1e-12)
+                assert got["nc1"]["rows"] == part and got["nc1"]["n_samples"] == len(sel)
+    assert rep.meta["fit_rows"] == [70, 70]
+    with pytest.raises(ValueError, match="order given to fit"):
+        fit_rows_report(model, X[:50], y[:50])
+    with pytest.raises(ValueError, match="X has 159 rows and y 160"):
+        fit_rows_report(model, X[:-1], y)
+    every = DeepRFMClassifier(depth=1, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="all training rows"):
+        fit_rows_report(every, X, y)
+    with pytest.raises(TypeError, match="needs a fitted Deep RFM"):
+        fit_rows_report(RFMClassifier(iters=1).fit(X, y), X, y)

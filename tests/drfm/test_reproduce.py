@@ -156,3 +156,30 @@ def test_reproduce_passes_the_backbone_and_the_sets_image_shape(tmp_path, monkey
     params = rep.meta["mlp"]["params"]
     assert params["backbone"] == "resnet18" and tuple(params["image_shape"]) == (1, 8, 8)
     assert any(r["model"] == "mlp" and r["layer"] == 0 for r in rep.rows)
+
+
+def test_subset_study_splits_fitted_and_unfitted_rows_and_resumes(tmp_path):
+    out = tmp_path / "subset"
+    args = ["reproduce", "--dataset", "digits", "--out", str(out), "--depth", "2", "--n-train", "300",
+            "--device", "cpu", "--metrics", "nc1", "--subset-study", "120", "0"]
+    assert main(args) == 0
+    part = CollapseReport.from_json(out / "subset-120.json")
+    first = (out / "subset-120.json").stat().st_mtime_ns
+    models = {r["model"] for r in part.rows}
+    assert models == {"deep_rfm_120", "deep_rfm_120/fitted", "deep_rfm_120/unfitted"}
+    # every layer's fitted rows are 120 of the 300, the others 180
+    assert {r["n_samples"] for r in part.rows if r["model"].endswith("/fitted")} == {120}
+    assert {r["n_samples"] for r in part.rows if r["model"].endswith("/unfitted")} == {180}
+    full = CollapseReport.from_json(out / "subset-all.json")
+    assert {r["model"] for r in full.rows} == {"deep_rfm_all"} and full.meta["deep_rfm_all"]["layer_sample_size"] is None
+    summary = json.loads((out / "subset.json").read_text())
+    row = next(r for r in summary["linear_stage"] if r["model"] == "deep_rfm_120" and r["layer"] == 1)
+    want = {(r["model"], r.get("rows", "all")): r["value"] for r in part.rows
+            if (r["layer"], r["stage"], r["metric"]) == (1, "linear", "nc1")}
+    assert (row["nc1_all"], row["nc1_fitted"], row["nc1_unfitted"]) == (
+        want["deep_rfm_120", "all"], want["deep_rfm_120/fitted", "fitted"], want["deep_rfm_120/unfitted", "unfitted"])
+    assert "| deep_rfm_120 | 1 |" in (out / "subset.md").read_text()
+    assert main(args) == 0  # resumed: nothing is fitted again
+    assert (out / "subset-120.json").stat().st_mtime_ns == first
+    # other settings in the same folder: refused by name
+    assert main(args[:-3] + ["--sigma", "0.2", "--subset-study", "120"]) == 2
