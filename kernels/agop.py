@@ -31,6 +31,7 @@ from .laplace import apply_sqrt_m, sq_norms
 from .linalg import eigh_workspace_bytes, psd_power
 from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
 from .operators import Points
+from .phases import phase
 
 __all__ = ["laplace_gradients", "laplace_agop", "agop_moments", "agop_from_moments", "duplicate_tolerance",
            "feature_matrix_update",
@@ -105,7 +106,9 @@ def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block
     for j in range(0, n_c, centre_block):
         sl = slice(j, j + centre_block)
         m = zc[sl].shape[0]
-        kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], kernel, bufs[0][: b * m].view(b, m), bufs[1][: b * m].view(b, m))
+        with phase("kernel", gemm_flops=2 * b * m * zs.shape[1], exp_values=b * m):
+            kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], kernel, bufs[0][: b * m].view(b, m),
+                          bufs[1][: b * m].view(b, m))
         coef = coef_cache if coef_cache is not None else (alpha[sl].unsqueeze(2) * xmc[sl].unsqueeze(1)).reshape(m, c * d)
         acc.addmm_(kt, coef)
         s.addmm_(kt, alpha[sl])

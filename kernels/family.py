@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .laplace import distance_cap, exp_floor, laplace_kernel_transformed, sq_distances
+from .phases import phase
 
 __all__ = ["KERNELS", "Kernel", "as_kernel", "l1_distances"]
 
@@ -121,8 +122,15 @@ class Kernel:
         ``x_sq`` / ``z_sq`` are the rows' squared norms (used by the radial kernels' GEMM distances). All elementwise
         work happens in place on the (n, m) result.
         """
+        n, m, d = xr.shape[0], zr.shape[0], xr.shape[1]
         if not self.radial:  # (every exponent >= exp_floor, see kernels.laplace.exp_floor)
-            return l1_distances(xr, zr, out=out).mul_(-1.0 / self.bandwidth).clamp_min_(exp_floor(xr.dtype)).exp_()
+            with phase("kernel", l1_ops=n * m * d, exp_values=n * m):
+                return l1_distances(xr, zr, out=out).mul_(-1.0 / self.bandwidth).clamp_min_(
+                    exp_floor(xr.dtype)).exp_()
+        with phase("kernel", gemm_flops=2 * n * m * d, exp_values=n * m):
+            return self._radial_matrix(xr, zr, x_sq, z_sq, out)
+
+    def _radial_matrix(self, xr, zr, x_sq, z_sq, out) -> torch.Tensor:
         p = self.power
         if p == 1.0:  # the Laplace kernel (and laplace_exp with p = 1)
             return laplace_kernel_transformed(xr, zr, bandwidth=self.scale, x_sq=x_sq, z_sq=z_sq, out=out)

@@ -93,6 +93,11 @@ def show_bench(res: list[dict]) -> str:
                 f"{'centre_step':<12} {'n=%d m=%d' % (r['n'], r['params']['m']):<20} step {r['step_seconds']:.3f} s, "
                 f"floor {r['floor_seconds']:.3f} s, ratio {r['ratio']:.2f} (r={r['params']['r']}, c={r['params']['c']})"
             )
+        elif r.get("kind") == "phases":  # drfm bench rfm: a whole fit's phases against their floors
+            cells = "  ".join(f"{name} {v['seconds']:.2f} s" + ("" if v["ratio"] is None else f" ({v['ratio']:.1f}x)")
+                              for name, v in r["phases"].items())
+            rows.append(f"{'phases':<12} {r['dataset'] + ' ' + r['path']:<20} n={r['n']:<7} fit "
+                        f"{r['fit_seconds']:.2f} s: {cells}  other {r['other_seconds']:.2f} s (x: against the floor)")
         elif r.get("kind") == "fit" and "world_size" in r:  # drfm bench distributed: a whole fit on P processes
             share = r.get("comm_share")
             rows.append(

@@ -63,7 +63,7 @@ def test_bench_quick_writes_json_lines(tmp_path, capsys):
     out = tmp_path / "b.jsonl"
     assert main(["bench", "rfm", "--quick", "--out", str(out), "--json"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 5 and all("error" not in r for r in lines)
+    assert len(lines) == 7 and all("error" not in r for r in lines)
     fits = [r for r in lines if r["kind"] == "fit" and "skipped" not in r]
     assert {"drfm.RFMRegressor", "sklearn.KernelRidge", "sklearn.MLPClassifier"} <= {r["model"] for r in fits}
     xrfm = [r for r in lines if r.get("model") == "xrfm.xRFM"]
@@ -74,6 +74,18 @@ def test_bench_quick_writes_json_lines(tmp_path, capsys):
         assert r["peak_rss_bytes"] > 0 and r["fit_seconds"] > 0 and "torch" in r["env"]
     build = [r for r in lines if r["kind"] == "kernel_build"][0]
     assert build["ratio"] > 0
+    # a whole fit's phases against their floors, on the exact path and the m-centre one
+    phases = [r for r in lines if r["kind"] == "phases"]
+    assert {r["path"] for r in phases} == {"exact", "m-centre"}
+    for r in phases:
+        ph = r["phases"]
+        assert {"kernel", "solve", "agop", "predict"} <= set(ph) and r["kernel_work"]["gemm_flops"] > 0
+        for name in ("kernel", "solve", "agop", "predict"):
+            assert ph[name]["floor_seconds"] > 0 and ph[name]["ratio"] == ph[name]["seconds"] / ph[name]["floor_seconds"]
+            assert ph[name]["ratio"] <= 2.0 or ph[name]["note"]
+        fit_phases = sum(v["seconds"] for k, v in ph.items() if k != "predict") - r["phases"]["kernel"]["seconds"]
+        assert 0 < fit_phases < r["fit_seconds"]
+    assert any(s.startswith("nystrom") for s in next(r for r in phases if r["path"] == "m-centre")["solvers"])
 
 
 def test_bench_records_a_case_over_its_timeout_and_goes_on(tmp_path):
