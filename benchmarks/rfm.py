@@ -61,6 +61,13 @@ CASES += [
     for model in ("drfm.RFMClassifier", "sklearn.HistGradientBoostingClassifier", "sklearn.SVC", "xrfm.xRFM")
 ]
 
+#: small problems, where fixed costs dominate (#29): 4000 rows x 60 features, each estimator with its own defaults
+CASES += [
+    {"suite": "rfm", "kind": "fit", "model": model, "dataset": "lowrank", "n": 4000, "data": {"d": 60},
+     "variant": "small-defaults", "defaults": True}
+    for model in ("drfm.RFMRegressor", "xrfm.xRFM")
+]
+
 #: where a whole fit's time goes, per phase against its floor (#29): the exact path (direct / stored-matrix CG, as
 #: solver='auto' picks) and the m-centre model, at d = 100 (low-rank) and d = 784 (MNIST)
 CASES += [
@@ -196,7 +203,7 @@ def _fit(case):
     from drfm.datasets import load
 
     try:
-        data = load(case["dataset"], n_train=case["n"])
+        data = load(case["dataset"], n_train=case["n"], **case.get("data", {}))
     except ValueError as exc:  # MNIST without its files
         return {"skipped": str(exc)}
     task = data.task
@@ -223,7 +230,8 @@ def _fit(case):
         extra = {"device": "cpu", "n_iter": int(model.n_iter_), "note": "2 x 256 ReLU, Adam, max_iter 100"}
     elif model_name.startswith("drfm."):
         cls = RFMRegressor if model_name.endswith("Regressor") else RFMClassifier
-        model = cls(**{**RFM_PARAMS, **case.get("params", {})}, device=case["device"], random_state=0)
+        params = {} if case.get("defaults") else {**RFM_PARAMS, **case.get("params", {})}
+        model = cls(**params, device=case["device"], random_state=0)
         fit_s, pred_s, score = _timed(model, data)
         extra = {"device": model.device_, "best_iter": model.best_iter_, "bandwidth": model.bandwidth_,
                  "iter_seconds": [round(h["seconds"], 3) for h in model.history_],

@@ -116,11 +116,12 @@ class Kernel:
         """The distances this kernel reads between transformed rows: L2, or L1 for ``product_laplace``."""
         return sq_distances(xr, zr).sqrt_() if self.radial else l1_distances(xr, zr)
 
-    def matrix(self, xr, zr, *, x_sq=None, z_sq=None, out=None) -> torch.Tensor:
+    def matrix(self, xr, zr, *, x_sq=None, z_sq=None, out=None, folded=None) -> torch.Tensor:
         """The kernel matrix between transformed rows ``xr`` (n, d) and ``zr`` (m, d), optionally into ``out``.
 
-        ``x_sq`` / ``z_sq`` are the rows' squared norms (used by the radial kernels' GEMM distances). All elementwise
-        work happens in place on the (n, m) result.
+        ``x_sq`` / ``z_sq`` are the rows' squared norms (used by the radial kernels' GEMM distances); ``folded``: the
+        rows' and columns' augmented copies for a GEMM that adds the norms itself (:func:`~kernels.laplace.sq_distances`;
+        radial kernels, ignored by the product kernel). All elementwise work happens in place on the (n, m) result.
         """
         n, m, d = xr.shape[0], zr.shape[0], xr.shape[1]
         if not self.radial:  # (every exponent >= exp_floor, see kernels.laplace.exp_floor)
@@ -128,13 +129,14 @@ class Kernel:
                 return l1_distances(xr, zr, out=out).mul_(-1.0 / self.bandwidth).clamp_min_(
                     exp_floor(xr.dtype)).exp_()
         with phase("kernel", gemm_flops=2 * n * m * d, exp_values=n * m):
-            return self._radial_matrix(xr, zr, x_sq, z_sq, out)
+            return self._radial_matrix(xr, zr, x_sq, z_sq, out, folded)
 
-    def _radial_matrix(self, xr, zr, x_sq, z_sq, out) -> torch.Tensor:
+    def _radial_matrix(self, xr, zr, x_sq, z_sq, out, folded) -> torch.Tensor:
         p = self.power
         if p == 1.0:  # the Laplace kernel (and laplace_exp with p = 1)
-            return laplace_kernel_transformed(xr, zr, bandwidth=self.scale, x_sq=x_sq, z_sq=z_sq, out=out)
-        d2 = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=self.d2_cap(xr.dtype))
+            return laplace_kernel_transformed(xr, zr, bandwidth=self.scale, x_sq=x_sq, z_sq=z_sq, out=out,
+                                              folded=folded)
+        d2 = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=self.d2_cap(xr.dtype), folded=folded)
         if p != 2.0:
             d2.pow_(0.5 * p)
         return d2.mul_(-1.0 / self.scale).exp_()

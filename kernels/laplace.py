@@ -77,6 +77,7 @@ def sq_distances(
     z_sq: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     cap: float | None = None,
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Squared Euclidean distances ``||x_i - z_j||^2`` by one GEMM, clamped at 0 (and at ``cap`` when given).
 
@@ -88,6 +89,8 @@ def sq_distances(
     out : optional (n, m) tensor to write into (saves an allocation in blocked loops).
         When ``x`` and ``z`` are row ranges of one matrix, the self-distances are set to exactly 0.
     cap : optional upper clamp, in the same pass as the clamp at 0 (the kernels' :func:`exp_floor`).
+    folded : optional ``(folded_rows(x, x_sq), folded_cols(z, z_sq))``: the norms ride in the GEMM as two more columns,
+        which saves the pass that adds them (callers that keep the columns' copy across tiles: the m-centre model).
 
     Returns
     -------
@@ -97,9 +100,11 @@ def sq_distances(
         x_sq = sq_norms(x)
     if z_sq is None:
         z_sq = sq_norms(z)
-    # one GEMM with the z-norms folded in as the (broadcast) additive term: z_sq - 2 x z^T
-    d2 = torch.addmm(z_sq.unsqueeze(0), x, z.T, beta=1.0, alpha=-2.0, out=out)
-    d2.add_(x_sq.unsqueeze(1))
+    if folded is not None:  # [x, |x|^2, 1] [-2 z, 1, |z|^2]^T: both norms inside the one GEMM
+        d2 = torch.mm(folded[0], folded[1].T, out=out)
+    else:  # one GEMM with the z-norms folded in as the (broadcast) additive term: z_sq - 2 x z^T
+        d2 = torch.addmm(z_sq.unsqueeze(0), x, z.T, beta=1.0, alpha=-2.0, out=out)
+        d2.add_(x_sq.unsqueeze(1))
     if d2.numel() == 0:
         return d2
     diag = _shared_diagonal(x, z)
@@ -115,6 +120,26 @@ def sq_distances(
         # self-distances are exactly 0; the GEMM formula leaves round-off of order eps * ||x||^2 there
         d2.diagonal(diag).zero_()
     return d2
+
+
+def folded_rows(x: torch.Tensor, x_sq: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``[x, |x|^2, 1]`` (n, d + 2): the row side of :func:`sq_distances`' ``folded`` GEMM (into ``out`` when given)."""
+    n, d = x.shape
+    a = torch.empty((n, d + 2), dtype=x.dtype, device=x.device) if out is None else out[:n]
+    a[:, :d] = x
+    a[:, d] = x_sq
+    a[:, d + 1] = 1.0
+    return a
+
+
+def folded_cols(z: torch.Tensor, z_sq: torch.Tensor) -> torch.Tensor:
+    """``[-2 z, 1, |z|^2]`` (m, d + 2): the column side of :func:`sq_distances`' ``folded`` GEMM."""
+    m, d = z.shape
+    a = torch.empty((m, d + 2), dtype=z.dtype, device=z.device)
+    torch.mul(z, -2.0, out=a[:, :d])
+    a[:, d] = 1.0
+    a[:, d + 1] = z_sq
+    return a
 
 
 # Squared distances below SMALL_DISTANCE_FACTOR * eps * (max ||x||^2 + max ||z||^2) are recomputed directly as
@@ -203,14 +228,16 @@ def laplace_kernel_transformed(
     x_sq: torch.Tensor | None = None,
     z_sq: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Plain L2 Laplace kernel ``exp(-||a - b|| / L)`` on already transformed rows ``xr`` (n, d), ``zr`` (m, d).
 
-    All elementwise work happens in place on the (n, m) result (optionally ``out``).
+    All elementwise work happens in place on the (n, m) result (optionally ``out``); ``folded``: see
+    :func:`sq_distances`.
     """
     L = float(bandwidth)
     # distances capped at -exp_floor * L: the exponent stays >= exp_floor (see exp_floor)
-    k = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=distance_cap(xr.dtype, L))
+    k = sq_distances(xr, zr, x_sq=x_sq, z_sq=z_sq, out=out, cap=distance_cap(xr.dtype, L), folded=folded)
     return k.sqrt_().mul_(-1.0 / L).exp_()
 
 

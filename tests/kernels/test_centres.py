@@ -102,3 +102,28 @@ def test_products_match_dense_on_device(device):
     v = torch.randn(len(idx), 2, dtype=torch.float64)
     got = sys_.normal_product(v.to(device)).cpu()
     np.testing.assert_allclose(got.numpy(), (K.T @ (K @ v)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["laplace", "gaussian", "product_laplace"])
+def test_norm_folded_tiles_match_the_plain_kernel(kernel, monkeypatch):
+    """The m-centre tiles' distances by one GEMM with the norms folded in (radial kernels; the product kernel reads
+    L1 distances and does not fold): the same products as with the plain kernel, to round-off."""
+    import kernels.solvers.centres as centres_mod
+    from kernels.family import Kernel
+
+    X, Y = _data(n=700)
+    X = X.float()
+    idx = torch.randperm(700, generator=torch.Generator().manual_seed(1))[:90].sort().values
+    pts, cen = Points.of(X), Points.of(X[idx])
+    v = torch.randn(90, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    kern = Kernel(kernel, 2.0)
+    folded = CentreSystem(pts, cen, kernel=kern, reg=1e-3, memory_budget=2**16)
+    assert (folded.folded is not None) == kern.radial and folded.row_block < 700  # several tiles, a tail
+    monkeypatch.setattr(centres_mod, "FOLD_NORMS", False)
+    plain = CentreSystem(pts, cen, kernel=kern, reg=1e-3, memory_budget=2**16)
+    assert plain.folded is None
+    a, b = folded.normal_product(v), plain.normal_product(v)
+    K = kern.matrix(X.double(), X[idx].double())  # float64 reference
+    ref = K.T @ (K @ v)
+    assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+    assert torch.allclose(a, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))

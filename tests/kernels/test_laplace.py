@@ -4,6 +4,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from kernels import laplace_kernel, sq_distances
+from kernels.laplace import laplace_kernel_transformed
 from kernels._reference import laplace_kernel_numpy
 from tests.conftest import DEVICES, DTYPES, random_spd, sym_sqrt
 
@@ -203,3 +204,33 @@ def test_distance_cap_and_a_bad_cap():
     assert exp_floor(torch.float32) == -87.0
     with pytest.raises(ValueError, match="cap must be"):
         sq_distances(torch.ones(2, 2), torch.zeros(3, 2), cap=-1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_folded_gemm_gives_the_same_distances(dtype):
+    """sq_distances(folded=...) -- one GEMM over [x, |x|^2, 1] [-2 z, 1, |z|^2]^T -- against cdist, and refined near
+    pairs (copies of the columns among the rows) exact as without folding."""
+    from kernels.laplace import folded_cols, folded_rows, sq_norms
+
+    x = _near_duplicates().to(dtype)
+    z = x[:250].clone()  # rows 0..249 of x are copies of the columns: near pairs to refine
+    ref = cdist(x.double().numpy(), z.double().numpy()) ** 2
+    x_sq, z_sq = sq_norms(x), sq_norms(z)
+    folded = (folded_rows(x, x_sq), folded_cols(z, z_sq))
+    assert folded[0].shape == (len(x), x.shape[1] + 2) and folded[1].shape == (len(z), z.shape[1] + 2)
+    got = sq_distances(x, z, x_sq=x_sq, z_sq=z_sq, folded=folded).double().numpy()
+    plain = sq_distances(x, z, x_sq=x_sq, z_sq=z_sq).double().numpy()
+    scale = float(x_sq.max() + z_sq.max())
+    eps = torch.finfo(dtype).eps
+    assert np.abs(got - ref).max() < 64 * eps * scale and np.abs(got - plain).max() < 64 * eps * scale
+    assert (got >= 0).all() and np.all(got[np.arange(250), np.arange(250)] == 0)  # the copies: exactly 0
+    # the kernels read the folded GEMM the same way (into a given buffer, rows from a given work buffer)
+    buf = torch.empty(len(x), len(z), dtype=dtype)
+    rows = folded_rows(x, x_sq, out=torch.empty(len(x) + 5, x.shape[1] + 2, dtype=dtype))
+    k = laplace_kernel_transformed(x, z, bandwidth=2.0, x_sq=x_sq, z_sq=z_sq, out=buf, folded=(rows, folded[1]))
+    assert k.data_ptr() == buf.data_ptr()
+    want = np.exp(-np.sqrt(ref) / 2.0)
+    err = np.abs(k.double().numpy() - want).max()
+    plain_err = np.abs(laplace_kernel_transformed(x, z, bandwidth=2.0).double().numpy() - want).max()
+    # as accurate as the plain GEMM (a distance just above the refinement threshold keeps sqrt(round-off) either way)
+    assert err <= 2 * plain_err + 4 * eps and err < 2e-5
