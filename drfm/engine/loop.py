@@ -58,6 +58,7 @@ from kernels.distributed import ShardedKernel, distributed_agop
 from kernels.agop import feature_matrix_workspace_bytes
 from kernels.agop import workspace_bytes as agop_workspace_bytes
 from kernels.family import Kernel
+from kernels.phases import phase as clock_phase
 from kernels.solvers.plan import Solver
 
 from .._backend import finite_tensor
@@ -659,7 +660,8 @@ class _Loop:
         c = self.Yv_all.shape[1]
         km = KernelMachine(machine, torch.cat([a.reshape(a.shape[0], -1) for a in alphas], 1).to(machine.z.dtype),
                            kern, self.factor)
-        out = km.outputs(self.Xv, memory_budget=self.work_budget, accumulate=torch.float64 if centres else None)
+        with clock_phase("validate"):
+            out = km.outputs(self.Xv, memory_budget=self.work_budget, accumulate=torch.float64 if centres else None)
         out = self.comm.all_gather_rows(out).double()
         return [float((out[:, j * c:(j + 1) * c] - self.Yv_all).square().mean()) for j in range(len(alphas))]
 
@@ -667,8 +669,9 @@ class _Loop:
         """The training score of a solve estimated on SCORE_ROWS fixed random rows of the phase (an exact one costs
         a pass over K): ``rows_of(idx)`` gives their transformed rows on every rank; labels from the phase's rows."""
         idx = _score_rows(r.n, self.gen, machine.z.device)
-        out = kernel_matmul(rows_of(idx), machine, alpha, kernel=kern, memory_budget=self.work_budget,
-                            accumulate=accumulate)
+        with clock_phase("train_score"):
+            out = kernel_matmul(rows_of(idx), machine, alpha, kernel=kern, memory_budget=self.work_budget,
+                                accumulate=accumulate)
         picked = idx.cpu().numpy()
         y_idx = r.y[picked] if r.complete else self.comm.take_objects(r.y, r.offset, picked)
         return self.score(out.cpu().double().numpy(), y_idx)
@@ -718,11 +721,13 @@ class _Loop:
         p = replace(self.p, bandwidth=bandwidth)  # the loop's parameters with this solve's bandwidth
         x0 = self._start(phase, plan, r.n)
         ridge = {}
-        if p.reg == "auto":
-            (sol, train_score, pts, local, x_rows, per_step), ridge = self._solve_auto(plan, phase, r, pts, p, x0)
-            p = replace(p, reg=ridge["reg"])
-        else:
-            sol, train_score, pts, local, x_rows, per_step = self._solve(plan, phase, r, pts, p, x0)
+        with clock_phase("solve"):
+            if p.reg == "auto":
+                (sol, train_score, pts, local, x_rows, per_step), ridge = self._solve_auto(plan, phase, r, pts, p,
+                                                                                           x0)
+                p = replace(p, reg=ridge["reg"])
+            else:
+                sol, train_score, pts, local, x_rows, per_step = self._solve(plan, phase, r, pts, p, x0)
         self.alpha = sol.x
         self.alpha_of = phase if local is None else ("centres", phase)
         if not bool(torch.isfinite(self.alpha).all()):
@@ -749,7 +754,8 @@ class _Loop:
             rec["sharded"] = not r.complete and plan.solver in (Solver.CG, Solver.NYSTROM)
         if self.Xv is not None:
             machine = KernelMachine(pts, self.alpha, kernel_of(p), self.factor)
-            val_out = machine.outputs(self.Xv, memory_budget=self.work_budget)
+            with clock_phase("validate"):
+                val_out = machine.outputs(self.Xv, memory_budget=self.work_budget)
             val_out = self.comm.all_gather_rows(val_out).cpu().double().numpy()
             rec["val_score"] = self.score(val_out, self.y_va)
         key = rec["val_score"]
@@ -757,7 +763,8 @@ class _Loop:
             self.best = (key, t, self.sqrt_m, self.factor, self.alpha, rows, bandwidth)
             self.best_val_out = None if key is None else val_out
         if agop_step:
-            self._feature_step(x_rows, pts, rows, p)
+            with clock_phase("agop"):
+                self._feature_step(x_rows, pts, rows, p)
         rec["seconds"] = time.perf_counter() - t0
         self.history.append(rec)
         return rec
