@@ -278,6 +278,10 @@ def _peer(model_name, data):
     return fit_s, pred_s, score, {"device": "cpu", "note": f"{name} defaults {kw or ''}".strip()}
 
 
+#: elementwise passes of a Laplace kernel tile beside its GEMM and exp (kernels.laplace: the add of the row norms,
+#: the near-pair search's run minima, the clamp, sqrt, the scale)
+KERNEL_PASSES = 5
+
 #: a phase slower than this multiple of its floor gets a note on why (the issue's bar)
 FLOOR_NOTE_RATIO = 2.0
 
@@ -304,7 +308,10 @@ def _machine_rates(d: int, dtype) -> dict:
     return {"gemm_flops_per_s": _rate(lambda: a @ b, 2.0 * 2048 * 1024 * 2048),
             "gemm_flops_per_s_at_d": _rate(lambda: ad @ bd, 2.0 * 2048 * d * 2048),
             "exp_values_per_s": _rate(lambda: torch.exp(e, out=e_out), e.numel()),
-            "stream_bytes_per_s": _rate(lambda: big @ v, big.numel() * big.element_size())}
+            "stream_bytes_per_s": _rate(lambda: big @ v, big.numel() * big.element_size()),
+            # one in-place elementwise pass over memory (what each of the kernel's passes beside GEMM and exp costs
+            # where its tiles outgrow the core's cache)
+            "pass_values_per_s": _rate(lambda: e_out.mul_(1.0), e_out.numel())}
 
 
 def _solve_floor(rec, rates, itemsize, c):
@@ -395,10 +402,13 @@ def _why(name, case, rates, hist, d, c, dtype):
     peak = rates["gemm_flops_per_s"]
     if name == "kernel":
         share = rates["gemm_flops_per_s_at_d"] / peak
-        return (f"the distance GEMMs have depth {min(h['metric_columns'] for h in hist)}-{d} (a compact factor "
-                f"shrinks it): this machine's GEMM runs at {share:.0%} of its depth-1024 rate at depth {d}; beside "
-                "the GEMM and one exp per value the tile takes elementwise passes over memory (norms, the distance "
-                "cap, sqrt, scale, the near-pair search: docs/scale.md)")
+        per_pass, per_exp = 1e9 / rates["pass_values_per_s"], 1e9 / rates["exp_values_per_s"]
+        return (f"beside the GEMM and one exp per value a Laplace tile takes {KERNEL_PASSES} elementwise passes "
+                f"(the row norms' add, the near-pair search, the clamp, sqrt, scale) at {per_pass:.2f} ns per value "
+                f"each over memory on this machine, against {per_exp:.2f} ns for exp; the GEMMs run at "
+                f"depth {min(h['metric_columns'] for h in hist)}-{d} (a compact factor shrinks it; {share:.0%} of the "
+                f"depth-1024 rate at depth {d}), so on a learned low-rank metric the passes, not the GEMM, are the "
+                "kernel's cost")
     if name == "solve":
         solvers = {h["solver"] for h in hist}
         parts = []
@@ -408,10 +418,14 @@ def _why(name, case, rates, hist, d, c, dtype):
             spd = a @ a.T + n * torch.eye(n, dtype=dtype)
             rate = _rate(lambda: torch.linalg.cholesky(spd), n**3 / 3, repeats=3)
             parts.append(f"Cholesky at n = {n} runs at {rate / peak:.0%} of GEMM peak ({rate / 1e9:.0f} GFLOP/s)")
-        if solvers & {"cg", "nystrom"}:
-            parts.append("each CG step adds the preconditioner's products and the vector updates (small, "
-                         "barrier-bound operations) to the floor's pass over the kernel values; the m-centre "
-                         "model's products run in float64")
+        if "nystrom" in solvers:
+            parts.append("the m-centre model's products run in float64 on a copy of each float32 tile: 4 bytes read "
+                         "and 8 written by the copy and 16 read by the two products per value and step, against the "
+                         "floor's 8 (two float32 passes); float32 products lost the small directions of a learned "
+                         "metric (kernels/solvers/centres.py)")
+        if "cg" in solvers:
+            parts.append("each CG step on the stored matrix adds the Nystrom preconditioner's products and the "
+                         "vector updates to its pass over the matrix")
         return "; ".join(parts) or "no measurement for this solver"
     if name == "agop":
         rec = next(h for h in reversed(hist) if h.get("agop_rows"))
