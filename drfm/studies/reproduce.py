@@ -91,7 +91,6 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
     """Run (or continue) the study into the folder ``out``; returns :func:`summarise`'s result. ``mlp_backbone``
     ('resnet18' / 'vgg11'): the MLP gets that convolutional feature extractor in front (image sets only)."""
     from ..data.datasets import IMAGE_SHAPES, load
-    from ..rfm import RFMRegressor
 
     mlp_extra = {}
     if mlp_backbone is not None:  # checked before hours of work: the set's image shape, torchvision importable
@@ -109,9 +108,7 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
                           "sigma": sigma, "layer_sample_size": layer_sample_size,
                           "agop_sample_size": agop_sample_size, "baseline": baseline, "mlp_backbone": mlp_backbone,
                           "metrics": list(metrics)})
-    # reg=1e-3: the study's fixed ridge (drfm's default before reg='auto'; the recorded runs used it)
-    layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=layer_sample_size,
-                         agop_sample_size=agop_sample_size, reg=1e-3)
+    layer = _layer_template(layer_sample_size, agop_sample_size)
     parts = {"compare": None, **({"laplace_krr": None} if baseline else {}),
              **{f"deep_rfm_{fm}": fm for fm in feature_maps[1:]}}
     todo = [seed for seed in seeds if not _seed_file(out, seed).exists()]
@@ -139,6 +136,15 @@ def reproduce(dataset: str, out, *, seeds=(0, 1, 2), depth: int = 20, mlp_depth:
     return summarise(out, plot=True)
 
 
+def _layer_template(layer_sample_size, agop_sample_size):
+    """The study's Deep RFM layer: bandwidth 2, one AGOP step, M learned on ``layer_sample_size`` rows (None: all), and
+    reg=1e-3, the study's fixed ridge (drfm's default before reg='auto'; the recorded runs used it)."""
+    from ..rfm import RFMRegressor
+
+    return RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=layer_sample_size, agop_sample_size=agop_sample_size,
+                        reg=1e-3)
+
+
 def _size_name(size) -> str:
     return "all" if size is None else str(int(size))
 
@@ -157,7 +163,6 @@ def subset_study(dataset: str, out, *, sizes=(20000, None), seed: int = 0, depth
     from ..collapse import collapse_report, fit_rows_report
     from ..data.datasets import load
     from ..deep import DeepRFMClassifier
-    from ..rfm import RFMRegressor
 
     sizes = tuple(None if s in (None, 0) else int(s) for s in sizes)
     if not sizes or any(s is not None and s < 1 for s in sizes):
@@ -173,8 +178,7 @@ def subset_study(dataset: str, out, *, sizes=(20000, None), seed: int = 0, depth
             continue
         data = load(dataset, n_train=n_train, random_state=seed, data_home=data_home)
         name = f"deep_rfm_{_size_name(size)}"
-        layer = RFMRegressor(bandwidth=2.0, iters=1, iter_sample_size=size, agop_sample_size=agop_sample_size,
-                             reg=1e-3)
+        layer = _layer_template(size, agop_sample_size)
         t0 = time.perf_counter()
         model = DeepRFMClassifier(depth, feature_map=feature_map, sigma=sigma, layer=layer, device=device,
                                   random_state=seed, verbose=verbose).fit(data.X_train, data.y_train)
