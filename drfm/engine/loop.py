@@ -91,9 +91,10 @@ AUTO_ITER_SAMPLE_SIZE = 16000
 #: - the m-centre model: its path (one pass forming K_nm^T K_nm, the generalised eigenproblem) with at most
 #:   CENTRE_PATH_MAX_M centres, scored on the validation rows when the fit has them, else by GCV; with more centres
 #:   the previous solve's choice (a walk would run a whole m-centre CG per value);
-#: - with validation rows: one solve per value (Cholesky, or CG / EigenPro warm-started from the best value's
+#: - with validation rows: one solve per value (Cholesky, or CG / EigenPro warm-started from the lowest error's
 #:   solution) walked from the last choice (the first walk: from WALK_START_ROWS' choice) towards lower validation
-#:   error (3-8 solves; the leave-one-out path costs 10 / 22 / 28 / 27 / 33 Choleskys at n = 500 / 1000 / 2000 /
+#:   error beyond round-off, the smallest ridge equal to the lowest error chosen (`walk_path`; the leave-one-out path
+#:   costs 10 / 22 / 28 / 27 / 33 Choleskys at n = 500 / 1000 / 2000 /
 #:   3000 / 4000, `bench solvers --only ridge_path`);
 #: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
 #:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
@@ -609,7 +610,7 @@ class _Loop:
             out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0)
             path = RidgePath([lam], [float("nan")], f"carried from the previous solve (x {r.n} / {self.reg_rows} rows)")
         elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
-            kept = {}
+            kept, solved = {}, {}
             if self.reg_chosen is None:  # the fit's first walk: from the leave-one-out choice on a few rows
                 # (unscaled to the solve's rows: the optimal ridge per row falls with the rows, and the start
                 # measured on MNIST was within a value of the walk's end)
@@ -618,16 +619,18 @@ class _Loop:
                 start = self._carried_reg(r.n)
 
             def evaluate(lam):
-                start = kept["out"][0].x if kept else x0  # warm start from the best value so far
+                start = kept["out"][0].x if kept else x0  # warm start from the lowest error so far
                 # K does not depend on the ridge: a stored matrix is built once for the whole walk
                 res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start, same_matrix=bool(kept))
                 err = self._val_errors(res[2], [res[0].x], kern)[0]
                 if not kept or err < kept["err"]:
                     kept.update(out=res, err=err)
+                solved[lam] = res  # (the choice may be a smaller ridge whose error equals the lowest)
                 return err
 
             path = walk_path(evaluate, RIDGE_GRID, start=start)
-            out = kept["out"]
+            out = solved[path.reg]
+            del solved, kept
         elif plan.solver is Solver.DIRECT and r.n <= self.loo_rows:  # the exact leave-one-out path
             sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
             r = self._complete(phase)

@@ -63,10 +63,14 @@ def default_centre_count(n: int) -> int:
     return min(n, max(2000, min(8000, int(10 * n**0.5))))
 
 
-def workspace_bytes(n: int, m: int, c: int, *, itemsize: int, store: bool = False) -> int:
-    """What an m-centre solve holds: the two m x m float64 factors (and a transient one while they are formed), the
-    transformed centres, CG's float64 vectors over m, and the n x m kernel block when it is stored."""
+def workspace_bytes(n: int, m: int, c: int, *, itemsize: int, store: bool = False, d: int = 0) -> int:
+    """What an m-centre solve holds: the two m x m float64 factors (and a transient one while they are formed), CG's
+    float64 vectors over m, the n x m kernel block when it is stored, and with ``d`` (the transformed rows' columns)
+    the norm-folded distance GEMM's operands (FOLD_NORMS: the centres' m x (d + 2) side, a row block's)."""
     held = 3 * m * m * 8 + m * 8 * c * 8 + n * c * 8
+    if d:
+        rows = min(max(n, 1), max(64, CACHE_TILE_ELEMENTS // max(m, 1)))
+        held += (m + rows) * (d + 2) * itemsize
     return held + (n * m * itemsize if store else 0)
 
 

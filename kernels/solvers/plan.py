@@ -108,7 +108,7 @@ def _solve_items(solver, n, d, c, itemsize, s=0, q=0, store=False) -> dict[str, 
     if solver == "nystrom":
         items["transformed centres"] = Points.workspace_bytes(s, d, itemsize)
         items["m-centre system (factors, vectors" + (", stored n x m block)" if store else ")")] = \
-            centres_workspace_bytes(n, s, c, itemsize=itemsize, store=store)
+            centres_workspace_bytes(n, s, c, itemsize=itemsize, store=store, d=d)
         return items
     if solver == "direct":
         items["kernel matrix (Cholesky in place) and solution"] = direct_workspace_bytes(n, c, itemsize=itemsize)

@@ -92,6 +92,17 @@ def test_errors_and_sizes():
     assert workspace_bytes(1000, 100, 1, itemsize=4, store=True) - workspace_bytes(1000, 100, 1, itemsize=4) == 4e5
 
 
+@pytest.mark.parametrize("n,m", [(300, 40), (5000, 300)])
+def test_the_ledger_counts_the_folded_operands(n, m):
+    """The norm-folded distance GEMM's operands a CentreSystem holds (the centres' side, the rows' buffer) are within
+    what workspace_bytes(d=...) adds for them."""
+    X = torch.randn(n, 7, generator=torch.Generator().manual_seed(0))
+    sys_ = CentreSystem(Points.of(X), Points.of(X[:m]), bandwidth=2.0, reg=1e-3)
+    held = sys_.folded.nbytes + sys_._rows_buf.nbytes
+    extra = workspace_bytes(n, m, 1, itemsize=4, d=7) - workspace_bytes(n, m, 1, itemsize=4)
+    assert 0 < held <= extra <= 2 * held + 64 * 9 * 4
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_products_match_dense_on_device(device):
     X, Y = _data(n=200)

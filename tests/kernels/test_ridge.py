@@ -6,7 +6,7 @@ import torch
 
 from kernels import Points, laplace_kernel
 from kernels.solvers import RIDGE_GRID, loo_path, solve_centres_path, walk_path
-from kernels.solvers.ridge import ridge_grid
+from kernels.solvers.ridge import RIDGE_RTOL, ridge_grid
 from tests.conftest import DEVICES
 
 REGS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 3.0)
@@ -99,7 +99,11 @@ def test_centres_path_held_out_scores_every_solution():
     expect = [float((Kvm @ torch.linalg.solve(Knm.T @ Knm + lam * B, Knm.T @ Y) - Yv).square().mean())
               for lam in REGS]
     np.testing.assert_allclose(path.errors, expect, rtol=1e-7)
-    assert path.criterion == "holdout" and len(seen) == len(REGS) and res.reg_used == REGS[int(np.argmin(expect))]
+    # equal up to RIDGE_RTOL of the lowest error: the smallest such ridge is chosen
+    low = int(np.argmin(expect))
+    within = [k for k in range(len(REGS)) if expect[k] <= expect[low] * (1 + RIDGE_RTOL)]
+    assert path.criterion == "holdout" and len(seen) == len(REGS) and res.reg_used == REGS[within[0]]
+    assert path.lowest == low and path.record()["reg_lowest"] == REGS[low]
 
 
 def test_centres_path_with_m_equal_n_is_the_exact_path():
@@ -128,6 +132,47 @@ def test_walk_finds_the_minimum_and_stops_at_it():
     assert sorted(calls) == path.regs and path.criterion == "holdout"
     # a minimum at the grid's end stops there
     assert walk_path(lambda lam: -lam, start=1.0).reg == grid[-1]
+
+
+def test_walk_on_a_flat_criterion_does_not_pick_its_ridge_from_round_off():
+    """Held-out errors equal to parts in 1e9 over the whole grid (a noise-free target): the walk goes down to the
+    smallest ridge whatever the round-off, instead of wherever the last digits happen to be lowest."""
+    grid = ridge_grid(RIDGE_GRID)
+    chosen = set()
+    for seed in range(5):
+        g = np.random.default_rng(seed)
+        wobble = {lam: 1e-3 * (1 + 1e-9 * g.standard_normal()) for lam in grid}
+        path = walk_path(lambda lam: wobble[lam], start=1e-3)
+        chosen.add(path.reg)
+        assert path.regs[0] == grid[0]  # it walked down to the grid's end
+    assert chosen == {grid[0]}
+
+
+def test_walk_moves_only_on_improvements_beyond_round_off():
+    """A known answer: the lowest error at 1e-2, the value below it 0.05% worse (equal up to RIDGE_RTOL), the one
+    below that 1% worse, above it 0.5% worse per step. The walk from 1e-2 steps down once and stops; the choice is
+    the smaller ridge whose error equals the lowest (reg_lowest records the lowest). From far above it comes down."""
+    grid = ridge_grid(RIDGE_GRID)
+    k = int(np.argmin(np.abs(grid - 1e-2)))
+    rel = {j: (0.5 if j == k - 1 else 10 if j < k - 1 else 5 * (j - k)) * RIDGE_RTOL for j in range(len(grid))}
+    err = {float(grid[j]): 1.0 + rel[j] for j in range(len(grid))}
+    calls = []
+
+    def evaluate(lam):
+        calls.append(lam)
+        return err[lam]
+
+    path = walk_path(evaluate, start=1e-2)
+    assert path.reg == pytest.approx(grid[k - 1]) and path.record()["reg_lowest"] == pytest.approx(grid[k])
+    assert sorted(calls) == [pytest.approx(grid[j]) for j in (k - 2, k - 1, k, k + 1)]
+    assert walk_path(evaluate, start=1.0).reg == pytest.approx(grid[k - 1])
+    # an improvement below RIDGE_RTOL does not move the walk up: errors falling 0.025% per half decade, from 1e-3 the
+    # walk never steps up (it scores 3.2e-3 as a neighbour), and goes down while within 0.1% of the lowest error
+    slope = lambda lam: 1.0 - 0.5 * RIDGE_RTOL * np.log10(lam)  # noqa: E731
+    flat_up = walk_path(slope, start=1e-3)
+    assert max(flat_up.regs) == pytest.approx(10 ** -2.5)
+    low = slope(10 ** -2.5)
+    assert flat_up.reg == pytest.approx(min(lam for lam in grid if slope(lam) <= low * (1 + RIDGE_RTOL)))
 
 
 def test_walk_treats_a_failed_value_as_worst():
