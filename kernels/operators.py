@@ -19,6 +19,7 @@ import torch
 from .family import as_kernel
 from .laplace import apply_sqrt_m, sq_norms
 from .memory import TILE_ELEMENTS, default_memory_budget, square_tile
+from .workers import lane_bounds, run_lanes, workers_for
 
 __all__ = ["KernelOperator", "Points", "BlockedKernel", "StoredKernel"]
 
@@ -208,11 +209,16 @@ class StoredKernel(KernelOperator):
                 f"{out.dtype} on {out.device}"
             )
         if not built:
-            # row blocks keep the distance temporaries small
+            # row blocks keep the distance temporaries small; on the CPU the blocks are shared out in lanes
+            # (kernels.workers: single-threaded workers, no barrier per elementwise pass; disjoint rows)
             rows = max(1, TILE_ELEMENTS // max(n, 1))
-            for i in range(0, n, rows):
-                self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
-                                   out=out[i : i + rows])
+
+            def build(a, b, _w):
+                for i in range(a * rows, min(b * rows, n), rows):
+                    self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
+                                       out=out[i : i + rows])
+
+            run_lanes(lane_bounds(-(-n // rows)), build, workers=workers_for(self.device))
             out.diagonal().fill_(1.0)
         self.K = out
 
@@ -262,12 +268,19 @@ def _stored_matmul(K: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     n, c = v.shape
     if K.device.type != "cpu":
         return K @ v
+    # lanes of 512-row blocks (kernels.workers: each worker streams its rows of K on one thread; disjoint rows)
+    rows = 512
     if c <= 4:
-        return K @ v.T.contiguous().T
-    cp = -(-c // 16) * 16
-    vp = torch.zeros((n, cp), dtype=v.dtype, device=v.device)
-    vp[:, :c] = v
+        vp, cp = v.T.contiguous().T, c
+    else:
+        cp = -(-c // 16) * 16
+        vp = torch.zeros((n, cp), dtype=v.dtype, device=v.device)
+        vp[:, :c] = v
     res = torch.empty((K.shape[0], cp), dtype=v.dtype, device=v.device)
-    for i in range(0, K.shape[0], 512):
-        torch.mm(K[i : i + 512], vp, out=res[i : i + 512])
+
+    def product(a, b, _w):
+        for i in range(a * rows, min(b * rows, K.shape[0]), rows):
+            torch.mm(K[i : i + rows], vp, out=res[i : i + rows])
+
+    run_lanes(lane_bounds(-(-K.shape[0] // rows)), product, workers=workers_for(K.device))
     return res[:, :c]

@@ -97,10 +97,14 @@ AUTO_ITER_SAMPLE_SIZE = 16000
 #:   costs 10 / 22 / 28 / 27 / 33 Choleskys at n = 500 / 1000 / 2000 /
 #:   3000 / 4000, `bench solvers --only ridge_path`);
 #: - without: the exact leave-one-out path (one eigendecomposition) for a direct solve of at most LOO_MAX_ROWS rows,
-#:   else that path on LOO_MAX_ROWS random rows of the solve, then one solve at its choice.
+#:   else that path on LOO_SUBSET_ROWS random rows of the solve, then one solve at its choice.
 #: REG_START is the ridge the memory plan assumes (the fixed default before 'auto').
 #: Each path holds at most RIDGE_BUDGET_SHARE of the memory budget (fewer rows or centres under a small one).
 LOO_MAX_ROWS, CENTRE_PATH_MAX_M, REG_START, RIDGE_BUDGET_SHARE = 3000, 4000, 1e-3, 0.25
+#: the subset's rows when the leave-one-out path stands in for a larger solve: its float64 eigendecomposition at 3000
+#: rows took 1.8 s per RFM iteration, 45% of a 10 240-row CG fit (24.3 s, 2-core CPU); at 2000 rows 0.55 s, the fit
+#: 16.3 s with the same choices and test R^2 (issue #29's low-rank fit)
+LOO_SUBSET_ROWS = 2000
 #: the first walk of a fit starts from the leave-one-out choice on this many random rows of its solve (one small
 #: eigendecomposition, ~0.1 s) instead of REG_START: on MNIST the walk went 1e-3 -> 1e-6, eight solves
 WALK_START_ROWS = 1000
@@ -640,7 +644,7 @@ class _Loop:
             sol = SolveResult(alpha, 1, True, [], path.reg, "direct")
             out = (sol, self.score(train_out.cpu().numpy(), r.y), pts, None, r.X, _per_step(comm, sent, sol))
         else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
-            path = self._loo_on_rows(r, pts, kern, min(r.n, self.loo_rows))
+            path = self._loo_on_rows(r, pts, kern, min(r.n, self.loo_rows, LOO_SUBSET_ROWS))
             out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0)
         self.reg_chosen, self.reg_rows = path.reg, r.n
         return out, {"reg": path.reg, **path.record(), "reg_seconds": 0.0 if t0 is None else time.perf_counter() - t0}

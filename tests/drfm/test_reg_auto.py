@@ -181,6 +181,10 @@ def test_without_validation_rows_a_large_solve_takes_the_loo_choice_of_a_subset(
     model = RFMRegressor(iters=1, early_stopping=False, **BASE).fit(X, y)
     assert {h["reg_criterion"] for h in model.history_} == {"loo on 200 of 600 rows"}
     assert model.reg_ >= 1e-2  # the noise asks for far more than the old fixed 1e-3
+    # the subset is LOO_SUBSET_ROWS when that is smaller than what the exact path affords
+    monkeypatch.setattr(engine_loop, "LOO_SUBSET_ROWS", 150)
+    model = RFMRegressor(iters=1, early_stopping=False, **BASE).fit(X, y)
+    assert {h["reg_criterion"] for h in model.history_} == {"loo on 150 of 600 rows"}
 
 
 def test_early_stopping_refit_keeps_the_kept_solves_ridge():
