@@ -14,12 +14,6 @@ and a stored-matrix CG fit 6x longer.
   #29, ``drfm bench contention``, low-rank fit n = 10 240, d = 100, 2-core CPU,
   ``benchmarks/results/2026-12-07-contention-cpu2core.jsonl``): alone 23.5 s ('auto') against 23.8 s (torch's 2
   threads); beside one process spinning on a core 44.3 s against 122-151 s; beside two 66 s against 63-77 s.
-  **Lanes** (:mod:`kernels.workers`): the hot tiled work -- the stored kernel matrix's build and products, the
-  m-centre model's products, the AGOP's sample blocks -- runs in lanes of single-threaded workers that meet once per
-  product instead of at every elementwise pass; under ``'auto'`` a fit uses every usable core as a lane worker even
-  where other processes keep some busy (a preempted worker makes no one wait; the lanes take the share of the busy
-  cores the scheduler gives them), and the idle cores for torch's own threads (Cholesky, eigendecompositions, CG's
-  vectors). Measured (same fit, 2026-12-07, ``drfm bench contention``): see ``docs/rfm.md``.
 * ``None``: torch's current setting. When other processes kept the cores busy since the previous measurement
   (:func:`busy_cores`, free: two reads of /proc counters), a warning is logged (logger ``drfm``) naming
   ``n_threads='auto'`` and ``n_threads=1``.
@@ -27,7 +21,7 @@ and a stored-matrix CG fit 6x longer.
 
 Reproducibility: the thread count changes the summation order of parallel reductions, so a fit with a fixed
 ``random_state`` is bit-for-bit reproducible on a machine under a fixed count (an int, or ``None`` with a fixed torch
-setting; the lanes give the same bits for any number of workers, the torch-threaded parts do not); under ``'auto'`` runs that measured different counts agree to the solvers' tolerance, not to the bit
+setting); under ``'auto'`` runs that measured different counts agree to the solvers' tolerance, not to the bit
 (measured on the fit above: R^2 0.99899246 with 2 threads and 0.99899256 with 1; predictions differ by 7e-5 on average,
 outputs of order 1). The environment variable ``DRFM_THREADS`` (an int,
 ``auto`` or ``none``) replaces the default for every estimator whose ``n_threads`` is ``'auto'``: e.g.
@@ -46,8 +40,6 @@ import time
 from contextlib import contextmanager
 
 import torch
-
-from kernels.workers import lane_workers
 
 __all__ = ["DEFAULT", "PROBE_SECONDS", "busy_cores", "resolve_threads", "thread_limit", "with_threads"]
 
@@ -219,14 +211,6 @@ def thread_limit(n: int):
             torch.set_num_threads(old)
 
 
-def _lanes_now(n: int) -> int:
-    """The lane workers a call keeps: those of an enclosing drfm call, else its thread count."""
-    from kernels.workers import _WORKERS
-
-    current = _WORKERS.get()
-    return n if current is None else current
-
-
 def with_threads(method):
     """Decorate an estimator method: run it under the estimator's thread count. ``fit`` resolves ``n_threads`` (and
     records it as ``n_threads_``); other methods use the fitted count, or ``n_threads`` without probing."""
@@ -248,14 +232,9 @@ def with_threads(method):
             n = self.n_threads_
         else:
             n = resolve_threads(setting, type(self).__name__, probe=False, explicit=explicit)
-        # lane workers (kernels.workers): under 'auto' every usable core, even those other processes keep busy -- a
-        # preempted lane worker makes nobody wait, so the lanes take the share of those cores the scheduler gives
-        # them; otherwise the thread count. (Nested calls keep the lanes they find.)
-        mode = default_setting() if not explicit else setting
-        lanes = usable_cores() if is_fit and mode == "auto" and not _ACTIVE.get() else None
         token = _ACTIVE.set(True)
         try:
-            with thread_limit(n), lane_workers(lanes if lanes is not None else _lanes_now(n)):
+            with thread_limit(n):
                 out = method(self, *args, **kwargs)
                 used = torch.get_num_threads()  # (a distributed fit's ranks agree on the smallest count)
         finally:

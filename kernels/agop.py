@@ -32,7 +32,6 @@ from .linalg import eigh_workspace_bytes, psd_power
 from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
 from .operators import Points
 from .phases import phase
-from .workers import LANES, lane_bounds, run_lanes, workers_for
 
 __all__ = ["laplace_gradients", "laplace_agop", "agop_moments", "agop_from_moments", "duplicate_tolerance",
            "feature_matrix_update",
@@ -143,10 +142,8 @@ def _block_gradients_l1(zs, zc, alpha, kernel, centre_block, bufs):
     return g.mul_(1.0 / kernel.bandwidth)
 
 
-def _gradient_blocks(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block, centre_block):
-    """The predictor's gradients over the samples, block by block: ``(sample block rows, block(i, bufs), new_bufs)``
-    -- ``block(i, bufs)`` the gradients of the samples ``i : i + rows``, computed in ``bufs`` (from ``new_bufs()``;
-    one set per thread computing blocks at once).
+def _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block, centre_block):
+    """Gradient blocks of the predictor over the samples.
 
     With a (d, d') matrix factor F (``M = F F^T``) the blocks are in factor coordinates, (b, c, d'): since
     ``x M = (x F) F^T``, every gradient is ``g_z F^T`` with ``g_z`` built from ``z = x F`` alone, so the GEMMs run over
@@ -178,31 +175,18 @@ def _gradient_blocks(samples, centres, alpha, kernel, sqrt_m, memory_budget, sam
     if cb >= n_c and radial:
         coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
     size = min(sb, n_s) * min(cb, n_c)
-
-    def new_bufs():
-        return [torch.empty(size, dtype=samples.dtype, device=samples.device) for _ in range(2)]
-
-    def block(i, bufs):
+    bufs = [torch.empty(size, dtype=samples.dtype, device=samples.device) for _ in range(2)]
+    for i in range(0, n_s, sb):
         # samples are transformed block by block (only the centres are held transformed)
         xs = samples[i : i + sb]
         zs = apply_sqrt_m(xs, sqrt_m)
         if not radial:
             g = _block_gradients_l1(zs, zc, alpha, kernel, cb, bufs)
             # a diagonal factor r: grad_x = r * grad_z (a matrix factor: factor coordinates, mapped back by the caller)
-            return g if factor or sqrt_m is None else g.mul_(sqrt_m)
+            yield g if factor or sqrt_m is None else g.mul_(sqrt_m)
+            continue
         xms = zs if factor else _diag_metric(xs, sqrt_m)
-        return _block_gradients(zs, sq_norms(zs), xms, zc, zc_sq, xmc, alpha, kernel, cb, coef_cache, bufs)
-
-    return sb, block, new_bufs
-
-
-def _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block, centre_block):
-    """Gradient blocks of the predictor over the samples, in order (:func:`_gradient_blocks`)."""
-    sb, block, new_bufs = _gradient_blocks(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block,
-                                           centre_block)
-    bufs = new_bufs()
-    for i in range(0, samples.shape[0], sb):
-        yield block(i, bufs)
+        yield _block_gradients(zs, sq_norms(zs), xms, zc, zc_sq, xmc, alpha, kernel, cb, coef_cache, bufs)
 
 
 def laplace_gradients(
@@ -290,51 +274,17 @@ def agop_moments(samples, centres, alpha, *, kernel, sqrt_m=None, diag=False, ce
     factor = _in_factor_space(sqrt_m)
     d = sqrt_m.shape[1] if factor else samples.shape[1]
     full = factor or not diag
-    workers = workers_for(samples.device)
-    if memory_budget is None:
-        memory_budget = default_memory_budget(samples.device)
-    # sample blocks in lanes (kernels.workers: each worker whole blocks on one thread, its own tiles -- planned on
-    # the budget's 1/LANES share, whatever the worker count -- and each lane its own sums, added in lane order: the
-    # same bits for any worker count)
-    # (blocks of at most 1/LANES of the samples, so that every lane has work: a size independent of the workers)
-    share = memory_budget // LANES
-    c = alpha.shape[1] if alpha.dim() > 1 else 1
-    try:
-        planned = plan_agop(max(samples.shape[0], 1), alpha.shape[0], c, d, itemsize=samples.element_size(),
-                            budget=share).row_block
-    except ValueError:  # a budget too small to share: one worker on the whole of it (the same lanes, the same bits)
-        share, workers = memory_budget, 1
-        planned = None
-    if sample_block is None and samples.shape[0] and planned is not None:
-        sample_block = max(1, min(planned, max(64, -(-samples.shape[0] // LANES))))
-    sb, block, new_bufs = _gradient_blocks(samples, centres, alpha, kernel, sqrt_m, share, sample_block,
-                                           centre_block)
-    bufs = {}
-
-    def lane(first, last, w):
-        if w not in bufs:
-            bufs[w] = new_bufs()
-        acc = torch.zeros((d, d) if full else (d,), dtype=torch.float64, device=samples.device)
-        gsum = None
-        for i in range(first * sb, min(last * sb, samples.shape[0]), sb):
-            g = block(i, bufs[w])
-            if centering:
-                part = g.sum(0).double()
-                gsum = part if gsum is None else gsum + part
-            g2 = g.reshape(-1, d)
-            if full:
-                acc += (g2.T @ g2).double()
-            else:
-                acc += torch.einsum("kd,kd->d", g2, g2).double()
-        return acc, gsum
-
-    n_blocks = -(-samples.shape[0] // sb) if samples.shape[0] else 0
     acc = torch.zeros((d, d) if full else (d,), dtype=torch.float64, device=samples.device)
     gsum = None
-    for part_acc, part_gsum in run_lanes(lane_bounds(n_blocks), lane, workers=workers):
-        acc += part_acc
-        if part_gsum is not None:
-            gsum = part_gsum if gsum is None else gsum + part_gsum
+    for g in _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, sample_block, centre_block):
+        if centering:
+            part = g.sum(0).double()
+            gsum = part if gsum is None else gsum + part
+        g2 = g.reshape(-1, d)
+        if full:
+            acc += (g2.T @ g2).double()
+        else:
+            acc += torch.einsum("kd,kd->d", g2, g2).double()
     return acc, gsum
 
 

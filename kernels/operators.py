@@ -19,7 +19,6 @@ import torch
 from .family import as_kernel
 from .laplace import apply_sqrt_m, sq_norms
 from .memory import TILE_ELEMENTS, default_memory_budget, square_tile
-from .workers import lane_bounds, run_lanes, workers_for
 
 __all__ = ["KernelOperator", "Points", "BlockedKernel", "StoredKernel"]
 
@@ -209,16 +208,11 @@ class StoredKernel(KernelOperator):
                 f"{out.dtype} on {out.device}"
             )
         if not built:
-            # row blocks keep the distance temporaries small; on the CPU the blocks are shared out in lanes
-            # (kernels.workers: single-threaded workers, no barrier per elementwise pass; disjoint rows)
+            # row blocks keep the distance temporaries small
             rows = max(1, TILE_ELEMENTS // max(n, 1))
-
-            def build(a, b, _w):
-                for i in range(a * rows, min(b * rows, n), rows):
-                    self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
-                                       out=out[i : i + rows])
-
-            run_lanes(lane_bounds(-(-n // rows)), build, workers=workers_for(self.device))
+            for i in range(0, n, rows):
+                self.kernel.matrix(self.z[i : i + rows], self.z, x_sq=self.z_sq[i : i + rows], z_sq=self.z_sq,
+                                   out=out[i : i + rows])
             out.diagonal().fill_(1.0)
         self.K = out
 
@@ -268,19 +262,12 @@ def _stored_matmul(K: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     n, c = v.shape
     if K.device.type != "cpu":
         return K @ v
-    # lanes of 512-row blocks (kernels.workers: each worker streams its rows of K on one thread; disjoint rows)
-    rows = 512
     if c <= 4:
-        vp, cp = v.T.contiguous().T, c
-    else:
-        cp = -(-c // 16) * 16
-        vp = torch.zeros((n, cp), dtype=v.dtype, device=v.device)
-        vp[:, :c] = v
+        return K @ v.T.contiguous().T
+    cp = -(-c // 16) * 16
+    vp = torch.zeros((n, cp), dtype=v.dtype, device=v.device)
+    vp[:, :c] = v
     res = torch.empty((K.shape[0], cp), dtype=v.dtype, device=v.device)
-
-    def product(a, b, _w):
-        for i in range(a * rows, min(b * rows, K.shape[0]), rows):
-            torch.mm(K[i : i + rows], vp, out=res[i : i + rows])
-
-    run_lanes(lane_bounds(-(-K.shape[0] // rows)), product, workers=workers_for(K.device))
+    for i in range(0, K.shape[0], 512):
+        torch.mm(K[i : i + 512], vp, out=res[i : i + 512])
     return res[:, :c]

@@ -6,19 +6,12 @@ times: the kernel tiles built inside a solve count as ``kernel``, the rest of th
 phase covers is ``other``. The kernel phase also counts its work (``gemm_flops``: the distance GEMMs' 2 n m d,
 ``exp_values``: kernel values exponentiated), from which ``drfm bench rfm`` computes its floors. On CUDA the clock
 synchronises the device at phase boundaries (it serialises the queue; the totals then are device times).
-
-Work shared out in lanes (:mod:`kernels.workers`: the stored and m-centre products, the stored matrix's build, the
-AGOP's sample blocks on the CPU) runs on worker threads, which the clock does not follow: its kernel tiles count in
-the phase that started the lanes (``solve``, ``agop``), and their work is not in the kernel phase's counts.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import torch
-
-from .workers import in_lane
 
 __all__ = ["PhaseClock", "phase"]
 
@@ -68,8 +61,7 @@ def phase(name: str, **work):
     """A context that adds its exclusive wall time (and ``work``: counts to sum, e.g. ``gemm_flops``) to the
     recording :class:`PhaseClock`, if any."""
     clock = _clock
-    if clock is None or clock._thread != threading.get_ident() or in_lane():
-        # (work in lanes, kernels.workers, on any thread: its time counts in the phase that started the lanes)
+    if clock is None:
         return _OFF
     return _Phase(clock, name, work)
 
@@ -99,7 +91,6 @@ class PhaseClock:
         if _clock is not None:
             raise RuntimeError("a PhaseClock is already recording")
         _clock = self
-        self._thread = threading.get_ident()  # phases are recorded on this thread only
         self._t0 = time.perf_counter()
         return self
 

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from kernels.distributed import DEFAULT_TIMEOUT, Comm, LocalComm
-from kernels.workers import set_lane_workers
 
 from .._backend import make_generator, resolve_budget, resolve_device, resolve_dtype
 
@@ -83,9 +82,6 @@ def runtime_for(estimator, owner: str, comm) -> Runtime:
         # would leave the ranks in different collectives. n_threads='auto' measures each rank's idle cores, so the
         # ranks take the smallest (torch's intra-op count, set inside the estimator's thread limit, restored after)
         torch.set_num_threads(comm.min_int(torch.get_num_threads()))
-        # lane workers (kernels.workers) as many as the threads: ranks on one host would otherwise each claim every
-        # core (the estimator's lane_workers context restores the setting after the fit)
-        set_lane_workers(torch.get_num_threads())
     return Runtime(device, resolve_dtype(estimator.dtype), budget, gen, owner, comm)
 
 

@@ -23,14 +23,12 @@ the working dtype.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
 
 from ..family import as_kernel
 from ..laplace import folded_cols, folded_rows
-from ..workers import LANES, lane_bounds, run_lanes, workers_for
 from ..distributed import LocalComm
 from ..memory import default_memory_budget, plan_blocks
 from ..operators import KernelOperator, Points
@@ -137,17 +135,8 @@ class CentreSystem:
         # a row block's kernel tile in the working dtype, and its float64 copy for the products
         self.wide = self.dtype != torch.float64
         tile_item = itemsize + (8 if self.wide else 0)
-        # (each lane worker holds its own tile, kernels.workers: the tiles are planned on the budget's 1/LANES share,
-        # a size that does not depend on the worker count, so neither do the products' bits; a budget too small to
-        # share: one worker on the whole of it)
-        self.max_workers = None
-        plan_rows = functools.partial(plan_blocks, max(self.n_local, 1), self.m, itemsize=tile_item,
-                                      per_row_bytes=8 * 8,
-                                      max_row_block=max(64, CACHE_TILE_ELEMENTS // max(self.m, 1)))
-        try:
-            self.row_block = plan_rows(budget=budget // LANES).row_block
-        except ValueError:
-            self.row_block, self.max_workers = plan_rows(budget=budget).row_block, 1
+        self.row_block = plan_blocks(max(self.n_local, 1), self.m, itemsize=tile_item, budget=budget, per_row_bytes=8 * 8,
+                                     max_row_block=max(64, CACHE_TILE_ELEMENTS // max(self.m, 1))).row_block
         # the centres' side of the norm-folded distance GEMM, kept across tiles and steps (radial kernels: saves the
         # pass that adds the rows' norms to every tile, see FOLD_NORMS)
         self.folded = self._rows_buf = None
@@ -176,50 +165,12 @@ class CentreSystem:
             self.A, _ = _cholesky_upper(S, torch.finfo(torch.float64).eps)
             del S
 
-    def _kernel(self, z, z_sq, out=None, rows_buf=None):
+    def _kernel(self, z, z_sq, out=None):
         if self.folded is None:
             return self.kernel.matrix(z, self.centres.z, x_sq=z_sq, z_sq=self.centres.z_sq, out=out)
-        rows = folded_rows(z, z_sq, out=self._rows_buf if rows_buf is None else rows_buf)
+        rows = folded_rows(z, z_sq, out=self._rows_buf)
         return self.kernel.matrix(z, self.centres.z, x_sq=z_sq, z_sq=self.centres.z_sq, out=out,
                                   folded=(rows, self.folded))
-
-    def _lane_sum(self, add, c: int) -> torch.Tensor:
-        """``sum over row pieces of add(row offset, K[rows, :] in float64, acc)`` into float64 (m, c) accumulators, in
-        lanes (:mod:`kernels.workers`): each worker computes whole tiles on one thread with its own buffers, each lane
-        sums its tiles' pieces in order, the lanes are summed in lane order -- the same bits for any worker count."""
-        b, n, m = self.row_block, self.n_local, self.m
-        piece = max(1, PRODUCT_PIECE_ELEMENTS // max(m, 1)) if self.wide else b
-        bufs = {}
-
-        def compute(first, last, w):
-            if w not in bufs:  # the worker's own tile, folded-rows and float64-piece buffers
-                bufs[w] = (None if self.K is not None else
-                           torch.empty(min(b, n) * m, dtype=self.dtype, device=self.device),
-                           None if self._rows_buf is None else torch.empty_like(self._rows_buf),
-                           torch.empty(min(piece, n) * m, dtype=torch.float64, device=self.device)
-                           if self.wide else None)
-            tile_buf, rows_buf, wide_buf = bufs[w]
-            acc = torch.zeros((m, c), dtype=torch.float64, device=self.device)
-            for i in range(first * b, min(last * b, n), b):
-                if self.K is not None:
-                    tile = self.K[i : i + b]
-                else:
-                    z, z_sq = self.points.z[i : i + b], self.points.z_sq[i : i + b]
-                    tile = self._kernel(z, z_sq, out=tile_buf[: z.shape[0] * m].view(z.shape[0], m),
-                                        rows_buf=rows_buf)
-                for s in range(0, tile.shape[0], piece):
-                    part = tile[s : s + piece]
-                    if wide_buf is not None:
-                        part = wide_buf[: part.numel()].view(part.shape).copy_(part)
-                    add(i + s, part, acc)
-            return acc
-
-        workers = workers_for(self.device) if self.max_workers is None else self.max_workers
-        parts = run_lanes(lane_bounds(-(-n // b) if n else 0), compute, workers=workers)
-        out = torch.zeros((m, c), dtype=torch.float64, device=self.device)
-        for part in parts:
-            out += part
-        return out
 
     def _tiles(self):
         """(row offset, K[rows, :]) over row blocks of the n points (a view of the stored block when stored)."""
@@ -244,9 +195,24 @@ class CentreSystem:
         for i, tile in self._tiles():
             yield i, buf[: tile.numel()].view(tile.shape).copy_(tile)
 
+    def _wide_pieces(self):
+        """(row offset, K[rows, :] in float64) in pieces of about PRODUCT_PIECE_ELEMENTS (the products' reads stay in
+        the core's cache); float64 tiles whole, as they are."""
+        if not self.wide:
+            yield from self._tiles()
+            return
+        piece = max(1, PRODUCT_PIECE_ELEMENTS // max(self.m, 1))
+        buf = torch.empty(min(piece, max(self.n_local, 1)) * self.m, dtype=torch.float64, device=self.device)
+        for i, tile in self._tiles():
+            for s in range(0, tile.shape[0], piece):
+                part = tile[s : s + piece]
+                yield i + s, buf[: part.numel()].view(part.shape).copy_(part)
+
     def normal_product(self, v: torch.Tensor) -> torch.Tensor:
         """``K_nm^T K_nm v`` for float64 v (m, c), summed over row blocks in float64 (and over the ranks)."""
-        out = self._lane_sum(lambda _i, tile, acc: acc.addmm_(tile.T, tile @ v), v.shape[1])
+        out = torch.zeros_like(v, dtype=torch.float64)
+        for _, tile in self._wide_pieces():
+            out.addmm_(tile.T, tile @ v)
         self.n_products += 1
         return self.comm.allreduce(out)
 
@@ -260,8 +226,10 @@ class CentreSystem:
 
     def rhs(self, Y: torch.Tensor) -> torch.Tensor:
         """``K_nm^T Y`` (float64, m x c)."""
+        out = torch.zeros((self.m, Y.shape[1]), dtype=torch.float64, device=self.device)
         Yw = Y.double()
-        out = self._lane_sum(lambda i, tile, acc: acc.addmm_(tile.T, Yw[i : i + tile.shape[0]]), Y.shape[1])
+        for i, tile in self._wide_pieces():
+            out.addmm_(tile.T, Yw[i : i + tile.shape[0]])
         return self.comm.allreduce(out)
 
     # beta = T^{-1} A^{-1} u   and its inverse  u = A T beta
