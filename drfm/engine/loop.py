@@ -614,7 +614,7 @@ class _Loop:
             out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0)
             path = RidgePath([lam], [float("nan")], f"carried from the previous solve (x {r.n} / {self.reg_rows} rows)")
         elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
-            kept, solved = {}, {}
+            solved = {}  # ridge -> (the solve, its validation error)
             if self.reg_chosen is None:  # the fit's first walk: from the leave-one-out choice on a few rows
                 # (unscaled to the solve's rows: the optimal ridge per row falls with the rows, and the start
                 # measured on MNIST was within a value of the walk's end)
@@ -623,18 +623,17 @@ class _Loop:
                 start = self._carried_reg(r.n)
 
             def evaluate(lam):
-                start = kept["out"][0].x if kept else x0  # warm start from the lowest error so far
+                # warm start from the lowest error so far
+                start = min(solved.values(), key=lambda s: s[1])[0][0].x if solved else x0
                 # K does not depend on the ridge: a stored matrix is built once for the whole walk
-                res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start, same_matrix=bool(kept))
+                res = self._solve(plan, phase, r, pts, replace(p, reg=lam), start, same_matrix=bool(solved))
                 err = self._val_errors(res[2], [res[0].x], kern)[0]
-                if not kept or err < kept["err"]:
-                    kept.update(out=res, err=err)
-                solved[lam] = res  # (the choice may be a smaller ridge whose error equals the lowest)
+                solved[lam] = (res, err)  # (the choice may be a smaller ridge whose error equals the lowest)
                 return err
 
             path = walk_path(evaluate, RIDGE_GRID, start=start)
-            out = solved[path.reg]
-            del solved, kept
+            out = solved[path.reg][0]
+            del solved
         elif plan.solver is Solver.DIRECT and r.n <= self.loo_rows:  # the exact leave-one-out path
             sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
             r = self._complete(phase)

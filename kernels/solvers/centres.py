@@ -63,14 +63,18 @@ def default_centre_count(n: int) -> int:
     return min(n, max(2000, min(8000, int(10 * n**0.5))))
 
 
+def tile_rows_cap(m: int) -> int:
+    """The most rows a kernel tile over ``m`` centres gets (CACHE_TILE_ELEMENTS, at least 64 rows)."""
+    return max(64, CACHE_TILE_ELEMENTS // max(m, 1))
+
+
 def workspace_bytes(n: int, m: int, c: int, *, itemsize: int, store: bool = False, d: int = 0) -> int:
     """What an m-centre solve holds: the two m x m float64 factors (and a transient one while they are formed), CG's
     float64 vectors over m, the n x m kernel block when it is stored, and with ``d`` (the transformed rows' columns)
     the norm-folded distance GEMM's operands (FOLD_NORMS: the centres' m x (d + 2) side, a row block's)."""
     held = 3 * m * m * 8 + m * 8 * c * 8 + n * c * 8
     if d:
-        rows = min(max(n, 1), max(64, CACHE_TILE_ELEMENTS // max(m, 1)))
-        held += (m + rows) * (d + 2) * itemsize
+        held += (m + min(max(n, 1), tile_rows_cap(m))) * (d + 2) * itemsize
     return held + (n * m * itemsize if store else 0)
 
 
@@ -136,7 +140,7 @@ class CentreSystem:
         self.wide = self.dtype != torch.float64
         tile_item = itemsize + (8 if self.wide else 0)
         self.row_block = plan_blocks(max(self.n_local, 1), self.m, itemsize=tile_item, budget=budget, per_row_bytes=8 * 8,
-                                     max_row_block=max(64, CACHE_TILE_ELEMENTS // max(self.m, 1))).row_block
+                                     max_row_block=tile_rows_cap(self.m)).row_block
         # the centres' side of the norm-folded distance GEMM, kept across tiles and steps (radial kernels: saves the
         # pass that adds the rows' norms to every tile, see FOLD_NORMS)
         self.folded = self._rows_buf = None
