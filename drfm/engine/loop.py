@@ -377,6 +377,14 @@ def _inner_progress(verbose, solver, cap):
     return bar, callback
 
 
+def _stop_at(steps: int, callback):
+    """A CG callback that ends the solve after ``steps`` steps (and calls ``callback`` before)."""
+    def stop(k, x, rel_residual):
+        return bool(callback is not None and callback(k, x, rel_residual)) or k >= steps
+
+    return stop
+
+
 def _plan_phases(sizes, *, n_train, n_val, n_agop, d, c, itemsize, p, dtype, device, budget, owner, n_local=None,
                  has_val=False):
     """A SolvePlan per phase ('all' rows, and 'sub' with a subset), each with the fit's own items reserved.
@@ -454,8 +462,11 @@ class _Loop:
     ``alpha`` and the training rows it uses, ``rows`` (global indices into the training rows; None: all of them).
     """
 
-    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, rt: Runtime, score, work_budget, n_agop, Yv=None):
+    def __init__(self, p, plans, Xt, Yt, y_tr, Xv, y_va, sub, *, rt: Runtime, score, work_budget, n_agop, Yv=None,
+                 stopping=False):
         self.p, self.plans, self.score, self.rt = p, plans, score, rt
+        self.stopping = stopping  # early stopping is on: the validation rows may also end a final m-centre CG
+        self.cg_steps = None  # a refit's m-centre CG: the steps the validation rows chose for the kept solve
         self.comm, self.gen, self.owner = rt.comm, rt.generator, rt.owner
         self.work_budget = work_budget
         self.Xt, self.Yt, self.y_tr, self.Xv, self.y_va, self.sub, self.n_agop = Xt, Yt, y_tr, Xv, y_va, sub, n_agop
@@ -476,10 +487,9 @@ class _Loop:
         self.warned = set()
         self.tied_groups = None  # one-hot blocks whose AGOP entries are tied (categorical columns)
         self._all_x = None  # every rank's training rows, once gathered (training_rows)
-        # reg='auto': the validation rows' encoded targets (all ranks' rows, float64) that score a ridge walk, and
-        # the last chosen ridge (where the next walk starts)
-        self.Yv_all = (None if Xv is None or Yv is None or p.reg != "auto" else
-                       self.comm.all_gather_rows(Yv.to(torch.float64)))
+        # the validation rows' encoded targets (all ranks' rows, float64) that score a ridge walk (reg='auto') and the
+        # steps of a final m-centre CG, and the last chosen ridge (where the next walk starts)
+        self.Yv_all = (None if Xv is None or Yv is None else self.comm.all_gather_rows(Yv.to(torch.float64)))
         self.reg_chosen = None  # the ridge the last reg='auto' solve chose, and the rows of that solve
         self.reg_rows = 0
         self.loo_rows, self.centre_max = ridge_limits(rt.budget, Xt.element_size())
@@ -535,13 +545,16 @@ class _Loop:
             self.centre_idx[phase] = idx.to(self.Xt.device)
         return self.centre_idx[phase]
 
-    def _solve(self, plan, phase, r: _Rows, pts, p, x0, regs=None, same_matrix=False):
+    def _solve(self, plan, phase, r: _Rows, pts, p, x0, regs=None, same_matrix=False, final=False):
         """One solve on the phase's rows; returns (result with complete coefficients, the training score, the
         machine's transformed points, its rows as indices into the phase's rows or None for all of them, the rows'
         untransformed values when at hand, bytes communicated per step). ``regs``: the m-centre model's ridge path
         over these values (:func:`~kernels.solvers.solve_centres_path`) instead of one solve at ``p.reg``.
         ``same_matrix``: the previous solve ran on the same rows, metric and bandwidth (a ridge walk): a stored
-        kernel matrix still holds K and is not rebuilt."""
+        kernel matrix still holds K and is not rebuilt. ``final``: no AGOP step follows (these coefficients are a
+        model, not the source of the next M): with early stopping on, an m-centre CG then also stops on the validation
+        rows
+        (:func:`~kernels.solvers.solve_centres`' ``held_out``; the solves that drive M run to ``solver_tol``)."""
         comm, gen, kern = self.comm, self.gen, kernel_of(p)
         sent = (comm.bytes_communicated, comm.seconds_communicating, time.perf_counter())
         if plan.solver.centres:
@@ -555,9 +568,14 @@ class _Loop:
                 sol = solve_centres_path(pts, centres, r.Y, regs=regs, kernel=kern, held_out=held, store=plan.store,
                                          memory_budget=self.work_budget, comm=None if r.complete else comm)
             else:
+                held = None if self.Yv_all is None or not (final and self.stopping) else (
+                    lambda betas: self._val_errors(centres, betas, kern, centres=True))
+                if self.cg_steps is not None:  # (a refit: no validation rows; the kept solve's steps)
+                    progress = _stop_at(self.cg_steps, progress)
                 sol = solve_centres(pts, centres, r.Y, kernel=kern, reg=float(p.reg), x0=x0, rtol=p.solver_tol,
                                     max_iter=p.solver_max_iter, callback=progress, store=plan.store,
-                                    memory_budget=self.work_budget, comm=None if r.complete else comm)
+                                    memory_budget=self.work_budget, comm=None if r.complete else comm,
+                                    held_out=held)
             per_step = _per_step(comm, sent, sol)
             if inner is not None:
                 inner.close()
@@ -597,9 +615,9 @@ class _Loop:
         score = self._estimated_score(r, lambda idx: machine.z[idx], machine, sol.x, kern)  # (every row's points)
         return sol, score, machine, None, r.X if r.complete else None, per_step
 
-    def _solve_auto(self, plan, phase, r: _Rows, pts, p, x0):
+    def _solve_auto(self, plan, phase, r: _Rows, pts, p, x0, final=False):
         """:meth:`_solve` with the ridge chosen from the data (reg='auto'; the routes: LOO_MAX_ROWS' comment). Returns
-        what :meth:`_solve` returns and the history entries of the ridge choice."""
+        what :meth:`_solve` returns and the history entries of the ridge choice (``final``: :meth:`_solve`'s)."""
         t0 = time.perf_counter()
         comm, kern = self.comm, kernel_of(p)
         if plan.solver.centres and plan.n_centres <= self.centre_max:  # the m-centre path
@@ -611,7 +629,7 @@ class _Loop:
             # against a sum of squares over their rows: lambda = reg / n, Falkon's lambda n)
             lam = self._carried_reg(r.n)
             t0 = None  # nothing is spent on choosing it (the solve is the solve)
-            out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0)
+            out = self._solve(plan, phase, r, pts, replace(p, reg=lam), x0, final=final)
             path = RidgePath([lam], [float("nan")], f"carried from the previous solve (x {r.n} / {self.reg_rows} rows)")
         elif self.Yv_all is not None and not plan.solver.centres:  # one solve per value, scored on the validation rows
             solved = {}  # ridge -> (the solve, its validation error)
@@ -644,7 +662,7 @@ class _Loop:
             out = (sol, self.score(train_out.cpu().numpy(), r.y), pts, None, r.X, _per_step(comm, sent, sol))
         else:  # the exact leave-one-out path on a random subset of the rows, then one solve at its choice
             path = self._loo_on_rows(r, pts, kern, min(r.n, self.loo_rows, LOO_SUBSET_ROWS))
-            out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0)
+            out = self._solve(plan, phase, r, pts, replace(p, reg=path.reg), x0, final=final)
         self.reg_chosen, self.reg_rows = path.reg, r.n
         return out, {"reg": path.reg, **path.record(), "reg_seconds": 0.0 if t0 is None else time.perf_counter() - t0}
 
@@ -730,10 +748,11 @@ class _Loop:
         with clock_phase("solve"):
             if p.reg == "auto":
                 (sol, train_score, pts, local, x_rows, per_step), ridge = self._solve_auto(plan, phase, r, pts, p,
-                                                                                           x0)
+                                                                                           x0, final=not agop_step)
                 p = replace(p, reg=ridge["reg"])
             else:
-                sol, train_score, pts, local, x_rows, per_step = self._solve(plan, phase, r, pts, p, x0)
+                sol, train_score, pts, local, x_rows, per_step = self._solve(plan, phase, r, pts, p, x0,
+                                                                             final=not agop_step)
         self.alpha = sol.x
         self.alpha_of = phase if local is None else ("centres", phase)
         if not bool(torch.isfinite(self.alpha).all()):
@@ -749,10 +768,16 @@ class _Loop:
                "bandwidth": bandwidth, "solver": sol.method,
                "solver_reason": plan.reason,
                "solver_iters": sol.n_iter, "solver_converged": sol.converged, "solver_residual": sol.final_residual,
+               "solver_warm_start": x0 is not None,
                "reg": float(p.reg), "reg_used": sol.reg_used, "train_score": train_score, "val_score": None,
                "agop_rows": self.n_agop if agop_step else None,
                # the width of the rows in the metric (d; fewer with a compact factor): the distance GEMMs' depth
                "metric_columns": int(pts.z.shape[1])}
+        if "stopped_by" in sol.details:  # an m-centre CG that scored its steps on the validation rows
+            rec.update(solver_stopped_by=sol.details["stopped_by"], solver_returned_step=sol.details["returned_step"],
+                       solver_val_errors=sol.details["held_out_errors"])
+        elif self.cg_steps is not None and local is not None:
+            rec["solver_stopped_by"] = f"the kept solve's {self.cg_steps} steps (chosen on the validation rows)"
         rec.update(per_step)
         rec.update(ridge)
         if self.comm.world_size > 1:
@@ -796,13 +821,15 @@ def _refit_plans(n, p, bandwidth, reg, plan_args):
                                            "n_local": None if plan_args["n_local"] is None else held})
 
 
-def _refit(X, y, Y, rp, plans, sqrt_m, factor, t, score, rt: Runtime) -> _Loop:
-    """One solve on all n rows with a chosen M (its factor) and bandwidth (in ``rp``); the loop holds the result."""
+def _refit(X, y, Y, rp, plans, sqrt_m, factor, t, score, rt: Runtime, cg_steps=None) -> _Loop:
+    """One solve on all n rows with a chosen M (its factor) and bandwidth (in ``rp``); the loop holds the result.
+    ``cg_steps``: an m-centre CG runs this many steps (the kept solve's, which the validation rows stopped)."""
     n = X.shape[0]
     loop = _Loop(rp, plans, finite_tensor(X, rt.dtype, rt.device), finite_tensor(Y, rt.dtype, rt.device, "y"), y,
                  None, None, None, rt=rt, score=score, work_budget=plans["all"].work_budget(),
                  n_agop=min(rp.agop_sample_size, n))
     loop.sqrt_m, loop.factor = sqrt_m, factor
+    loop.cg_steps = cg_steps
     rec = loop.step(t, "all", False)
     rec["refit"] = f"the chosen iterate's M refit on all {loop.n_tr} training rows (validation rows included)"
     loop.K = None
@@ -908,7 +935,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         y_va = y[va] if comm.world_size == 1 else comm.take_objects(y, off, va)
     loop = _Loop(p, plans, finite_tensor(X[tr_mine], dtype, device), finite_tensor(Y[tr_mine], dtype, device, "y"),
                  y[tr_mine], Xv, y_va, sub, rt=rt, score=score,
-                 work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop, Yv=Yv)
+                 work_budget=min(plan.work_budget() for plan in plans.values()), n_agop=n_agop, Yv=Yv,
+                 stopping=stopping)
     loop.tied_groups = tied_groups
     # no subset solve with the final M when the solve on all rows does not start from its coefficients
     shape = (p.iters, sub is not None, final_solve, not plans["all"].solver.iterative_exact)
@@ -959,7 +987,13 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
     if refit_plans is not None:
         # the kept iterate's M (and bandwidth, and ridge) refit on every training row: the validation rows chose it
         del loop, best_alpha
-        refit = _refit(X, y, Y, rp, refit_plans, best_r, best_factor, len(history), score, rt)
+        # the steps of an m-centre CG that the validation rows stopped are chosen on them like the ridge: the refit
+        # (the same problem with the validation rows added, started cold) runs as many when the kept solve started
+        # cold too
+        kept = history[best_t]
+        steps = (kept["solver_returned_step"] if kept.get("solver_stopped_by") == "held-out"
+                 and not kept["solver_warm_start"] else None)
+        refit = _refit(X, y, Y, rp, refit_plans, best_r, best_factor, len(history), score, rt, cg_steps=steps)
         history.append(refit.history[0])
         if p.reg == "auto":
             history[-1]["reg_criterion"] = f"the kept solve's ({best_t}) x {n} / {history[best_t]['n_rows']} rows"

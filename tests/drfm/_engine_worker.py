@@ -62,6 +62,9 @@ def cases():
         # the m-centre model: M learned on the exact subset ('auto'), the final model sharded by rows
         ("nystrom_es", lambda: RFMRegressor(solver="nystrom", n_centres=150, iters=2, early_stopping=True,
                                             solver_tol=1e-9, **base), small),
+        # a fixed ridge: the final m-centre model by CG, which early stopping's validation rows also stop
+        ("nystrom_es_cg", lambda: RFMRegressor(solver="nystrom", n_centres=150, iters=2, early_stopping=True,
+                                               reg=1e-4, solver_tol=1e-9, **base), small),
         # ... and every solve sharded (M learned from m-centre models on all rows)
         ("nystrom_sharded", lambda: RFMRegressor(solver="nystrom", n_centres=150, iters=2, early_stopping=False,
                                                  iter_sample_size=None, solver_tol=1e-9, **base), small),

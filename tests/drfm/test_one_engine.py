@@ -68,6 +68,12 @@ def test_every_setting_gives_the_single_process_model(world, single_process, tmp
     hist = parts[0]["nystrom_sharded"]["history"]
     assert all(h["sharded"] and h["bytes_per_step"] > 0 and h["world_size"] == world for h in hist)
     assert parts[0]["cg_es"]["history"][0]["sharded"]
+    # the final m-centre CG scored its steps on the validation rows of every rank, as one process did
+    last = [h for h in parts[0]["nystrom_es_cg"]["history"] if h["solver"] == "nystrom"][-1]
+    ref = [h for h in single_process["nystrom_es_cg"]["history"] if h["solver"] == "nystrom"][-1]
+    assert last["sharded"] and last["solver_stopped_by"] == ref["solver_stopped_by"]
+    assert last["solver_iters"] == ref["solver_iters"] == len(ref["solver_val_errors"])
+    np.testing.assert_allclose(last["solver_val_errors"], ref["solver_val_errors"], rtol=1e-9)
 
 
 @pytest.mark.parametrize("mode, message", [

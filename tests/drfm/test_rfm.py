@@ -493,3 +493,47 @@ def test_early_stop_on_the_subset_still_solves_on_all_rows():
     assert not any("refit" in h for h in m.history_)
     # the kept model is the one with the best validation score, the all-rows solve among the candidates
     assert m.history_[m.best_iter_]["val_score"] == max(h["val_score"] for h in m.history_)
+
+
+def test_the_final_m_centre_cg_stops_on_the_validation_rows():
+    # M learned from m-centre models on all rows (iter_sample_size=None, fixed ridge: every solve is an m-centre
+    # CG): the solves that drive M run to solver_tol; the final one, whose coefficients are the model, is also
+    # stopped by the validation rows once their error is flat (kernels.solvers.centres: HELD_OUT_PATIENCE)
+    from kernels.solvers.centres import HELD_OUT_PATIENCE
+    from kernels.solvers.ridge import RIDGE_RTOL
+
+    rng = np.random.default_rng(22)
+    X = rng.standard_normal((2400, 6))
+    y = X[:, 0] * X[:, 1] + 0.05 * rng.standard_normal(2400)
+    kw = dict(solver="nystrom", n_centres=200, iters=2, iter_sample_size=None, reg=1e-5, solver_tol=1e-10,
+              solver_max_iter=400, dtype="float64", random_state=0)
+    on = RFMRegressor(**kw).fit(X, y)
+    solves = [h for h in on.history_ if "refit" not in h]
+    *driving, final = solves
+    assert [h["solver"] for h in solves] == ["nystrom"] * 3
+    assert not any("solver_stopped_by" in h for h in driving)
+    assert all(h["solver_converged"] for h in driving)  # they reached solver_tol
+    assert final["solver_stopped_by"] == "held-out" and not final["solver_converged"]
+    errs = final["solver_val_errors"]
+    assert len(errs) == final["solver_iters"] and final["solver_iters"] > HELD_OUT_PATIENCE
+    assert errs[final["solver_returned_step"] - 1] <= min(errs) * (1 + RIDGE_RTOL)
+    # without early stopping nothing else ends it: the same solves run to solver_tol
+    off = RFMRegressor(**kw, early_stopping=False).fit(X, y)
+    assert not any("solver_stopped_by" in h for h in off.history_)
+    assert off.history_[-1]["solver_converged"] and off.history_[-1]["solver_iters"] > final["solver_iters"]
+
+
+def test_the_refit_runs_the_steps_the_validation_rows_chose():
+    # M learned on a 300-row exact subset; the final m-centre model (1000 centres, started cold) is the kept iterate
+    # and its CG was stopped on the validation rows: the refit on all rows (no validation rows left) runs as many
+    # steps, where it used to run to solver_tol
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((3000, 5))
+    y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2] + 0.05 * rng.standard_normal(3000)
+    m = RFMRegressor(solver="nystrom", n_centres=1000, iters=2, iter_sample_size=300, reg=1e-5, solver_tol=1e-10,
+                     solver_max_iter=400, dtype="float64", random_state=0).fit(X, y)
+    kept, refit = m.history_[m.best_iter_], m.history_[-1]
+    assert kept["solver"] == "nystrom" and not kept["solver_warm_start"]
+    assert kept["solver_stopped_by"] == "held-out" and "refit" in refit
+    assert refit["solver_iters"] == kept["solver_returned_step"] < 400
+    assert "steps" in refit["solver_stopped_by"] and refit["n_rows"] == 3000

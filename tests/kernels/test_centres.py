@@ -5,7 +5,9 @@ import torch
 
 from kernels import Points, laplace_agop, laplace_kernel
 from kernels._reference import agop_autograd
-from kernels.solvers.centres import CentreSystem, default_centre_count, solve_centres, workspace_bytes
+from kernels.solvers.centres import (HELD_OUT_PATIENCE, CentreSystem, default_centre_count, solve_centres,
+                                     workspace_bytes)
+from kernels.solvers.ridge import RIDGE_RTOL
 from tests.conftest import DEVICES, random_spd, sym_sqrt
 
 
@@ -67,6 +69,73 @@ def test_vector_target_warm_start_and_float32():
     K = laplace_kernel(X, X[idx], bandwidth=2.0)
     fit64, fit32 = K @ res.x, K @ res32.x.double()
     assert float((fit64 - fit32).abs().max()) < 1e-3 * float(y.abs().max())
+
+
+def _iterate(pts, cen, Y, k, **kw):
+    """The k-th CG iterate of the m-centre solve, from an independent run capped at k steps."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the cap, not the tolerance, ends it)
+        return solve_centres(pts, cen, Y, rtol=1e-15, max_iter=k, **kw).x
+
+
+@pytest.mark.parametrize("errors, stop, returned", [
+    # the lowest falls by 0.025% per step after step 3: not an improvement beyond RIDGE_RTOL; the last is the lowest
+    ([1.0, 0.5, 0.4, 0.3999, 0.39995, 0.3998, 0.1], 6, 6),
+    # worse after step 3 by more than RIDGE_RTOL: step 3's iterate
+    ([1.0, 0.5, 0.4, 0.41, 0.42, 0.43, 0.1], 6, 3),
+    # the last within RIDGE_RTOL of the lowest (0.05% above): the last, the more converged of equals
+    ([1.0, 0.5, 0.4, 0.39, 0.3902, 0.39019, 0.39018, 0.1], 7, 7),
+    # an improvement beyond RIDGE_RTOL at step 5 starts the count again
+    ([1.0, 0.5, 0.4, 0.4, 0.3, 0.3, 0.3, 0.3, 0.1], 8, 8),
+])
+def test_held_out_rows_stop_the_cg_by_the_rule(errors, stop, returned):
+    X, Y = _data(seed=7, n=400)
+    idx = torch.arange(0, len(X), 4)
+    pts, cen = Points.of(X), Points.of(X[idx])
+    kw = dict(bandwidth=2.0, reg=1e-6)
+    seen = []
+
+    def held_out(betas):  # scripted errors; records what it was asked to score
+        seen.append(betas[0].clone())
+        return [errors[len(seen) - 1]]
+
+    res = solve_centres(pts, cen, Y, rtol=1e-15, max_iter=100, held_out=held_out, **kw)
+    assert res.n_iter == stop and len(seen) == stop and not res.converged
+    assert res.details["stopped_by"] == "held-out" and res.details["returned_step"] == returned
+    assert res.details["held_out_errors"] == errors[:stop]
+    # the coefficients scored at each step are that step's iterate, and the returned one is the chosen step's
+    for k in (1, returned):
+        ref = _iterate(pts, cen, Y, k, **kw)
+        np.testing.assert_allclose(seen[k - 1].numpy(), ref.numpy(), rtol=0, atol=1e-9 * float(ref.abs().max()))
+    np.testing.assert_allclose(res.x.numpy(), _iterate(pts, cen, Y, returned, **kw).numpy(), rtol=0,
+                               atol=1e-9 * float(res.x.abs().max()))
+    assert res.final_residual == res.residual_norms[returned]
+
+
+def test_held_out_stop_ends_where_the_held_out_error_is_flat():
+    X, Y = _data(seed=8, n=1400, c=1)
+    tr, va = slice(0, 1000), slice(1000, None)
+    idx = torch.arange(0, 1000, 10)
+    pts, cen, pva = Points.of(X[tr]), Points.of(X[idx]), Points.of(X[va])
+    kva = laplace_kernel(X[va], X[idx], bandwidth=2.0)  # the held-out rows' kernel, formed independently
+
+    def held_out(betas):
+        return [float((kva @ b - Y[va]).square().mean()) for b in betas]
+
+    kw = dict(bandwidth=2.0, reg=1e-7)
+    full = solve_centres(pts, cen, Y[tr], rtol=1e-12, max_iter=500, **kw)
+    res = solve_centres(pts, cen, Y[tr], rtol=1e-12, max_iter=500, held_out=held_out, **kw)
+    assert full.converged and res.details["stopped_by"] == "held-out" and res.n_iter < full.n_iter / 2
+    err, err_full = held_out([res.x])[0], held_out([full.x])[0]
+    assert err <= err_full * 1.01, (err, err_full)
+    # the rule: no step of the last HELD_OUT_PATIENCE lowered the lowest before it by more than RIDGE_RTOL
+    errs = res.details["held_out_errors"]
+    lowest = min(errs[: -HELD_OUT_PATIENCE])
+    assert all(e >= lowest * (1 - RIDGE_RTOL) for e in errs[-HELD_OUT_PATIENCE:])
+    with pytest.raises(ValueError, match="patience"):
+        solve_centres(pts, cen, Y[tr], held_out=held_out, patience=0, **kw)
 
 
 def test_agop_of_the_centre_predictor_matches_autograd():
