@@ -381,14 +381,14 @@ def solve_centres(
     b = system._left(system.rhs(B))
     u0 = None if x0 is None else system.to_u(X0.double())
     stop = None if held_out is None else _HeldOutStop(system, held_out, patience)
-    step_callback = callback
-    if stop is not None:
-        def step_callback(k, u, rel_residual):
-            user = callback is not None and bool(callback(k, u, rel_residual))
-            return stop(k, u) or user
+
+    def with_stop(k, u, rel_residual):
+        user = callback is not None and bool(callback(k, u, rel_residual))
+        return stop(k, u) or user
 
     res = solve_cg(_Operator(system), b, reg=0.0, x0=u0, rtol=rtol, atol=atol,
-                   max_iter=100 if max_iter is None else max_iter, callback=step_callback)
+                   max_iter=100 if max_iter is None else max_iter,
+                   callback=callback if stop is None else with_stop)
     u, returned = res.x, None
     if stop is not None and stop.stopped:
         u, returned = stop.choice()

@@ -118,7 +118,7 @@ def test_held_out_stop_ends_where_the_held_out_error_is_flat():
     X, Y = _data(seed=8, n=1400, c=1)
     tr, va = slice(0, 1000), slice(1000, None)
     idx = torch.arange(0, 1000, 10)
-    pts, cen, pva = Points.of(X[tr]), Points.of(X[idx]), Points.of(X[va])
+    pts, cen = Points.of(X[tr]), Points.of(X[idx])
     kva = laplace_kernel(X[va], X[idx], bandwidth=2.0)  # the held-out rows' kernel, formed independently
 
     def held_out(betas):
