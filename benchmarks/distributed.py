@@ -131,7 +131,9 @@ def _fit_main(world, rank, case, out):
                "step_seconds": step_s, "bytes_per_step": last.get("bytes_per_step", 0),
                "comm_seconds_per_step": comm_s, "comm_share": comm_s / step_s if step_s else None,
                "solves": [{k: h.get(k) for k in ("solver", "n_rows", "solver_iters", "seconds", "val_score", "reg",
-                                                        "reg_seconds", "seconds_per_step")}
+                                                        "reg_seconds", "seconds_per_step", "solver_residual",
+                                                        "solver_stopped_by", "solver_returned_step",
+                                                        "solver_val_errors")}
                           for h in model.history_], "torch_threads": torch.get_num_threads()}, open(out, "w"))
 
 
