@@ -114,7 +114,7 @@ def _fit_main(world, rank, case, out):
     X, y = rows(task, lo, hi)
     cls = RFMRegressor if task == "lowrank" else RFMClassifier
     model = cls(solver="nystrom", dtype="float32", device="cpu", random_state=0, distributed=world > 1,
-                verbose=bool(case.get("verbose")), memory_budget=case.get("memory_budget"))
+                verbose=int(case.get("verbose") or 0), memory_budget=case.get("memory_budget"))
     t0 = time.perf_counter()
     model.fit(X, y)
     fit_s = time.perf_counter() - t0
