@@ -562,14 +562,15 @@ class _Loop:
             local = self._centres(phase, r.n, plan.n_centres)
             centres = Points(self._take(pts.z, r, local), self._take(pts.z_sq, r, local))
             inner, progress = _inner_progress(p.verbose, plan.solver, p.solver_max_iter)
+            # the validation error of coefficients over the centres (scores a ridge path, or a final CG's steps)
+            held = None if self.Yv_all is None else (
+                lambda betas: self._val_errors(centres, betas, kern, centres=True))
             if regs is not None:
-                held = None if self.Yv_all is None else (
-                    lambda betas: self._val_errors(centres, betas, kern, centres=True))
                 sol = solve_centres_path(pts, centres, r.Y, regs=regs, kernel=kern, held_out=held, store=plan.store,
                                          memory_budget=self.work_budget, comm=None if r.complete else comm)
             else:
-                held = None if self.Yv_all is None or not (final and self.stopping) else (
-                    lambda betas: self._val_errors(centres, betas, kern, centres=True))
+                if not (final and self.stopping):
+                    held = None
                 if self.cg_steps is not None:  # (a refit: no validation rows; the kept solve's steps)
                     progress = _stop_at(self.cg_steps, progress)
                 sol = solve_centres(pts, centres, r.Y, kernel=kern, reg=float(p.reg), x0=x0, rtol=p.solver_tol,
@@ -994,9 +995,8 @@ def run_rfm(X: np.ndarray, y, Y: np.ndarray, *, params: RFMParams, score: Callab
         x0 = None
         if refit_plans["all"].solver is Solver.CG:
             kept_rows = tr if best_rows is None else tr[best_rows.cpu().numpy()]
-            x0 = torch.zeros((n, best_alpha.shape[1] if best_alpha.dim() > 1 else 1), dtype=best_alpha.dtype,
-                             device=best_alpha.device)
-            x0[torch.as_tensor(kept_rows, device=x0.device)] = best_alpha.reshape(len(kept_rows), -1)
+            x0 = best_alpha.new_zeros((n, best_alpha.shape[1]))  # (coefficients are (rows, c), as Y is)
+            x0[torch.as_tensor(kept_rows, device=x0.device)] = best_alpha
         del loop, best_alpha
         # the steps of an m-centre CG that the validation rows stopped are chosen on them like the ridge: the refit
         # (the same problem with the validation rows added, started cold) runs as many when the kept solve started

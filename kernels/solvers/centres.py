@@ -126,7 +126,7 @@ class _HeldOutStop:
         self.last_u, self.since, self.stopped = None, 0, False
 
     def __call__(self, k: int, u: torch.Tensor) -> bool:
-        u = (u.unsqueeze(1) if u.dim() == 1 else u).clone()
+        u = u.clone()  # (CG's iterate, (m, c): it moves on in place)
         err = float(self.held_out([self.system.to_beta(u)])[0])
         self.errors.append(err)
         improved = err < self.lowest * (1.0 - RIDGE_RTOL)  # (the first finite error always is)
@@ -393,7 +393,7 @@ def solve_centres(
     if stop is not None and stop.stopped:
         u, returned = stop.choice()
     # the ranks' factors and CG iterates agree to round-off: rank 0's coefficients everywhere
-    beta = system.comm.broadcast(system.to_beta(u.unsqueeze(1) if u.dim() == 1 else u).to(Y.dtype))
+    beta = system.comm.broadcast(system.to_beta(u).to(Y.dtype))
     details = {"n_centres": system.m, "jitter": system.jitter, "stored": system.K is not None,
                "kernel_products": system.n_products}
     if stop is not None:
