@@ -6,13 +6,13 @@ From ``s`` random centres S:
   (EigenPro 2 uses these directly);
 * :class:`NystromPreconditioner`: for preconditioned CG, the rank-q Nystrom approximation
   ``K_hat = K_nS E_q Lambda_q^{-1} E_q^T K_Sn / s`` (with ``Lambda`` the eigenvalues of K_SS = s * lambda) in
-  orthonormal eigen-form ``K_hat = U diag(mu) U^T`` (``U`` is n x q), and the preconditioner of Frangella, Tropp &
-  Udell (2023), applied as a plain callable ``P(r) = P^{-1} r`` (like scipy's ``M``)::
+  orthonormal eigen-form ``K_hat = U diag(mu) U^T`` (``U`` is n x q, float64), and the preconditioner of Frangella,
+  Tropp & Udell (2023), applied as a plain callable ``P(r) = P^{-1} r`` (like scipy's ``M``)::
 
       P^{-1} = (mu_q + reg) U (diag(mu) + reg)^{-1} U^T + (I - U U^T)
 
-  It is symmetric positive definite for any ``reg >= 0`` with ``mu_q > 0`` -- when U is orthonormal. A float32 U is
-  orthonormal only to ~1e-6 at n = 50 000, while the smallest eigenvalue of ``P^{-1}``, ``(mu_q + reg) / (mu_1 +
+  It is symmetric positive definite for any ``reg >= 0`` with ``mu_q > 0`` -- when U is orthonormal. A float32 U
+  (the basis was once kept in the working precision) is orthonormal only to ~1e-6 at n = 50 000, while the smallest eigenvalue of ``P^{-1}``, ``(mu_q + reg) / (mu_1 +
   reg)``, can be smaller still (4e-7 on the last features of a ReLU Deep RFM, where preconditioned CG then diverged
   to NaN). So U's actual Gram matrix ``G = U^T U`` is measured in float64 and the preconditioner applied with the
   orthonormal ``Q = U G^{-1/2}``: ``P^{-1} = I + U G^{-1/2} S G^{-1/2} U^T`` with ``S = diag((mu_q + reg) / (mu +
@@ -31,8 +31,6 @@ __all__ = ["NystromEigensystem", "NystromPreconditioner", "default_n_centres", "
 #: eigenpairs kept for the CG preconditioner when the memory budget allows it
 DEFAULT_RANK = 500
 
-#: rows of the n x q basis promoted to float64 at a time when it is applied to float64 vectors (at most 8 MB)
-_PROMOTE_ELEMENTS = 2**20
 #: elements of the row chunk of ``C W`` computed at a time while the basis is built
 _BUILD_ELEMENTS = 4 * 2**20
 
@@ -112,68 +110,52 @@ class NystromPreconditioner:
         itemsize = torch.empty((), dtype=op.dtype).element_size()
         budget = default_memory_budget(op.device) if memory_budget is None else int(memory_budget)
         lam = eig.eigvals[:q] * s  # eigenvalues of K_SS
-        # C = K_nS E_q Lambda_q^{-1/2}: K_hat = C C^T; orthonormalise through the q x q Gram matrix C^T C
+        # C = K_nS E_q Lambda_q^{-1/2}: K_hat = C C^T; orthonormalise through the q x q Gram matrix C^T C. C is
+        # kept in float64 (each row block's product in the working precision, then widened): the basis U = C W is
+        # applied to CG's float64 vectors at every step, and a float64 U is read once per application where a
+        # narrower one was promoted chunk by chunk (2.4x the time per step at n = 10 240, q = 500)
         proj = (eig.eigvecs[:, :q] / lam.sqrt()).to(op.dtype)
-        C = torch.empty((n, q), dtype=op.dtype, device=op.device)
+        C = torch.empty((n, q), dtype=torch.float64, device=op.device)
         rows = max(1, min(n, budget // (4 * s * itemsize)))
         tile = torch.empty(rows * s, dtype=op.dtype, device=op.device)
+        prod = torch.empty((rows, q), dtype=op.dtype, device=op.device)
         for i in range(0, n, rows):
             j = min(i + rows, n)
             kb = op.block(slice(offset + i, offset + j), eig.centres, out=tile[: (j - i) * s].view(j - i, s))
-            torch.mm(kb, proj, out=C[i:j])
-        del tile
-        gram = (C.T @ C).double() if op.dtype != torch.float64 else C.T @ C
-        gram = self._reduce(gram)
+            C[i:j] = torch.mm(kb, proj, out=prod[: j - i])
+        del tile, prod
+        gram = self._reduce(C.T @ C)
         sig2, V = torch.linalg.eigh(gram)
         sig2, V = op.broadcast(sig2), op.broadcast(V)
         sig2, V = sig2.flip(0), V.flip(1)
         ok = sig2 > float(sig2[0]) * 1e-8
         sig2, V = sig2[ok], V[:, ok]
-        W = (V / sig2.sqrt()).to(op.dtype)
-        # U = C W, in row chunks (W may have fewer columns than C: keep the leading ones)
+        W = V / sig2.sqrt()
+        # U = C W, in row chunks written over C (W may have fewer columns than C: keep the leading ones)
         r = W.shape[1]
         chunk = max(1, min(n, _BUILD_ELEMENTS // max(1, q)))
         for i in range(0, n, chunk):
             C[i : i + chunk, :r] = C[i : i + chunk] @ W
         self.U = C[:, :r] if r == q else C[:, :r].contiguous()
         self.mu = sig2  # eigenvalues of K_hat
-        # the q x q core G^{-1/2} S G^{-1/2} (float64) makes P^{-1} SPD whatever U's rounding (module text)
-        gram_u = _ut_times(self.U, self.U, torch.float64)
-        inv_sqrt = op.broadcast(psd_power(self._reduce(gram_u), -0.5))
+        # the q x q core G^{-1/2} S G^{-1/2} makes P^{-1} SPD whatever U's rounding (module text)
+        inv_sqrt = op.broadcast(psd_power(self._reduce(self.U.T @ self.U), -0.5))
         scale = (sig2[-1] + self.reg) / (sig2 + self.reg) - 1.0
         self.core = inv_sqrt @ (scale.unsqueeze(1) * inv_sqrt)
 
     @staticmethod
     def workspace_bytes(n: int, *, n_centres: int, rank: int, itemsize: int) -> int:
-        """The n x q basis, the eigen-system it is built from, and the larger of the row chunk used while building
-        the basis and (in a working precision below float64) the chunk promoted to float64 when it is applied; the
-        q x q float64 core it keeps. (The core's temporaries -- G^{-1/2} by :func:`~kernels.linalg.psd_power` -- come
-        after the eigensystem's s x s workspace is released: only what exceeds that is counted.)"""
-        promote = _PROMOTE_ELEMENTS * 8 if itemsize < 8 else 0
-        build = min(n * rank, _BUILD_ELEMENTS) * itemsize
+        """The n x q basis (float64 whatever the working precision: ``itemsize`` does not change it), the eigen-system
+        it is built from, the chunk of ``C W`` and the q x q float64 core it keeps. (The row blocks of ``K_nS`` come
+        out of the ``memory_budget`` passed in; the core's temporaries -- G^{-1/2} by
+        :func:`~kernels.linalg.psd_power` -- come after the eigensystem's s x s workspace is released: only what
+        exceeds that is counted.)"""
+        build = min(n * rank, _BUILD_ELEMENTS) * 8
         core = rank * rank * 8 + max(0, eigh_workspace_bytes(rank) - NystromEigensystem.workspace_bytes(n_centres))
-        return n * rank * itemsize + NystromEigensystem.workspace_bytes(n_centres) + max(promote, build) + core
+        return n * rank * 8 + NystromEigensystem.workspace_bytes(n_centres) + build + core
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        """``P^{-1} r`` for r of shape (n, c), in r's precision (U is promoted in row chunks when r is wider)."""
-        core = self.core.to(r.dtype)
-        reduce = self._reduce  # sharded: U^T r summed over the ranks
-        if self.U.dtype == r.dtype:
-            return r + self.U @ (core @ reduce(self.U.T @ r))
-        chunk = max(1, _PROMOTE_ELEMENTS // max(1, self.U.shape[1]))
-        coef = core @ reduce(_ut_times(self.U, r, r.dtype))
-        out = r.clone()
-        for i in range(0, r.shape[0], chunk):
-            out[i : i + chunk] += self.U[i : i + chunk].to(r.dtype) @ coef
-        return out
-
-
-def _ut_times(U: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``U^T r`` in ``dtype``, over row chunks of at most :data:`_PROMOTE_ELEMENTS` of U promoted at a time (``r is
-    U``: the Gram matrix, from one promoted copy per chunk)."""
-    chunk = max(1, _PROMOTE_ELEMENTS // max(1, U.shape[1]))
-    out = torch.zeros((U.shape[1], r.shape[1]), dtype=dtype, device=U.device)
-    for i in range(0, U.shape[0], chunk):
-        left = U[i : i + chunk].to(dtype)
-        out += left.T @ (left if r is U else r[i : i + chunk].to(dtype))
-    return out
+        """``P^{-1} r`` for r of shape (n, c), in float64 (the basis' precision), returned in r's precision."""
+        r64 = r.to(torch.float64)
+        out = r64 + self.U @ (self.core @ self._reduce(self.U.T @ r64))
+        return out if out.dtype == r.dtype else out.to(r.dtype)

@@ -180,7 +180,7 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
         s, q = max(_MIN_CENTRES, s // 2), max(min(_MIN_RANK, s - 1), q // 2)
         iterative = _ledger(budget, reserved, _solve_items("cg", n, d, c, itemsize, s, q))
     if not iterative.fits(MIN_WORK_BYTES):
-        per_n = (d + 1 + q) * itemsize + 8 * c * 8
+        per_n = (d + 1) * itemsize + q * 8 + 8 * c * 8  # rows, the float64 Nystrom basis, CG vectors
         room = budget - fixed - MIN_WORK_BYTES - NystromPreconditioner.workspace_bytes(0, n_centres=s, rank=q,
                                                                                        itemsize=itemsize)
         raise ValueError(

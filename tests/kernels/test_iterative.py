@@ -7,7 +7,7 @@ import torch
 
 from kernels import (BlockedKernel, NystromPreconditioner, StoredKernel, laplace_kernel,
                      solve_cg, solve_eigenpro)
-from kernels.operators import KernelOperator, _stored_matmul
+from kernels.operators import SYMV_COLUMNS, KernelOperator, _stored_matmul
 from kernels.solvers import ConvergenceWarning, eigenpro_schedule
 from tests.conftest import DEVICES
 
@@ -64,6 +64,25 @@ def test_stored_matmul_layouts_equal_plain_product():
         v = torch.randn(1100, c, generator=g)
         np.testing.assert_allclose(_stored_matmul(K, v).numpy(), (K.double() @ v.double()).numpy(), rtol=1e-4,
                                    atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stored_matmul_on_one_thread_reads_one_triangle(dtype):
+    # on one thread a narrow product is BLAS symv over K's upper triangle: equal to the float64 product with the
+    # matrix symmetrised from that triangle, for every narrow width, and not used (the general product) when wider
+    g = torch.Generator().manual_seed(3)
+    K = torch.rand(900, 900, generator=g, dtype=dtype)  # not symmetric: which triangle is read shows
+    upper = torch.triu(K.double()) + torch.triu(K.double(), 1).T
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for c in range(1, SYMV_COLUMNS + 2):
+            v = torch.randn(900, c, generator=g, dtype=dtype)
+            ref = (upper if c <= SYMV_COLUMNS else K.double()) @ v.double()
+            tol = 1e-4 if dtype == torch.float32 else 1e-10
+            np.testing.assert_allclose(_stored_matmul(K, v).numpy(), ref.numpy(), rtol=tol, atol=tol)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_stored_operator_blocks_are_copies_and_out_is_checked():
@@ -237,12 +256,13 @@ def _collapsed(n, spread, seed=0):
 
 @pytest.mark.parametrize("spread,reg", [(0.05, 1e-6), (0.02, 1e-7)])
 def test_float32_nystrom_preconditioner_spectrum_stays_in_its_bounds(spread, reg):
-    # P^{-1} = I + Q S Q^T with Q orthonormal has its eigenvalues in [(mu_q + reg) / (mu_1 + reg), 1]. With the float32
+    # P^{-1} = I + Q S Q^T with Q orthonormal has its eigenvalues in [(mu_q + reg) / (mu_1 + reg), 1]. With a float32
     # basis used as if orthonormal they fell 25-45% below the lower bound here (and below 0 at n = 50 000, where
-    # CG then diverged to NaN); the Gram-corrected core keeps them inside to float64 round-off.
+    # CG then diverged to NaN); the Gram-corrected core keeps them inside to float64 round-off. (The basis is now
+    # held in float64 whatever the operator's precision; the core still measures its Gram matrix.)
     op = StoredKernel(_collapsed(2500, spread), bandwidth=2.0)
     pre = NystromPreconditioner(op, reg=reg, n_centres=1000, rank=500, generator=torch.Generator().manual_seed(1))
-    assert pre.U.dtype == torch.float32
+    assert op.dtype == torch.float32 and pre.U.dtype == torch.float64
     P = pre(torch.eye(op.shape[0], dtype=torch.float64))  # dense P^{-1}, column by column
     np.testing.assert_allclose(P.numpy(), P.T.numpy(), atol=1e-12)
     ev = torch.linalg.eigvalsh(P).numpy()
