@@ -180,7 +180,8 @@ def plan_solve(n: int, d: int, c: int, *, dtype: torch.dtype, device: torch.devi
         s, q = max(_MIN_CENTRES, s // 2), max(min(_MIN_RANK, s - 1), q // 2)
         iterative = _ledger(budget, reserved, _solve_items("cg", n, d, c, itemsize, s, q))
     if not iterative.fits(MIN_WORK_BYTES):
-        per_n = (d + 1) * itemsize + q * 8 + 8 * c * 8  # rows, the float64 Nystrom basis, CG vectors
+        # rows, the float64 Nystrom basis (and, below float64, the copy it is computed from), CG vectors
+        per_n = (d + 1) * itemsize + q * (8 + (itemsize if itemsize < 8 else 0)) + 8 * c * 8
         room = budget - fixed - MIN_WORK_BYTES - NystromPreconditioner.workspace_bytes(0, n_centres=s, rank=q,
                                                                                        itemsize=itemsize)
         raise ValueError(
