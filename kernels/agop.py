@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .family import as_kernel
-from .laplace import apply_sqrt_m, sq_norms
+from .laplace import apply_sqrt_m, folded_cols, folded_rows, sq_norms
 from .linalg import eigh_workspace_bytes, psd_power
 from .memory import TILE_ELEMENTS, BlockPlan, default_memory_budget, plan_blocks
 from .operators import Points
@@ -47,16 +47,20 @@ def duplicate_tolerance(dtype: torch.dtype) -> float:
     return 100.0 * torch.finfo(dtype).eps
 
 
-def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch):
+def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch, folded=None):
     """The gradient weights ``w(b, i)`` of a radial kernel for a tile (Laplace: ``k(b, i) / (L ||z_b - z_i||)``),
-    written into ``out``; ``scratch`` is a tile-sized work buffer.
+    written into ``out``; ``scratch`` is a tile-sized work buffer; ``folded``: the rows' and columns' augmented copies
+    (:func:`~kernels.laplace.folded_rows` / :func:`~kernels.laplace.folded_cols`), whose GEMM adds both norms itself.
 
     Numerically zero distances (a point's own term, exact duplicates) are floored at the round-off level instead of
     masked: their contribution carries the factor ``M (x_i - x_b) = 0``, so flooring drops them up to rounding while
     keeping every value finite, at no extra pass over the tile.
     """
-    d2 = torch.addmm(zc_sq.unsqueeze(0), zb, zc.T, beta=1.0, alpha=-2.0, out=out)
-    d2.add_(zb_sq.unsqueeze(1))
+    if folded is not None:
+        d2 = torch.mm(folded[0], folded[1].T, out=out)
+    else:
+        d2 = torch.addmm(zc_sq.unsqueeze(0), zb, zc.T, beta=1.0, alpha=-2.0, out=out)
+        d2.add_(zb_sq.unsqueeze(1))
     floor = zb_sq.mul(2.0 * duplicate_tolerance(zb.dtype)).add_(torch.finfo(zb.dtype).tiny ** 0.5)
     if kernel.power < 1.0:
         # weights ~ d^(p-2) grow faster than 1/d^2 near 0: the floored terms' round-off (weight x eps) would show,
@@ -83,21 +87,24 @@ def _diag_metric(x: torch.Tensor, sqrt_m: torch.Tensor | None) -> torch.Tensor:
 
 def plan_agop(n_samples: int, n_centres: int, c: int, d: int, *, itemsize: int, budget: int) -> BlockPlan:
     """Sample x centre tiles of the gradient computation: two (samples x centres) tiles, per sample row the
-    (c x d) accumulator and gradients, per centre the (c x d) coefficient row ``alpha (x) xM``."""
+    (c x d) accumulator and gradients and the row's augmented copy for the distance GEMM, per centre the (c x d)
+    coefficient row ``alpha (x) xM``."""
     return plan_blocks(n_samples, n_centres, itemsize=itemsize, budget=budget, tile_copies=2,
-                       per_row_bytes=(2 * c * d + c + 2 * d) * itemsize, per_col_bytes=c * d * itemsize,
+                       per_row_bytes=(2 * c * d + c + 3 * d + 2) * itemsize, per_col_bytes=c * d * itemsize,
                        max_row_block=max(256, TILE_ELEMENTS // max(n_centres, 1)))
 
 
 def workspace_bytes(n_centres: int, d: int, *, itemsize: int, copies: int = 2) -> int:
     """What an AGOP holds besides its tiles (:func:`plan_agop`): ``copies`` transformed copies of the centres (2 for a
-    diagonal factor: ``x R`` and ``x M``; 0 when the centres are passed as Points) and the float64 (d x d)
-    accumulator with a block's outer product (working precision and its float64 copy)."""
-    return copies * n_centres * (d + 1) * itemsize + d * d * (16 + itemsize)
+    diagonal factor: ``x R`` and ``x M``; 0 when the centres are passed as Points), the centres' augmented copy for
+    the norm-folded distance GEMM (d + 2 columns) and the float64 (d x d) accumulator with a block's outer product
+    (working precision and its float64 copy)."""
+    return (copies * (d + 1) + d + 2) * n_centres * itemsize + d * d * (16 + itemsize)
 
 
-def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block, coef_cache, bufs):
-    """Gradients (b, c, d) of a radial kernel's predictor at one block of samples, accumulated over centre blocks."""
+def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block, coef_cache, bufs, folded):
+    """Gradients (b, c, d) of a radial kernel's predictor at one block of samples, accumulated over centre blocks;
+    ``folded``: the block's and all centres' augmented copies for the distance GEMM (see :func:`_kt_tile`)."""
     b = zs.shape[0]
     n_c, c = alpha.shape
     d = xmc.shape[1]
@@ -108,7 +115,7 @@ def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block
         m = zc[sl].shape[0]
         with phase("kernel", gemm_flops=2 * b * m * zs.shape[1], exp_values=b * m):
             kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], kernel, bufs[0][: b * m].view(b, m),
-                          bufs[1][: b * m].view(b, m))
+                          bufs[1][: b * m].view(b, m), folded=(folded[0], folded[1][sl]))
         coef = coef_cache if coef_cache is not None else (alpha[sl].unsqueeze(2) * xmc[sl].unsqueeze(1)).reshape(m, c * d)
         acc.addmm_(kt, coef)
         s.addmm_(kt, alpha[sl])
@@ -176,6 +183,10 @@ def _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, samp
         coef_cache = (alpha.unsqueeze(2) * xmc.unsqueeze(1)).reshape(n_c, c * d)
     size = min(sb, n_s) * min(cb, n_c)
     bufs = [torch.empty(size, dtype=samples.dtype, device=samples.device) for _ in range(2)]
+    # radial kernels: the centres' side of the norm-folded distance GEMM, once (saves a pass over every tile)
+    fold_c = folded_cols(zc, zc_sq) if radial else None
+    fold_buf = None if fold_c is None else torch.empty((min(sb, n_s), fold_c.shape[1]), dtype=samples.dtype,
+                                                       device=samples.device)
     for i in range(0, n_s, sb):
         # samples are transformed block by block (only the centres are held transformed)
         xs = samples[i : i + sb]
@@ -186,7 +197,9 @@ def _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, samp
             yield g if factor or sqrt_m is None else g.mul_(sqrt_m)
             continue
         xms = zs if factor else _diag_metric(xs, sqrt_m)
-        yield _block_gradients(zs, sq_norms(zs), xms, zc, zc_sq, xmc, alpha, kernel, cb, coef_cache, bufs)
+        zs_sq = sq_norms(zs)
+        yield _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, cb, coef_cache, bufs,
+                               (folded_rows(zs, zs_sq, out=fold_buf), fold_c))
 
 
 def laplace_gradients(

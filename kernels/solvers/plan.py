@@ -116,7 +116,7 @@ def _solve_items(solver, n, d, c, itemsize, s=0, q=0, store=False) -> dict[str, 
     items["iterative solver vectors"] = iterative_vectors_bytes(n, c)
     items["Nystrom preconditioner"] = NystromPreconditioner.workspace_bytes(n, n_centres=s, rank=q, itemsize=itemsize)
     if store:
-        items["stored kernel matrix"] = StoredKernel.workspace_bytes(n, c, itemsize=itemsize)
+        items["stored kernel matrix"] = StoredKernel.workspace_bytes(n, c, itemsize=itemsize, d=d)
     return items
 
 
