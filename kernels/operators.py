@@ -300,7 +300,7 @@ def _stored_matmul(K: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if K.device.type != "cpu":
         return K @ v
     if (c <= SYMV_COLUMNS and torch.get_num_threads() == 1 and K.dtype in _SYMV and K.is_contiguous()
-            and v.dtype == K.dtype and not K.requires_grad):
+            and v.dtype == K.dtype and not (K.requires_grad or v.requires_grad)):
         return _symv_columns(K, v)
     if c <= 4:
         return K @ v.T.contiguous().T

@@ -11,10 +11,10 @@ From ``s`` random centres S:
 
       P^{-1} = (mu_q + reg) U (diag(mu) + reg)^{-1} U^T + (I - U U^T)
 
-  It is symmetric positive definite for any ``reg >= 0`` with ``mu_q > 0`` -- when U is orthonormal. A float32 U
-  (the basis was once kept in the working precision) is orthonormal only to ~1e-6 at n = 50 000, while the smallest eigenvalue of ``P^{-1}``, ``(mu_q + reg) / (mu_1 +
-  reg)``, can be smaller still (4e-7 on the last features of a ReLU Deep RFM, where preconditioned CG then diverged
-  to NaN). So U's actual Gram matrix ``G = U^T U`` is measured in float64 and the preconditioner applied with the
+  It is symmetric positive definite for any ``reg >= 0`` with ``mu_q > 0`` -- when U is orthonormal. A U computed
+  in float32 (as it is, then held in float64) is orthonormal only to ~1e-6 at n = 50 000, while the smallest
+  eigenvalue of ``P^{-1}``, ``(mu_q + reg) / (mu_1 + reg)``, can be smaller still (4e-7 on the last features of a
+  ReLU Deep RFM, where preconditioned CG then diverged to NaN). So U's actual Gram matrix ``G = U^T U`` is measured in float64 and the preconditioner applied with the
   orthonormal ``Q = U G^{-1/2}``: ``P^{-1} = I + U G^{-1/2} S G^{-1/2} U^T`` with ``S = diag((mu_q + reg) / (mu +
   reg) - 1)``, whose eigenvalues lie in ``[(mu_q + reg) / (mu_1 + reg), 1]`` to float64 round-off.
 """
@@ -149,12 +149,11 @@ class NystromPreconditioner:
 
     @staticmethod
     def workspace_bytes(n: int, *, n_centres: int, rank: int, itemsize: int) -> int:
-        """The n x q basis (float64 whatever the working precision) and, below float64, the working-precision
-        ``C`` it is computed from (``itemsize`` bytes per value), the eigen-system it is built from, the chunk of
-        ``C W`` and the q x q float64 core it keeps. (The row blocks of ``K_nS`` come
-        out of the ``memory_budget`` passed in; the core's temporaries -- G^{-1/2} by
-        :func:`~kernels.linalg.psd_power` -- come after the eigensystem's s x s workspace is released: only what
-        exceeds that is counted.)"""
+        """The n x q basis (float64 whatever the working precision) and, below float64, the working-precision ``C``
+        it is computed from (``itemsize`` bytes per value), the eigen-system it is built from, the chunk of ``C W``
+        and the q x q float64 core it keeps. (The row blocks of ``K_nS`` come out of the ``memory_budget`` passed in;
+        the core's temporaries -- G^{-1/2} by :func:`~kernels.linalg.psd_power` -- come after the eigensystem's s x s
+        workspace is released: only what exceeds that is counted.)"""
         build = min(n * rank, _BUILD_ELEMENTS) * itemsize
         core = rank * rank * 8 + max(0, eigh_workspace_bytes(rank) - NystromEigensystem.workspace_bytes(n_centres))
         source = n * rank * itemsize if itemsize < 8 else 0
