@@ -7,7 +7,7 @@ import torch
 
 from kernels import (BlockedKernel, NystromPreconditioner, StoredKernel, laplace_kernel,
                      solve_cg, solve_eigenpro)
-from kernels.operators import SYMV_COLUMNS, KernelOperator, _stored_matmul
+from kernels.operators import SYMV_COLUMNS, TRANSPOSED_COLUMNS, KernelOperator, _stored_matmul
 from kernels.solvers import ConvergenceWarning, eigenpro_schedule
 from tests.conftest import DEVICES
 
@@ -60,7 +60,8 @@ def test_stored_operator_matches_blocked_operator(c):
 def test_stored_matmul_layouts_equal_plain_product():
     g = torch.Generator().manual_seed(2)
     K = torch.rand(1100, 1100, generator=g)
-    for c in (1, 2, 4, 5, 16, 17, 33):
+    K = (K + K.T) / 2  # a stored kernel matrix is symmetric (some layouts read K^T or one triangle)
+    for c in (1, 2, 4, 5, 16, 17, 18, 33):
         v = torch.randn(1100, c, generator=g)
         np.testing.assert_allclose(_stored_matmul(K, v).numpy(), (K.double() @ v.double()).numpy(), rtol=1e-4,
                                    atol=1e-3)
@@ -81,6 +82,22 @@ def test_stored_matmul_on_one_thread_reads_one_triangle(dtype):
             ref = (upper if c <= SYMV_COLUMNS else K.double()) @ v.double()
             tol = 1e-4 if dtype == torch.float32 else 1e-10
             np.testing.assert_allclose(_stored_matmul(K, v).numpy(), ref.numpy(), rtol=tol, atol=tol)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_stored_matmul_on_several_threads_transposes_narrow_products():
+    # on several threads 2 <= c <= TRANSPOSED_COLUMNS columns are (v^T K)^T, which for the symmetric stored matrix is
+    # K v; a non-symmetric K shows which product ran: K^T v in that range, K v outside it
+    g = torch.Generator().manual_seed(4)
+    K = torch.rand(700, 700, generator=g, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for c in (1, 2, TRANSPOSED_COLUMNS, TRANSPOSED_COLUMNS + 1):
+            v = torch.randn(700, c, generator=g, dtype=torch.float64)
+            ref = (K.T if 2 <= c <= TRANSPOSED_COLUMNS else K) @ v
+            np.testing.assert_allclose(_stored_matmul(K, v).numpy(), ref.numpy(), rtol=1e-10, atol=1e-10)
     finally:
         torch.set_num_threads(threads)
 
