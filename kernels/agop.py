@@ -47,21 +47,18 @@ def duplicate_tolerance(dtype: torch.dtype) -> float:
     return 100.0 * torch.finfo(dtype).eps
 
 
-def _kt_tile(zb, zc, zb_sq, zc_sq, kernel, out, scratch, folded=None):
+def _kt_tile(rows, cols, zb_sq, kernel, out, scratch):
     """The gradient weights ``w(b, i)`` of a radial kernel for a tile (Laplace: ``k(b, i) / (L ||z_b - z_i||)``),
-    written into ``out``; ``scratch`` is a tile-sized work buffer; ``folded``: the rows' and columns' augmented copies
-    (:func:`~kernels.laplace.folded_rows` / :func:`~kernels.laplace.folded_cols`), whose GEMM adds both norms itself.
+    written into ``out``; ``rows`` / ``cols`` are the samples' and centres' augmented copies
+    (:func:`~kernels.laplace.folded_rows` / :func:`~kernels.laplace.folded_cols`), whose one GEMM gives the squared
+    distances norms included; ``zb_sq`` the samples' squared norms; ``scratch`` is a tile-sized work buffer.
 
     Numerically zero distances (a point's own term, exact duplicates) are floored at the round-off level instead of
     masked: their contribution carries the factor ``M (x_i - x_b) = 0``, so flooring drops them up to rounding while
     keeping every value finite, at no extra pass over the tile.
     """
-    if folded is not None:
-        d2 = torch.mm(folded[0], folded[1].T, out=out)
-    else:
-        d2 = torch.addmm(zc_sq.unsqueeze(0), zb, zc.T, beta=1.0, alpha=-2.0, out=out)
-        d2.add_(zb_sq.unsqueeze(1))
-    floor = zb_sq.mul(2.0 * duplicate_tolerance(zb.dtype)).add_(torch.finfo(zb.dtype).tiny ** 0.5)
+    d2 = torch.mm(rows, cols.T, out=out)
+    floor = zb_sq.mul(2.0 * duplicate_tolerance(zb_sq.dtype)).add_(torch.finfo(zb_sq.dtype).tiny ** 0.5)
     if kernel.power < 1.0:
         # weights ~ d^(p-2) grow faster than 1/d^2 near 0: the floored terms' round-off (weight x eps) would show,
         # so they are masked (d2 = inf gives weight 0) at one more pass over the tile
@@ -102,9 +99,10 @@ def workspace_bytes(n_centres: int, d: int, *, itemsize: int, copies: int = 2) -
     return (copies * (d + 1) + d + 2) * n_centres * itemsize + d * d * (16 + itemsize)
 
 
-def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block, coef_cache, bufs, folded):
+def _block_gradients(zs, zs_sq, xms, xmc, alpha, kernel, centre_block, coef_cache, bufs, folded):
     """Gradients (b, c, d) of a radial kernel's predictor at one block of samples, accumulated over centre blocks;
     ``folded``: the block's and all centres' augmented copies for the distance GEMM (see :func:`_kt_tile`)."""
+    rows, cols = folded
     b = zs.shape[0]
     n_c, c = alpha.shape
     d = xmc.shape[1]
@@ -112,10 +110,9 @@ def _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, centre_block
     s = torch.zeros((b, c), dtype=zs.dtype, device=zs.device)
     for j in range(0, n_c, centre_block):
         sl = slice(j, j + centre_block)
-        m = zc[sl].shape[0]
+        m = cols[sl].shape[0]
         with phase("kernel", gemm_flops=2 * b * m * zs.shape[1], exp_values=b * m):
-            kt = _kt_tile(zs, zc[sl], zs_sq, zc_sq[sl], kernel, bufs[0][: b * m].view(b, m),
-                          bufs[1][: b * m].view(b, m), folded=(folded[0], folded[1][sl]))
+            kt = _kt_tile(rows, cols[sl], zs_sq, kernel, bufs[0][: b * m].view(b, m), bufs[1][: b * m].view(b, m))
         coef = coef_cache if coef_cache is not None else (alpha[sl].unsqueeze(2) * xmc[sl].unsqueeze(1)).reshape(m, c * d)
         acc.addmm_(kt, coef)
         s.addmm_(kt, alpha[sl])
@@ -198,7 +195,7 @@ def _iter_gradients(samples, centres, alpha, kernel, sqrt_m, memory_budget, samp
             continue
         xms = zs if factor else _diag_metric(xs, sqrt_m)
         zs_sq = sq_norms(zs)
-        yield _block_gradients(zs, zs_sq, xms, zc, zc_sq, xmc, alpha, kernel, cb, coef_cache, bufs,
+        yield _block_gradients(zs, zs_sq, xms, xmc, alpha, kernel, cb, coef_cache, bufs,
                                (folded_rows(zs, zs_sq, out=fold_buf), fold_c))
 
 
