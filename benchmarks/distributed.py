@@ -102,6 +102,15 @@ def rows(task: str, lo: int, hi: int, *, test: bool = False):
     return X, (X[:, :10].astype(np.float64) @ W).argmax(1)
 
 
+def _write_json(path, record: dict) -> None:
+    """One rank's record, written through drfm's atomic writer (a temporary file renamed: the harness never reads a
+    half-written file)."""
+    from drfm.data.files import atomic_write
+
+    with atomic_write(path, "w", what="rank record") as fh:
+        json.dump(record, fh)
+
+
 def _fit_main(world, rank, case, out):
     import resource
 
@@ -124,17 +133,18 @@ def _fit_main(world, rank, case, out):
     last = model.history_[-1]
     step_s = last["seconds_per_step"]
     comm_s = last.get("comm_seconds_per_step", 0.0)
-    json.dump({"world_size": world, "n": n, "d": D, "fit_seconds": fit_s, "score": score,
-               "metric": "r2" if task == "lowrank" else "accuracy", "rows_per_rank": hi - lo, "threads_per_rank": 1,
-               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               "final_solver": last["solver"], "n_centres": last["n_centres"], "cg_iterations": last["solver_iters"],
-               "step_seconds": step_s, "bytes_per_step": last.get("bytes_per_step", 0),
-               "comm_seconds_per_step": comm_s, "comm_share": comm_s / step_s if step_s else None,
-               "solves": [{k: h.get(k) for k in ("solver", "n_rows", "solver_iters", "seconds", "val_score", "reg",
-                                                        "reg_seconds", "seconds_per_step", "solver_residual",
-                                                        "solver_stopped_by", "solver_returned_step",
-                                                        "solver_val_errors")}
-                          for h in model.history_], "torch_threads": torch.get_num_threads()}, open(out, "w"))
+    solve_keys = ("solver", "n_rows", "solver_iters", "seconds", "val_score", "reg", "reg_seconds", "seconds_per_step",
+                  "solver_residual", "solver_stopped_by", "solver_returned_step", "solver_val_errors")
+    _write_json(out, {"world_size": world, "n": n, "d": D, "fit_seconds": fit_s, "score": score,
+                      "metric": "r2" if task == "lowrank" else "accuracy", "rows_per_rank": hi - lo,
+                      "threads_per_rank": 1,
+                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "final_solver": last["solver"], "n_centres": last["n_centres"],
+                      "cg_iterations": last["solver_iters"], "step_seconds": step_s,
+                      "bytes_per_step": last.get("bytes_per_step", 0), "comm_seconds_per_step": comm_s,
+                      "comm_share": comm_s / step_s if step_s else None,
+                      "solves": [{k: h.get(k) for k in solve_keys} for h in model.history_],
+                      "torch_threads": torch.get_num_threads()})
 
 
 def _rank_main(world, rank, port, case, out):
@@ -190,9 +200,9 @@ def _rank_main(world, rank, port, case, out):
     pred = kernel_matmul(torch.as_tensor(data.X_test, dtype=torch.float32), op.all, alpha, bandwidth=10.0)
     yte = torch.as_tensor(data.y_test, dtype=torch.float64)
     r2 = 1.0 - float(((pred.double().squeeze(1) - yte) ** 2).sum() / ((yte - yte.mean()) ** 2).sum())
-    json.dump({"world_size": world, "n": n, "d": X.shape[1], "steps": steps, "step_seconds": step_s,
-               "bytes_per_step": step_bytes, "setup_seconds": setup_s, "setup_bytes": setup_bytes, "score": r2,
-               "metric": "r2", "rows_per_rank": hi - lo, "threads_per_rank": 1}, open(out, "w"))
+    _write_json(out, {"world_size": world, "n": n, "d": X.shape[1], "steps": steps, "step_seconds": step_s,
+                      "bytes_per_step": step_bytes, "setup_seconds": setup_s, "setup_bytes": setup_bytes,
+                      "score": r2, "metric": "r2", "rows_per_rank": hi - lo, "threads_per_rank": 1})
     dist.destroy_process_group()
 
 
